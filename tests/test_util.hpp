@@ -1,0 +1,55 @@
+// Shared helpers for the doctest binaries: where ../shared is, a scratch
+// directory, and running the Python references in tests/reference/ with
+// Debian's /usr/bin/python3 (the one that sees python3-torch).
+#pragma once
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace loupe_test {
+namespace fs = std::filesystem;
+
+inline fs::path source_dir() { return LOUPE_SOURCE_DIR; }
+inline fs::path shared_dir() { return source_dir().parent_path() / "shared"; }
+inline bool have_shared() { return fs::exists(shared_dir() / "README.md"); }
+
+// A fresh, empty scratch directory for one test case.
+inline fs::path scratch(const std::string& name) {
+  fs::path p = fs::path(LOUPE_TEST_TMP) / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+inline std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// Run tests/reference/<script> with arguments; fails the test on a non-zero exit.
+inline void run_python(const std::string& script, const std::string& args) {
+  std::string cmd = "/usr/bin/python3 " + quote((source_dir() / "tests/reference" / script).string()) + " " + args;
+  int rc = std::system(cmd.c_str());
+  INFO("command: " << cmd);
+  REQUIRE(rc == 0);
+}
+
+inline std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Skip a whole test case (with a message) when ../shared is not there.
+#define LOUPE_REQUIRE_SHARED()                                                  \
+  do {                                                                          \
+    if (!loupe_test::have_shared()) {                                           \
+      MESSAGE("skipped: ../shared is absent (real-data tests need it)");        \
+      return;                                                                   \
+    }                                                                           \
+  } while (0)
+
+}  // namespace loupe_test
