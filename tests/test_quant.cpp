@@ -1,3 +1,78 @@
+// Q8_0 / Q4_0 bytes against an independent numpy quantiser written from ggml's
+// published algorithm (tests/reference/quant_ref.py); fp16/bf16 conversions
+// against numpy's float16 casts and exhaustive properties.
 #include "test_util.hpp"
-#include <loupe/tensor.hpp>
-TEST_CASE("placeholder") { CHECK(loupe::f32_to_fp16(1.0f) == 0x3c00); }
+
+#include <loupe/npy.hpp>
+#include <loupe/quant.hpp>
+
+#include <cmath>
+
+using namespace loupe;
+
+TEST_CASE("quant: Q8_0 and Q4_0 bytes equal the numpy reference of ggml's algorithm") {
+  auto dir = loupe_test::scratch("quant");
+  const std::string x = (dir / "x.npy").string();
+  loupe_test::run_python("quant_ref.py", "--gen-input " + x + " --rows 24 --cols 160 --seed 3");
+  Tensor in = read_npy(x);
+  REQUIRE(in.shape.size() == 2);
+  const int64_t rows = in.shape[0], cols = in.shape[1];
+  for (const char* type : {"q8_0", "q4_0"}) {
+    const DType t = dtype_from_name(type);
+    const std::string out = (dir / (std::string(type) + ".bin")).string();
+    loupe_test::run_python("quant_ref.py", "--in " + x + " --type " + type + " --out " + out);
+    const std::string want = loupe_test::slurp(out);
+    Tensor q = convert(in.view(), t);
+    REQUIRE(q.bytes.size() == want.size());
+    size_t diff = 0;
+    for (size_t i = 0; i < want.size(); ++i) diff += q.bytes[i] != uint8_t(want[i]);
+    INFO(type << ": " << diff << " bytes differ");
+    CHECK(diff == 0);
+
+    // Dequantisation agrees with the reference's dequantiser exactly.
+    const std::string deq = (dir / (std::string(type) + "_deq.npy")).string();
+    loupe_test::run_python("quant_ref.py", "--dequant --in " + out + " --type " + type + " --cols " + std::to_string(cols) + " --out " + deq);
+    Tensor ref = read_npy(deq);
+    Tensor back = to_f32(q.view());
+    REQUIRE(ref.numel() == rows * cols);
+    CHECK(std::memcmp(ref.f32(), back.f32(), size_t(rows * cols) * 4) == 0);
+  }
+}
+
+TEST_CASE("quant: fp16 and bf16 conversions round to nearest even (numpy reference)") {
+  auto dir = loupe_test::scratch("halfs");
+  const std::string py = R"(
+import numpy as np, sys
+np.seterr(all="ignore")
+rng = np.random.default_rng(7)
+bits = rng.integers(0, 2**32, size=200000, dtype=np.uint64).astype(np.uint32)
+special = np.array([0, 0x80000000, 0x7f800000, 0xff800000, 0x477ff000, 0x477fefff, 0x477fe000, 0x33000000,
+                    0x33000001, 0x387fe000, 0x38800000, 0x3f800000, 0x3f801000, 0x3f803000], dtype=np.uint32)
+bits = np.concatenate([special, bits])
+x = bits.view(np.float32)
+x = x[np.isfinite(x)]
+np.save(sys.argv[1] + '/x.npy', x)
+np.save(sys.argv[1] + '/h.npy', x.astype(np.float16).view(np.uint16).astype(np.int32))
+# bf16 round-to-nearest-even by integer arithmetic on the f32 bits
+b = x.view(np.uint32).astype(np.uint64)
+np.save(sys.argv[1] + '/all.npy', np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32))
+np.save(sys.argv[1] + '/b.npy', (((b + 0x7fff + ((b >> 16) & 1)) >> 16) & 0xffff).astype(np.int32))
+)";
+  std::ofstream(dir / "gen.py") << py;
+  REQUIRE(std::system(("/usr/bin/python3 " + (dir / "gen.py").string() + " " + dir.string()).c_str()) == 0);
+  Tensor x = read_npy((dir / "x.npy").string()), h = read_npy((dir / "h.npy").string()), b = read_npy((dir / "b.npy").string());
+  Tensor all = read_npy((dir / "all.npy").string());
+  size_t bad_h = 0, bad_b = 0, bad_back = 0;
+  for (uint32_t k = 0; k < 65536; ++k) {
+    const float want = all.f32()[k], got = fp16_to_f32(uint16_t(k));
+    bad_back += std::isnan(want) ? !std::isnan(got) : f32_bits(want) != f32_bits(got);
+  }
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const float v = x.f32()[i];
+    bad_h += f32_to_fp16(v) != uint16_t(h.f32()[i]);
+    bad_b += f32_to_bf16(v) != uint16_t(b.f32()[i]);
+  }
+  CHECK(bad_h == 0);
+  CHECK(bad_b == 0);
+  CHECK(bad_back == 0);
+}

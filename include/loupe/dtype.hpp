@@ -2,6 +2,7 @@
 // Type ids are ggml's (GGML_TYPE_*), so GGUF files need no translation table.
 #pragma once
 #include <cstdint>
+#include <cctype>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -17,6 +18,11 @@ enum class DType : uint32_t {
   Q8_0 = 8,
   Q4_K = 12,    // reserved: recognised by name, not yet computed with
   IQ4_NL = 20,  // reserved
+  I8 = 24,      // integer types: carried by readers (e.g. position_ids buffers), not computed with
+  I16 = 25,
+  I32 = 26,
+  I64 = 27,
+  F64 = 28,
   BF16 = 30,
 };
 
@@ -36,6 +42,11 @@ inline DTypeInfo dtype_info(DType t) {
     case DType::Q4_0: return {"Q4_0", 32, 18, true};
     case DType::Q4_K: return {"Q4_K", 256, 144, false};
     case DType::IQ4_NL: return {"IQ4_NL", 32, 18, false};
+    case DType::I8: return {"I8", 1, 1, false};
+    case DType::I16: return {"I16", 1, 2, false};
+    case DType::I32: return {"I32", 1, 4, false};
+    case DType::I64: return {"I64", 1, 8, false};
+    case DType::F64: return {"F64", 1, 8, false};
   }
   return {nullptr, 0, 0, false};
 }
@@ -54,8 +65,7 @@ inline size_t row_bytes(DType t, int64_t n) {
 }
 
 inline DType dtype_from_name(std::string_view s) {
-  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K,
-                  DType::IQ4_NL}) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
     std::string n = dtype_name(t);
     if (s.size() == n.size()) {
       bool eq = true;
