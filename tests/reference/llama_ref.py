@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 from collections import OrderedDict
 
@@ -40,27 +41,27 @@ PRESETS = {
     # GQA 4 q heads / 2 kv heads, head_dim 12 (not a power of two), untied,
     # intermediate 100 (not a multiple of 32), theta 500000, eps 1e-2 (large enough to matter)
     "gqa48": dict(hidden_size=48, intermediate_size=100, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                   max_position_embeddings=64, rms_norm_eps=1e-2, rope_theta=500000.0,
                   tie_word_embeddings=False),
     # MHA 5 heads, head_dim 8, tied embeddings, theta 10000, eps 1e-5
     "mha40": dict(hidden_size=40, intermediate_size=72, num_hidden_layers=3,
-                  num_attention_heads=5, num_key_value_heads=5, vocab_size=64,
+                  num_attention_heads=5, num_key_value_heads=5, vocab_size=512,
                   max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
                   tie_word_embeddings=True),
     # MQA (1 kv head), head_dim 20, tied, theta 1000, eps 1e-6
     "mqa60": dict(hidden_size=60, intermediate_size=132, num_hidden_layers=2,
-                  num_attention_heads=3, num_key_value_heads=1, vocab_size=130,
+                  num_attention_heads=3, num_key_value_heads=1, vocab_size=530,
                   max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000.0,
                   tie_word_embeddings=True),
     # head_dim 6 (hidden 36, 6 heads), GQA 6/3, untied, multiple-of-32 vocab/intermediate
     "gqa36": dict(hidden_size=36, intermediate_size=96, num_hidden_layers=1,
-                  num_attention_heads=6, num_key_value_heads=3, vocab_size=128,
+                  num_attention_heads=6, num_key_value_heads=3, vocab_size=512,
                   max_position_embeddings=32, rms_norm_eps=1e-4, rope_theta=10000.0,
                   tie_word_embeddings=False),
     # "llama-shaped": hidden 128 (multiples of 32 everywhere, quantisable), 4 heads of 32, MHA
     "mha128": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=4, vocab_size=256,
+                   num_attention_heads=4, num_key_value_heads=4, vocab_size=512,
                    max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
                    tie_word_embeddings=False),
 }
@@ -288,6 +289,8 @@ def main(argv=None):
                     help="(--make --format bin) pickle shards as OrderedDict or plain dict")
     ap.add_argument("--tokens", help="comma-separated token ids (default: seeded random, "
                     "BOS first, 11 tokens; or the --expected prompt)")
+    ap.add_argument("--tokenizer", metavar="MODEL",
+                    help="(--make) copy this sentencepiece tokenizer.model into DIR")
     ap.add_argument("--out", help="output directory (--make: default DIR/ref; --load: required)")
     ap.add_argument("--compute", choices=["f32", "f64"], default="f32",
                     help="compute precision [f32 = HF float32 semantics]")
@@ -322,6 +325,8 @@ def main(argv=None):
             e = sd["model.embed_tokens.weight"]
             sd["lm_head.weight"] = e.clone() if a.emit_lm_head == "copy" else e
         hf_layout.write_config(a.make, cfg)
+        if a.tokenizer:
+            shutil.copyfile(a.tokenizer, os.path.join(a.make, "tokenizer.model"))
         stored = hf_layout.save_state_dict(a.make, sd, fmt=a.format, shards=a.shards,
                                            dtype=a.dtype, order=a.shard_order,
                                            bin_container=a.bin_container)
