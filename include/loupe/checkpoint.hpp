@@ -3,6 +3,11 @@
 // *.index.json ({"weight_map": {tensor: shard file}}). Formats are told apart by
 // their first bytes, not by file extensions. Tensors stay mmapped (zero-copy)
 // wherever the file stores them contiguously.
+//
+// Indexes are checked both ways: a listed tensor missing from its shard, a shard
+// tensor the index does not list (or maps elsewhere), a missing shard file and a
+// name given twice are all errors — a checkpoint that disagrees with its index
+// is not guessed at.
 #pragma once
 #include <filesystem>
 #include <string>
@@ -59,9 +64,10 @@ struct Checkpoint {
     Checkpoint c;
     c.source = path;
     Blob b = Blob::open(path);
+    // Binary formats first: a safetensors header length may well start with '{' (123).
     size_t k = 0;
     while (k < b.size && (b.data[k] == ' ' || b.data[k] == '\n' || b.data[k] == '\r' || b.data[k] == '\t')) ++k;
-    if (k < b.size && b.data[k] == '{') {
+    if (!is_safetensors(b) && !is_zip(b) && k < b.size && b.data[k] == '{') {
       c.open_index(std::string(b.view()));
     } else {
       c.add_file(b);
@@ -110,6 +116,7 @@ struct Checkpoint {
       l.push_back(name);
     }
     const fs::path dir = fs::path(source).parent_path();
+    std::unordered_set<std::string> found;
     for (const std::string& shard : shards) {
       const std::string path = (dir / shard).string();
       if (!fs::is_regular_file(path))
@@ -117,19 +124,21 @@ struct Checkpoint {
              " more tensors) is missing: ", path, " does not exist");
       const size_t first = tensors.size();
       add_file(Blob::open(path));
-      // Every tensor of the shard must be listed for it, and every listed one present.
-      std::unordered_set<std::string> here;
+      // Every tensor of the shard must be listed for it ...
       for (size_t i = first; i < tensors.size(); ++i) {
         const std::string& n = tensors[i].name;
         auto it = shard_of.find(n);
         if (it == shard_of.end()) fail(source, ": tensor '", n, "' is in shard '", shard, "' but not in the index");
         if (it->second != shard)
           fail(source, ": tensor '", n, "' is in shard '", shard, "' but the index maps it to '", it->second, "'");
-        here.insert(n);
+        found.insert(n);
       }
-      for (const std::string& n : listed[shard])
-        if (!here.count(n)) fail(source, ": tensor '", n, "' is listed for shard '", shard, "' but that shard does not contain it");
     }
+    // ... and every listed tensor present.
+    for (size_t k = 0; k < wm->keys().size(); ++k)
+      if (!found.count(wm->keys()[k]))
+        fail(source, ": tensor '", wm->keys()[k], "' is listed for shard '", shard_of[wm->keys()[k]],
+             "' but that shard does not contain it");
   }
 
   void check_unique() const {

@@ -12,6 +12,8 @@
 #include <map>
 #include <optional>
 #include <regex>
+#include <cmath>
+#include <array>
 #include <string>
 #include <vector>
 
@@ -100,6 +102,7 @@ inline int64_t permuted_source_row(int64_t r, int64_t head_dim) {
 }
 
 inline void produce(const Plan& p, std::vector<uint8_t>& out) {
+  // (4-D conv kernels are treated as [out, everything else] rows.)
   const TensorView v = p.src->view();
   const int64_t cols = v.cols(), rows = v.rows();
   const int64_t head_dim = p.permute_heads ? rows / p.permute_heads : 0;
@@ -133,11 +136,43 @@ inline DType choose_type(const std::string& gguf_name, const std::vector<int64_t
   return t;
 }
 
+// Collects the output tensors of one GGUF file from one or more checkpoints,
+// checking each source's shape and dtype, then streams them into the file.
+struct TensorPlanner {
+  const ConvertOptions& opt;
+  std::vector<convert_detail::Plan> plans;
+  std::map<std::string, bool> used;  // source names taken
+
+  // `type`: the storage type, or nullopt for choose_type's rule.
+  void add(const Checkpoint& ck, const std::string& where, const std::string& src, const std::string& out,
+           std::vector<int64_t> shape, std::optional<DType> type = std::nullopt, int64_t permute = 0) {
+    const SourceTensor* s = ck.find(src);
+    if (!s) fail(where, ": tensor '", src, "' is missing from the checkpoint");
+    if (s->shape != shape)
+      fail(where, ": tensor '", src, "' has shape ", s->shape_str(), " but the config implies ", convert_detail::shape_str(shape));
+    if (s->dtype != DType::F32 && s->dtype != DType::F16 && s->dtype != DType::BF16)
+      fail(where, ": tensor '", src, "' has unsupported dtype ", dtype_name(s->dtype), " (F32, F16 or BF16 expected)");
+    plans.push_back({out, s, shape, type ? *type : choose_type(out, shape, opt.outtype, opt.log), permute});
+    used[s->name] = true;
+  }
+
+  void write(GgufWriter& w, const std::string& path) const {
+    namespace fs = std::filesystem;
+    size_t total = 0;
+    for (const convert_detail::Plan& p : plans) {
+      w.add_tensor(p.out_name, p.type, p.shape, [p](std::vector<uint8_t>& out) { convert_detail::produce(p, out); });
+      total += w.tensors.back().nbytes();
+    }
+    ProgressBar bar("writing " + fs::path(path).filename().string(), plans.size(), total, opt.progress && ProgressBar::stderr_is_tty());
+    w.write_file(path, [&](size_t n, size_t bytes) { bar.update(n, bytes); });
+    bar.finish();
+  }
+};
+
 // Writes the text model of the HF directory `dir` (config.json, checkpoint,
 // tokenizer.model) to `out_path`.
 inline void convert_text_model(const std::string& dir, const Checkpoint& ck, const Json& config, const std::string& out_path,
                                const ConvertOptions& opt, const std::string& name) {
-  using namespace convert_detail;
   namespace fs = std::filesystem;
   const HfTextConfig c = HfTextConfig::parse(config);
   const std::string tok_path = (fs::path(dir) / "tokenizer.model").string();
@@ -145,15 +180,9 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
   const Tokenizer tok = Tokenizer::load(tok_path);
 
   const int64_t hd = c.dim / c.n_heads, q = c.n_heads * hd, kv = c.n_kv_heads * hd;
-  std::vector<Plan> plans;
+  TensorPlanner tp{opt, {}, {}};
   auto need = [&](const std::string& hf, const std::string& out, std::vector<int64_t> shape, int64_t permute = 0) {
-    const SourceTensor* s = ck.find(hf);
-    if (!s) fail(dir, ": tensor '", hf, "' is missing from the checkpoint");
-    if (s->shape != shape)
-      fail(dir, ": tensor '", hf, "' has shape ", s->shape_str(), " but config.json implies ", shape_str(shape));
-    if (s->dtype != DType::F32 && s->dtype != DType::F16 && s->dtype != DType::BF16)
-      fail(dir, ": tensor '", hf, "' has unsupported dtype ", dtype_name(s->dtype), " (F32, F16 or BF16 expected)");
-    plans.push_back({out, s, shape, choose_type(out, shape, opt.outtype, opt.log), permute});
+    tp.add(ck, dir, hf, out, std::move(shape), std::nullopt, permute);
   };
   need("model.embed_tokens.weight", "token_embd.weight", {c.n_vocab, c.dim});
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -170,16 +199,14 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
   }
   need("model.norm.weight", "output_norm.weight", {c.dim});
   if (!c.tied) need("lm_head.weight", "output.weight", {c.n_vocab, c.dim});
-  else if (plans.front().type == DType::Q4_0) plans.front().type = DType::Q8_0;  // tied: token_embd is the output too
+  else if (tp.plans.front().type == DType::Q4_0) tp.plans.front().type = DType::Q8_0;  // tied: token_embd is the output too
 
   // Everything else must be accounted for: vision / projector tensors belong to
   // the mmproj, rotary caches are recomputed; anything unknown is an error.
   static const std::regex known_extra(
       R"(^(model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|lm_head\.weight|model\.mm_projector\..*|model\.vision_tower\..*)$)");
-  std::map<std::string, bool> used;
-  for (const Plan& p : plans) used[p.src->name] = true;
   for (const SourceTensor& t : ck.tensors)
-    if (!used.count(t.name) && !std::regex_match(t.name, known_extra))
+    if (!tp.used.count(t.name) && !std::regex_match(t.name, known_extra))
       fail(dir, ": unknown tensor '", t.name, "' ", t.shape_str(), " (not part of a LLaMA / LLaVA checkpoint)");
 
   GgufWriter w;
@@ -198,15 +225,213 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
   w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(float(c.rms_eps)));
   w.set("llama.rope.freq_base", GgufValue::f32(float(c.rope_theta)));
   write_vocab(w, tok, c.n_vocab);
+  tp.write(w, out_path);
+}
 
-  size_t total = 0;
-  for (const Plan& p : plans) {
-    w.add_tensor(p.out_name, p.type, p.shape, [p](std::vector<uint8_t>& out) { produce(p, out); });
-    total += w.tensors.back().nbytes();
+// Where the vision tower's weights and config come from.
+struct VisionSource {
+  std::string config_dir;       // holds config.json (+ preprocessor_config.json); empty: inferred
+  std::optional<Checkpoint> own;  // a separate tower checkpoint
+  std::string prefix;           // key prefix of vision_model.* in its checkpoint
+  std::string where;            // for messages
+};
+
+// CLIPVisionModel hyper-parameters (config.json of the tower, or its
+// vision_config when it is a whole CLIPModel).
+struct HfVisionConfig {
+  int64_t dim = 0, ffn_dim = 0, n_layers = 0, n_heads = 0, image_size = 0, patch_size = 0, projection_dim = 0;
+  double eps = 1e-5;
+  std::string act = "quick_gelu";
+  std::array<double, 3> mean{0.48145466, 0.4578275, 0.40821073}, std{0.26862954, 0.26130258, 0.27577711};  // CLIP's
+};
+
+// Known towers named by hub id in LLaVA configs, for checkpoints that embed the
+// weights but ship no tower config. Sizes not given here are read from shapes.
+inline int64_t known_tower_heads(const std::string& hub_id) {
+  if (hub_id.find("clip-vit-large-patch14") != std::string::npos || hub_id.find("vit-large336") != std::string::npos) return 16;
+  if (hub_id.find("clip-vit-base-patch") != std::string::npos) return 12;
+  return 0;
+}
+
+inline HfVisionConfig read_vision_config(const std::string& dir) {
+  namespace fs = std::filesystem;
+  HfVisionConfig v;
+  const Json top = Json::load((fs::path(dir) / "config.json").string());
+  const Json& j = top.find("vision_config") ? top.at("vision_config") : top;
+  v.dim = j.at("hidden_size").integer();
+  v.ffn_dim = j.at("intermediate_size").integer();
+  v.n_layers = j.at("num_hidden_layers").integer();
+  v.n_heads = j.at("num_attention_heads").integer();
+  v.image_size = j.at("image_size").integer();
+  v.patch_size = j.at("patch_size").integer();
+  v.projection_dim = j.get_or<int64_t>("projection_dim", top.get_or<int64_t>("projection_dim", 0));
+  v.eps = j.get_or<double>("layer_norm_eps", 1e-5);
+  v.act = j.get_or<std::string>("hidden_act", "quick_gelu");
+  if (v.act != "quick_gelu" && v.act != "gelu") fail(dir, "/config.json: hidden_act '", v.act, "' is not supported (quick_gelu or gelu)");
+  const fs::path pp = fs::path(dir) / "preprocessor_config.json";
+  if (fs::exists(pp)) {
+    const Json p = Json::load(pp.string());
+    for (const char* key : {"image_mean", "image_std"}) {
+      const Json* a = p.find(key);
+      if (!a) continue;
+      if (a->array().size() != 3) fail(pp.string(), ": ", key, " must have 3 values");
+      auto& dst = std::string(key) == "image_mean" ? v.mean : v.std;
+      for (size_t i = 0; i < 3; ++i) dst[i] = a->array()[i].number();
+    }
+    // crop_size / size may be ints (CLIPFeatureExtractor) or objects (CLIPImageProcessor).
+    auto side = [&](const char* key, const char* sub) -> int64_t {
+      const Json* x = p.find(key);
+      if (!x) return 0;
+      if (x->is_number()) return x->integer();
+      if (const Json* s = x->find(sub)) return s->integer();
+      if (const Json* h = x->find("height")) return h->integer();
+      return 0;
+    };
+    const int64_t crop = side("crop_size", "height"), resize = side("size", "shortest_edge");
+    if ((crop && crop != v.image_size) || (resize && resize != v.image_size))
+      fail(pp.string(), ": crop_size ", crop, " / size ", resize, " differ from the tower's image_size ", v.image_size,
+           " (only the standard CLIP preprocessing is supported)");
   }
-  ProgressBar bar("writing " + fs::path(out_path).filename().string(), plans.size(), total, opt.progress && ProgressBar::stderr_is_tty());
-  w.write_file(out_path, [&](size_t n, size_t bytes) { bar.update(n, bytes); });
-  bar.finish();
+  return v;
+}
+
+// Writes mmproj-<name>.gguf: CLIP tower (blocks up to the selected feature layer)
+// + mlp2x_gelu projector, with clip.* metadata in llama.cpp's layout.
+inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const Json& config, const VisionSource& vs,
+                           const std::string& out_path, const ConvertOptions& opt, const std::string& name) {
+  const Checkpoint& vck = vs.own ? *vs.own : llm;
+  const std::string& vwhere = vs.own ? vs.where : dir;
+  const std::string P = vs.prefix;  // "vision_model." or "model.vision_tower.vision_tower.vision_model."
+  HfVisionConfig v;
+  if (!vs.config_dir.empty()) {
+    v = read_vision_config(vs.config_dir);
+  } else {
+    // No tower config: sizes from the weights, heads from the hub id.
+    const std::string hub = config.get_or<std::string>("mm_vision_tower", "");
+    const SourceTensor& pe = vck.get(P + "embeddings.patch_embedding.weight");
+    const SourceTensor& pos = vck.get(P + "embeddings.position_embedding.weight");
+    const SourceTensor& fc1 = vck.get(P + "encoder.layers.0.mlp.fc1.weight");
+    v.dim = pe.shape[0];
+    v.patch_size = pe.shape.size() == 4 ? pe.shape[2] : 0;
+    v.ffn_dim = fc1.shape[0];
+    while (vck.find(P + "encoder.layers." + std::to_string(v.n_layers) + ".self_attn.q_proj.weight")) ++v.n_layers;
+    const int64_t g = int64_t(std::lround(std::sqrt(double(pos.shape[0] - 1))));
+    v.image_size = g * v.patch_size;
+    v.n_heads = known_tower_heads(hub);
+    if (!v.n_heads)
+      fail(dir, ": the checkpoint embeds vision tower '", hub, "' but no tower config.json was found; pass --vision-tower DIR");
+  }
+  const std::string select_feature = config.get_or<std::string>("mm_vision_select_feature", "patch");
+  if (select_feature != "patch") fail(dir, "/config.json: mm_vision_select_feature '", select_feature, "' is not supported (patch)");
+  const std::string proj_type = config.get_or<std::string>("mm_projector_type", "linear");
+  if (proj_type != "mlp2x_gelu") fail(dir, "/config.json: mm_projector_type '", proj_type, "' is not supported (mlp2x_gelu)");
+  const int64_t select = config.get_or<int64_t>("mm_vision_select_layer", -2);
+  const int64_t feature_layer = select >= 0 ? select : v.n_layers + select + 1;  // index into hidden_states
+  if (feature_layer < 1 || feature_layer > v.n_layers)
+    fail(dir, "/config.json: mm_vision_select_layer ", select, " is outside the tower's ", v.n_layers, " layers");
+  const std::string aspect = config.get_or<std::string>("image_aspect_ratio", "square");
+  const HfTextConfig tc = HfTextConfig::parse(config);
+  const int64_t mm_hidden = config.get_or<int64_t>("mm_hidden_size", v.dim);
+  if (mm_hidden != v.dim) fail(dir, "/config.json: mm_hidden_size ", mm_hidden, " does not match the tower's width ", v.dim);
+
+  TensorPlanner tp{opt, {}, {}};
+  const int64_t D = v.dim, G = v.image_size / v.patch_size;
+  const DType conv_type = opt.outtype == DType::F32 ? DType::F32 : DType::F16;
+  tp.add(vck, vwhere, P + "embeddings.class_embedding", "v.class_embd", {D}, DType::F32);
+  tp.add(vck, vwhere, P + "embeddings.patch_embedding.weight", "v.patch_embd.weight", {D, 3, v.patch_size, v.patch_size}, conv_type);
+  tp.add(vck, vwhere, P + "embeddings.position_embedding.weight", "v.position_embd.weight", {G * G + 1, D}, DType::F32);
+  tp.add(vck, vwhere, P + "pre_layrnorm.weight", "v.pre_ln.weight", {D});
+  tp.add(vck, vwhere, P + "pre_layrnorm.bias", "v.pre_ln.bias", {D});
+  for (int64_t l = 0; l < feature_layer; ++l) {
+    const std::string s = P + "encoder.layers." + std::to_string(l) + ".", g = "v.blk." + std::to_string(l) + ".";
+    for (auto [hf, out] : {std::pair{"q_proj", "attn_q"}, {"k_proj", "attn_k"}, {"v_proj", "attn_v"}, {"out_proj", "attn_out"}}) {
+      tp.add(vck, vwhere, s + "self_attn." + hf + ".weight", g + out + ".weight", {D, D});
+      tp.add(vck, vwhere, s + "self_attn." + hf + ".bias", g + out + ".bias", {D});
+    }
+    tp.add(vck, vwhere, s + "layer_norm1.weight", g + "ln1.weight", {D});
+    tp.add(vck, vwhere, s + "layer_norm1.bias", g + "ln1.bias", {D});
+    tp.add(vck, vwhere, s + "mlp.fc1.weight", g + "ffn_up.weight", {v.ffn_dim, D});
+    tp.add(vck, vwhere, s + "mlp.fc1.bias", g + "ffn_up.bias", {v.ffn_dim});
+    tp.add(vck, vwhere, s + "mlp.fc2.weight", g + "ffn_down.weight", {D, v.ffn_dim});
+    tp.add(vck, vwhere, s + "mlp.fc2.bias", g + "ffn_down.bias", {D});
+    tp.add(vck, vwhere, s + "layer_norm2.weight", g + "ln2.weight", {D});
+    tp.add(vck, vwhere, s + "layer_norm2.bias", g + "ln2.bias", {D});
+  }
+  tp.add(llm, dir, "model.mm_projector.0.weight", "mm.0.weight", {tc.dim, D});
+  tp.add(llm, dir, "model.mm_projector.0.bias", "mm.0.bias", {tc.dim});
+  tp.add(llm, dir, "model.mm_projector.2.weight", "mm.2.weight", {tc.dim, tc.dim});
+  tp.add(llm, dir, "model.mm_projector.2.bias", "mm.2.bias", {tc.dim});
+
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::str("clip"));
+  w.set("general.name", GgufValue::str(name));
+  w.set("general.description", GgufValue::str("image encoder for LLaVA"));
+  w.set("general.file_type", GgufValue::u32(gguf_file_type(opt.outtype)));
+  if (is_quantized(opt.outtype)) w.set("general.quantization_version", GgufValue::u32(2));
+  w.set("clip.has_text_encoder", GgufValue::boolean(false));
+  w.set("clip.has_vision_encoder", GgufValue::boolean(true));
+  w.set("clip.has_llava_projector", GgufValue::boolean(true));
+  w.set("clip.projector_type", GgufValue::str("mlp"));
+  w.set("clip.vision.image_size", GgufValue::u32(uint32_t(v.image_size)));
+  w.set("clip.vision.patch_size", GgufValue::u32(uint32_t(v.patch_size)));
+  w.set("clip.vision.embedding_length", GgufValue::u32(uint32_t(D)));
+  w.set("clip.vision.feed_forward_length", GgufValue::u32(uint32_t(v.ffn_dim)));
+  w.set("clip.vision.projection_dim", GgufValue::u32(uint32_t(v.projection_dim)));
+  w.set("clip.vision.attention.head_count", GgufValue::u32(uint32_t(v.n_heads)));
+  w.set("clip.vision.attention.layer_norm_epsilon", GgufValue::f32(float(v.eps)));
+  w.set("clip.vision.block_count", GgufValue::u32(uint32_t(feature_layer)));
+  w.set("clip.vision.feature_layer", GgufValue::array(GgufType::I32, std::vector<int32_t>{int32_t(feature_layer)}));
+  w.set("clip.vision.image_mean", GgufValue::array(GgufType::F32, std::vector<float>(v.mean.begin(), v.mean.end())));
+  w.set("clip.vision.image_std", GgufValue::array(GgufType::F32, std::vector<float>(v.std.begin(), v.std.end())));
+  w.set("clip.vision.image_aspect_ratio", GgufValue::str(aspect == "pad" ? "pad" : "none"));
+  w.set("clip.vision.mm_projector_type", GgufValue::str(proj_type));
+  w.set("clip.use_gelu", GgufValue::boolean(v.act == "gelu"));
+  tp.write(w, out_path);
+}
+
+// Finds the vision tower for an LLaVA-style config: --vision-tower, the
+// checkpoint itself, or a directory beside the model named like the hub id.
+inline std::optional<VisionSource> find_vision_tower(const std::string& dir, const Checkpoint& ck, const Json& config,
+                                                     const ConvertOptions& opt) {
+  namespace fs = std::filesystem;
+  const std::string hub = config.get_or<std::string>("mm_vision_tower", config.get_or<std::string>("vision_tower", ""));
+  const bool has_projector = ck.find("model.mm_projector.0.weight") != nullptr;
+  if (hub.empty() && !has_projector) return std::nullopt;  // a plain LLaMA
+  if (!has_projector) fail(dir, ": config.json names vision tower '", hub, "' but the checkpoint has no model.mm_projector.* tensors");
+  const std::string embedded = "model.vision_tower.vision_tower.vision_model.";
+  auto open_tower_dir = [&](const std::string& tdir) {
+    if (!fs::exists(fs::path(tdir) / "config.json")) fail(tdir, ": config.json is missing (expected a CLIPVisionModel directory)");
+    VisionSource vs;
+    vs.config_dir = tdir;
+    vs.where = tdir;
+    if (ck.find(embedded + "embeddings.class_embedding")) {
+      vs.prefix = embedded;  // weights inside the LLM checkpoint win; the dir gives the config
+    } else {
+      vs.own = Checkpoint::open(tdir);
+      vs.prefix = vs.own->find("vision_model.embeddings.class_embedding") ? "vision_model." : "";
+      if (vs.prefix.empty()) fail(tdir, ": no vision_model.* tensors (expected a CLIPVisionModel checkpoint)");
+    }
+    return vs;
+  };
+  if (!opt.vision_tower.empty()) return open_tower_dir(opt.vision_tower);
+  // Beside the model: <parent>/<last part of the hub id>, <dir>/<last part>, or the id as a local path.
+  std::vector<fs::path> tried;
+  const std::string leaf = fs::path(hub).filename().string();
+  if (!hub.empty()) {
+    for (fs::path cand : {fs::path(dir).parent_path() / leaf, fs::path(dir) / leaf, fs::path(hub)}) {
+      tried.push_back(cand);
+      if (fs::exists(cand / "config.json")) return open_tower_dir(cand.string());
+    }
+  }
+  if (ck.find(embedded + "embeddings.class_embedding")) {
+    VisionSource vs;
+    vs.prefix = embedded;
+    vs.where = dir;
+    return vs;
+  }
+  std::string looked;
+  for (auto& t : tried) looked += "\n  " + t.string();
+  fail(dir, ": the vision tower '", hub, "' is neither in the checkpoint nor given; pass --vision-tower DIR (looked in:", looked, ")");
 }
 
 // Convert a Hugging Face model directory. Writes <out_dir>/<name>.gguf, and
@@ -221,10 +446,21 @@ inline ConvertResult convert_model(const std::string& dir, const std::string& ou
   std::string name = opt.name;
   if (name.empty()) name = fs::path(dir).lexically_normal().filename().string();
   if (name.empty()) name = fs::absolute(dir).lexically_normal().parent_path().filename().string();
+  // Resolve the tower before writing anything, so a missing tower leaves no files.
+  const std::optional<VisionSource> tower = find_vision_tower(dir, ck, config, opt);
   fs::create_directories(out_dir);
   ConvertResult r;
   r.text_path = (fs::path(out_dir) / (name + ".gguf")).string();
   convert_text_model(dir, ck, config, r.text_path, opt, name);
+  if (tower) {
+    r.mmproj_path = (fs::path(out_dir) / ("mmproj-" + name + ".gguf")).string();
+    try {
+      convert_mmproj(dir, ck, config, *tower, r.mmproj_path, opt, name);
+    } catch (...) {
+      std::remove(r.text_path.c_str());  // all or nothing
+      throw;
+    }
+  }
   return r;
 }
 

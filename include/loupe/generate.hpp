@@ -53,6 +53,7 @@ struct Generation {
   std::vector<int32_t> tokens;  // generated ids (without the prompt; EOS not included)
   std::string text;
   GenerateStats stats;
+  std::vector<float> first_logits;  // logits the first token was sampled from (for --dump)
 };
 
 // Called with each newly decoded piece of text; return false to stop.
@@ -78,6 +79,7 @@ inline Generation generate_from_embeddings(const LlamaModel& m, const Tokenizer&
   g.stats.prompt_tokens = n;
   g.stats.prefill_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
 
+  g.first_logits = logits;
   Sampler sampler(opt.sampling);
   StreamDecoder dec(tok, opt.answer_starts_text);
   StopMatcher stops(opt.stop);

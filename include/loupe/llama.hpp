@@ -144,7 +144,7 @@ inline void attention(const LlamaConfig& c, const KVCache& kv, const std::vector
   }
   const float scale = 1.0f / std::sqrt(float(hd));
   parallel_chunks(pool, n * c.n_heads, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> s(size_t(len));
+    std::vector<float> s(static_cast<size_t>(len));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i = t / c.n_heads, h = t % c.n_heads, kvh = h / group, upto = pos0 + i + 1;
       const float* qi = q + i * c.n_heads * hd + h * hd;

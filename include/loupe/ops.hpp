@@ -13,6 +13,12 @@
 #include "threadpool.hpp"
 
 #ifdef LOUPE_HAVE_EIGEN
+// GCC 12 reports false -Wmaybe-uninitialized inside its own AVX-512 intrinsics
+// when Eigen's GEMM kernels are inlined; silence only that, only here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <Eigen/Core>
 #endif
 
@@ -189,3 +195,7 @@ struct RopeCache {
 };
 
 }  // namespace loupe
+
+#if defined(LOUPE_HAVE_EIGEN) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

@@ -59,6 +59,9 @@ inline bool torch_allowed_global(const std::string& g) {
 
 struct Unpickler {
   static constexpr int kMaxDepth = 64;
+  // A 7B state dict pickles to ~10^4 objects; the cap keeps a hostile pickle from
+  // exhausting memory (each object costs ~150 bytes).
+  static constexpr size_t kMaxObjects = size_t(1) << 22;
 
   const Blob& in;              // the pickle bytes (name used in messages)
   bool (*allowed)(const std::string&);
@@ -74,9 +77,16 @@ struct Unpickler {
   std::vector<PyRef> stack;
   std::vector<size_t> marks;
   std::unordered_map<uint64_t, PyRef> memo;
+  size_t objects = 0;  // values made plus memo entries, against kMaxObjects
+
+  void put(uint64_t key) {
+    if (++objects > kMaxObjects) error("more than " + std::to_string(kMaxObjects) + " objects: not a state dict");
+    memo[key] = top();
+  }
 
   [[noreturn]] void error(const std::string& what) const { fail(in.name, ": pickle offset ", op_at, ": ", what); }
-  static PyRef make(PyValue::Kind k) {
+  PyRef make(PyValue::Kind k) {
+    if (++objects > kMaxObjects) error("more than " + std::to_string(kMaxObjects) + " objects: not a state dict");
     auto v = std::make_shared<PyValue>();
     v->kind = k;
     return v;
@@ -306,9 +316,9 @@ inline PyRef Unpickler::load() {
         stack.push_back(v);
         break;
       }
-      case 'q': memo[r.read<uint8_t>("BINPUT index")] = top(); break;
-      case 'r': memo[r.read<uint32_t>("LONG_BINPUT index")] = top(); break;
-      case 0x94: memo[memo.size()] = top(); break;  // MEMOIZE
+      case 'q': put(r.read<uint8_t>("BINPUT index")); break;
+      case 'r': put(r.read<uint32_t>("LONG_BINPUT index")); break;
+      case 0x94: put(memo.size()); break;  // MEMOIZE
       case 'h': case 'j': {  // BINGET / LONG_BINGET
         uint64_t k = op == 'h' ? r.read<uint8_t>("BINGET index") : r.read<uint32_t>("LONG_BINGET index");
         auto it = memo.find(k);

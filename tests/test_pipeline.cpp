@@ -1,0 +1,169 @@
+// The LLaVA / ShareGPT4V pipeline against tests/reference/vlm_fixture.py: tiny
+// random checkpoints in the published layouts (separate ShareGPT4V tower dir,
+// LLaVA-1.5 tower inside, safetensors), converted by loupe-convert's library
+// and compared with the PyTorch reference: pixel values, CLIP hidden states,
+// projected features, prompt ids with the image marker, first-token logits.
+#include "test_util.hpp"
+
+#include <loupe/convert.hpp>
+#include <loupe/npy.hpp>
+#include <loupe/pipeline.hpp>
+
+using namespace loupe;
+namespace fs = std::filesystem;
+
+namespace {
+
+double rel_err(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) num = std::max(num, double(std::fabs(a[i] - b[i]))), den = std::max(den, double(std::fabs(b[i])));
+  return num / den;
+}
+
+struct Fixture {
+  fs::path dir;
+  std::string text, mmproj;
+};
+
+Fixture make(const std::string& layout, const std::string& extra, DType t = DType::F32, const std::string& tower = "vit") {
+  Fixture f;
+  f.dir = loupe_test::scratch("pipeline_" + layout + (t == DType::F32 ? "" : std::string("_") + dtype_name(t)));
+  loupe_test::run_python("vlm_fixture.py", "--layout " + layout + " --out " + f.dir.string() + " --seed 3 " + extra + " > /dev/null");
+  ConvertOptions o;
+  o.outtype = t;
+  o.progress = false;
+  o.log = nullptr;
+  o.name = layout;
+  if (!tower.empty()) o.vision_tower = (f.dir / tower).string();
+  ConvertResult r = convert_model((f.dir / "llm").string(), (f.dir / "gguf").string(), o);
+  f.text = r.text_path;
+  f.mmproj = r.mmproj_path;
+  return f;
+}
+
+std::vector<int32_t> ref_ids(const fs::path& dir) {
+  Json j = Json::parse(loupe_test::slurp(dir / "ref/prompt_ids.json"), "prompt_ids.json");
+  std::vector<int32_t> v;
+  for (const Json& x : j.at("ids").array()) v.push_back(int32_t(x.integer()));
+  return v;
+}
+
+Tensor npy(const Fixture& f, const char* name) { return read_npy((f.dir / "ref" / name).string()); }
+
+// Runs loupe on the reference's own pixel values (so JPEG decoder differences
+// cannot hide a model error) and checks every intermediate.
+void check_against_reference(const Fixture& f, double tol) {
+  LanguageModel lm = LanguageModel::open(f.text);
+  VisionModel vm = VisionModel::open(f.mmproj);
+  Tensor px = npy(f, "pixel_values.npy");
+
+  std::vector<std::vector<float>> hidden;
+  std::vector<float> feats = clip_encode(vm.clip, px.f32(), nullptr, &hidden);
+  Tensor ref_hidden = npy(f, "vision_hidden_states.npy");  // [L+1, N+1, D]
+  const size_t per = hidden[0].size();
+  for (size_t l = 0; l < hidden.size(); ++l) {
+    INFO("hidden state " << l);
+    CHECK(rel_err(hidden[l].data(), ref_hidden.f32() + l * per, per) < tol);
+  }
+  Tensor ref_feat = npy(f, "image_features.npy");
+  std::vector<float> proj = vm.projector(feats);
+  REQUIRE(int64_t(proj.size()) == ref_feat.numel());
+  CHECK(rel_err(proj.data(), ref_feat.f32(), proj.size()) < tol);
+
+  DescribeOptions opt;
+  opt.gen.max_tokens = 1;
+  VisionChat chat(lm, vm, opt);
+  chat.set_pixels(std::move(px));
+  Generation g = chat.ask("Describe the image in detail.");
+  CHECK(chat.prompt_ids == ref_ids(f.dir));
+  Tensor ref_logits = npy(f, "logits.npy");
+  REQUIRE(int64_t(g.first_logits.size()) == ref_logits.numel());
+  const double e = rel_err(g.first_logits.data(), ref_logits.f32(), g.first_logits.size());
+  MESSAGE("first-token logits rel. error ", e);
+  CHECK(e < tol);
+}
+
+}  // namespace
+
+TEST_CASE("pipeline: ShareGPT4V layout (sharded bf16 pickles, separate CLIPVisionModel dir)") {
+  LOUPE_REQUIRE_SHARED();
+  check_against_reference(make("sharegpt4v", ""), 1e-4);
+}
+
+TEST_CASE("pipeline: LLaVA-1.5 layout, tower inside the checkpoint, odd widths") {
+  LOUPE_REQUIRE_SHARED();
+  // Tower weights come from inside the LLM checkpoint; the vit/ dir only gives the config.
+  check_against_reference(make("llava15", "--tower embedded"), 1e-4);
+}
+
+TEST_CASE("pipeline: safetensors, full 336/14 geometry (577 positions)") {
+  LOUPE_REQUIRE_SHARED();
+  check_against_reference(make("sharegpt4v-safetensors", ""), 1e-4);
+}
+
+TEST_CASE("pipeline: pixel values from our decoder + preprocessing equal PIL's for a PNG") {
+  LOUPE_REQUIRE_SHARED();
+  const std::string img = (loupe_test::shared_dir() / "images/skimage_chelsea.png").string();
+  Fixture f = make("llava15-safetensors", "--image " + img, DType::F32, "vit");
+  LanguageModel lm = LanguageModel::open(f.text);
+  VisionModel vm = VisionModel::open(f.mmproj);
+  VisionChat chat(lm, vm, DescribeOptions{});
+  chat.set_image(load_image(img));
+  Tensor ref = npy(f, "pixel_values.npy");
+  REQUIRE(chat.pixel_values.numel() == ref.numel());
+  double worst = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) worst = std::max(worst, double(std::fabs(chat.pixel_values.f32()[i] - ref.f32()[i])));
+  MESSAGE("pixel_values worst abs difference ", worst);
+  CHECK(worst <= 1e-5);
+  Tensor ref_feat = npy(f, "image_features.npy");
+  CHECK(rel_err(chat.image_features.data(), ref_feat.f32(), chat.image_features.size()) < 1e-4);
+}
+
+TEST_CASE("pipeline: multi-turn chat reuses the image and the cached prefix") {
+  LOUPE_REQUIRE_SHARED();
+  Fixture f = make("sharegpt4v", "");
+  LanguageModel lm = LanguageModel::open(f.text);
+  VisionModel vm = VisionModel::open(f.mmproj);
+  Tensor px = npy(f, "pixel_values.npy");
+  DescribeOptions opt;
+  opt.gen.max_tokens = 4;
+  VisionChat chat(lm, vm, opt);
+  chat.set_pixels(px);
+  Generation a = chat.ask("Describe the image in detail.");
+  Generation b = chat.ask("And the colours?");
+  // A fresh chat fed the same two turns in one go must produce the same second answer.
+  VisionChat fresh(lm, vm, opt);
+  fresh.set_pixels(px);
+  fresh.ask("Describe the image in detail.");
+  Generation b2 = fresh.ask("And the colours?");
+  CHECK(b.tokens == b2.tokens);
+  CHECK(chat.conversation().prompt().find("ASSISTANT: " + a.text) != std::string::npos);
+  CHECK(b.stats.prompt_tokens < int64_t(chat.prompt_ids.size()));  // only the new turn was prefilled
+}
+
+TEST_CASE("pipeline: clear errors") {
+  LOUPE_REQUIRE_SHARED();
+  Fixture f = make("sharegpt4v", "");
+  LanguageModel lm = LanguageModel::open(f.text);
+  VisionModel vm = VisionModel::open(f.mmproj);
+  VisionChat chat(lm, vm, DescribeOptions{});
+  chat.set_pixels(npy(f, "pixel_values.npy"));
+  std::string msg;
+  try {
+    chat.ask("<image>\nCompare with <image>");
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  CHECK(msg == "the prompt contains 2 <image> tags but one image was given");
+  // An mmproj from a model of another width.
+  Fixture g = make("llava15", "--tower embedded --config-overrides '{\"hidden_size\": 96, \"intermediate_size\": 160}'");
+  VisionModel other = VisionModel::open(g.mmproj);
+  msg.clear();
+  try {
+    VisionChat bad(lm, other, DescribeOptions{});
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  CHECK(msg.find("the projector outputs width") != std::string::npos);
+  CHECK(msg.find("mmproj from a different model?") != std::string::npos);
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what loupe's build and tests need, from Debian packages and npm only.
+# Idempotent: packages already present are not reinstalled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(cmake g++ make pkg-config libeigen3-dev libstb-dev libsentencepiece-dev doctest-dev
+      python3-torch python3-numpy python3-pil python3-sentencepiece emscripten chromium)
+command -v node >/dev/null 2>&1 || debs+=(nodejs npm)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# node-llama-cpp (llama.cpp's prebuilt binaries, a test reference) and playwright-core (browser tests).
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm ci" >&2
+  npm ci --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error
+fi
