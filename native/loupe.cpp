@@ -1,10 +1,16 @@
 // loupe: the command line. Subcommands:
 //   generate   text model, prompt in, streamed text out
+//   describe   image + prompt in (LLaVA / ShareGPT4V), streamed text out
+//   chat       several turns about one image, interactive
 //   tokenize   print a prompt's token ids as JSON
 // Streamed text goes to stdout; diagnostics and timings to stderr.
-#include <loupe/generate.hpp>
+#include <loupe/npy.hpp>
+#include <loupe/pipeline.hpp>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
 #include <memory>
 
 #include "args.hpp"
@@ -15,11 +21,20 @@ const char* kHelp = R"(loupe: LLaVA / ShareGPT4V vision-language models in C++
 
 usage:
   loupe generate -m MODEL.gguf -p PROMPT [options]
+  loupe describe -m MODEL.gguf --mmproj MMPROJ.gguf --image IMAGE -p PROMPT [options]
+  loupe chat     -m MODEL.gguf --mmproj MMPROJ.gguf --image IMAGE [options]
   loupe tokenize -m MODEL.gguf|tokenizer.model -p TEXT
+
+vision options:
+  --mmproj FILE           vision tower + projector GGUF (from loupe-convert or llama.cpp)
+  --image FILE            JPEG, PNG, BMP or GIF (EXIF orientation is not applied, as in LLaVA)
+  --conv NAME             chat template: vicuna_v1 (default), share4v_v1, share4v_v0, llava_v1, llava_v0
+  --dump DIR              write pixel_values.npy, image_features.npy, prompt_ids.json and
+                          logits.npy (first generated position) into DIR
 
 generation options (names as in llama.cpp):
   -m, --model FILE        text model GGUF (from loupe-convert or llama.cpp)
-  -p, --prompt TEXT       prompt text
+  -p, --prompt TEXT       prompt text (describe: the question; "<image>" may place the image)
   -n, --n-predict N       tokens to generate (default 128)
   -c, --ctx-size N        context length (default: the model's, at most 4096)
   -t, --threads N         worker threads (default 2)
@@ -38,7 +53,7 @@ generation options (names as in llama.cpp):
 const std::vector<std::string> kValueFlags = {"-m", "--model", "-p", "--prompt", "-n", "--n-predict", "-c", "--ctx-size",
                                               "-t", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
                                               "--repeat-penalty", "--repeat-last-n", "-s", "--seed", "-r",
-                                              "--reverse-prompt"};
+                                              "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump"};
 const std::vector<std::string> kBoolFlags = {"-h", "--help", "--kv-f16"};
 
 loupe::GenerateOptions generate_options(const loupe_cli::Args& a) {
@@ -76,9 +91,96 @@ int cmd_generate(const loupe_cli::Args& a) {
     return true;
   }, &pool);
   std::fputc('\n', stdout);
+  std::fflush(stdout);
   std::fprintf(stderr, "load %.1f ms | prefill %lld tokens %.1f ms (%.1f tok/s) | decode %lld tokens %.1f ms (%.1f tok/s) | %d threads\n",
                load_ms, (long long)g.stats.prompt_tokens, g.stats.prefill_ms, g.stats.prefill_tok_s(),
                (long long)g.stats.generated, g.stats.decode_ms, g.stats.decode_tok_s(), threads);
+  return 0;
+}
+
+struct VisionSession {
+  loupe::LanguageModel lm;
+  loupe::VisionModel vm;
+  std::unique_ptr<loupe::ThreadPool> pool;
+  std::unique_ptr<loupe::VisionChat> chat;
+  double load_ms = 0;
+};
+
+std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a) {
+  const std::string model = a.get({"-m", "--model"}), mmproj = a.get({"--mmproj"}), image = a.get({"--image"});
+  if (model.empty()) loupe::fail("-m MODEL.gguf is required");
+  if (mmproj.empty()) loupe::fail("--mmproj MMPROJ.gguf is required");
+  if (image.empty()) loupe::fail("--image FILE is required");
+  auto s = std::make_unique<VisionSession>();
+  auto t0 = std::chrono::steady_clock::now();
+  s->lm = loupe::LanguageModel::open(model);
+  s->vm = loupe::VisionModel::open(mmproj);
+  s->load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  s->pool = std::make_unique<loupe::ThreadPool>(a.integer({"-t", "--threads"}, 2));
+  loupe::DescribeOptions opt;
+  opt.conv = a.get({"--conv"}, "vicuna_v1");
+  opt.gen = generate_options(a);
+  opt.n_ctx = a.integer({"-c", "--ctx-size"}, 0);
+  opt.kv_type = a.has("--kv-f16") ? loupe::DType::F16 : loupe::DType::F32;
+  s->chat = std::make_unique<loupe::VisionChat>(s->lm, s->vm, opt, s->pool.get());
+  s->chat->set_image(loupe::load_image(image));
+  return s;
+}
+
+bool print_text(std::string_view t) {
+  std::fwrite(t.data(), 1, t.size(), stdout);
+  std::fflush(stdout);
+  return true;
+}
+
+void print_timings(const VisionSession& s, const loupe::Generation& g) {
+  std::fprintf(stderr, "load %.1f ms | image encode %.1f ms | prefill %lld positions %.1f ms (%.1f tok/s) | decode %lld tokens %.1f ms (%.1f tok/s) | %d threads\n",
+               s.load_ms, s.chat->encode_ms, (long long)g.stats.prompt_tokens, g.stats.prefill_ms, g.stats.prefill_tok_s(),
+               (long long)g.stats.generated, g.stats.decode_ms, g.stats.decode_tok_s(), s.pool->size());
+}
+
+// --dump DIR: the intermediate tensors, for comparing with a Python reference.
+void dump(const std::string& dir, const VisionSession& s, const loupe::Generation& g) {
+  namespace fs = std::filesystem;
+  fs::create_directories(dir);
+  const loupe::VisionChat& c = *s.chat;
+  loupe::write_npy((fs::path(dir) / "pixel_values.npy").string(), c.pixel_values.f32(), c.pixel_values.shape);
+  const int64_t dim = s.lm.model.cfg.dim;
+  loupe::write_npy((fs::path(dir) / "image_features.npy").string(), c.image_features.data(),
+                   {int64_t(c.image_features.size()) / dim, dim});
+  loupe::write_npy((fs::path(dir) / "logits.npy").string(), g.first_logits.data(), {int64_t(g.first_logits.size())});
+  std::ofstream ids(fs::path(dir) / "prompt_ids.json");
+  ids << "[";
+  for (size_t i = 0; i < c.prompt_ids.size(); ++i) ids << (i ? ", " : "") << c.prompt_ids[i];
+  ids << "]\n";
+  if (!ids) loupe::fail(dir, ": cannot write prompt_ids.json");
+}
+
+int cmd_describe(const loupe_cli::Args& a) {
+  if (!a.has("-p") && !a.has("--prompt")) loupe::fail("describe: -p PROMPT is required");
+  auto s = open_vision(a);
+  loupe::Generation g = s->chat->ask(a.get({"-p", "--prompt"}), print_text);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  print_timings(*s, g);
+  if (a.has("--dump")) dump(a.get({"--dump"}), *s, g);
+  return 0;
+}
+
+int cmd_chat(const loupe_cli::Args& a) {
+  auto s = open_vision(a);
+  std::fprintf(stderr, "chat about %s — empty line or Ctrl-D to quit\n", a.get({"--image"}).c_str());
+  std::string line;
+  for (int turn = 0;; ++turn) {
+    std::fputs("USER: ", stderr);
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    std::fputs("ASSISTANT: ", stdout);
+    loupe::Generation g = s->chat->ask(line, print_text);
+    std::fputc('\n', stdout);
+  std::fflush(stdout);
+    print_timings(*s, g);
+    if (turn == 0 && a.has("--dump")) dump(a.get({"--dump"}), *s, g);
+  }
   return 0;
 }
 
@@ -112,6 +214,8 @@ int main(int argc, char** argv) {
     if (!a.positional.empty()) loupe::fail("unexpected argument '", a.positional[0], "' (see --help)");
     if (cmd == "generate") return cmd_generate(a);
     if (cmd == "tokenize") return cmd_tokenize(a);
+    if (cmd == "describe") return cmd_describe(a);
+    if (cmd == "chat") return cmd_chat(a);
     loupe::fail("unknown command '", cmd, "' (see --help)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loupe: error: %s\n", e.what());
