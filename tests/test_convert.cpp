@@ -1,0 +1,203 @@
+// loupe-convert: failure cases give a clear message and leave no output file;
+// --inspect lists what a file holds; the CLI converts and generates end to end.
+#include "test_util.hpp"
+
+#include <loupe/convert.hpp>
+
+#include <csignal>
+#include <sys/resource.h>
+
+using namespace loupe;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+ConvertOptions quiet(DType t = DType::F16) {
+  ConvertOptions o;
+  o.outtype = t;
+  o.progress = false;
+  o.log = nullptr;
+  o.name = "m";
+  return o;
+}
+
+// A fresh ShareGPT4V fixture (sharded bf16 pickles + separate tower dir).
+fs::path fixture(const std::string& name) {
+  fs::path d = loupe_test::scratch("convert_" + name);
+  loupe_test::run_python("vlm_fixture.py", "--layout sharegpt4v --out " + d.string() + " --seed 1 > /dev/null");
+  return d;
+}
+
+bool no_outputs(const fs::path& out) {
+  if (!fs::exists(out)) return true;
+  for (auto& e : fs::directory_iterator(out)) {
+    INFO("left behind: " << e.path());
+    return false;
+  }
+  return true;
+}
+
+std::string run(const std::string& cmd, int* rc = nullptr) {
+  const fs::path out = fs::path(LOUPE_TEST_TMP) / "cmd_out.txt";
+  int r = std::system((cmd + " > " + out.string() + " 2>&1").c_str());
+  if (rc) *rc = WEXITSTATUS(r);
+  return loupe_test::slurp(out);
+}
+
+std::string bin(const char* name) { return (fs::path(LOUPE_BINARY_DIR) / "bin" / name).string(); }
+
+void edit_json(const fs::path& p, const std::string& from, const std::string& to) {
+  std::string s = loupe_test::slurp(p);
+  const size_t at = s.find(from);
+  REQUIRE_MESSAGE(at != std::string::npos, "'" << from << "' not in " << p);
+  s.replace(at, from.size(), to);
+  std::ofstream(p, std::ios::binary) << s;
+}
+
+}  // namespace
+
+TEST_CASE("convert: failures name the file and the problem and leave no output") {
+  LOUPE_REQUIRE_SHARED();
+  fs::path d = fixture("fail");
+  const fs::path llm = d / "llm", vit = d / "vit";
+  auto opts = quiet();
+  opts.vision_tower = vit.string();
+  const fs::path out = d / "out";
+
+  SUBCASE("missing shard") {
+    fs::remove(llm / "pytorch_model-00002-of-00002.bin");
+    std::string e = error_of([&] { convert_model(llm.string(), out.string(), opts); });
+    CHECK(e.find("pytorch_model-00002-of-00002.bin") != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+  SUBCASE("index naming a tensor the shard lacks") {
+    edit_json(llm / "pytorch_model.bin.index.json", "\"weight_map\": {", "\"weight_map\": {\"model.extra.weight\": \"pytorch_model-00001-of-00002.bin\", ");
+    std::string e = error_of([&] { convert_model(llm.string(), out.string(), opts); });
+    CHECK(e.find("model.extra.weight") != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+  SUBCASE("shape mismatch with config.json") {
+    edit_json(llm / "config.json", "\"intermediate_size\": ", "\"intermediate_size\": 1");
+    std::string e = error_of([&] { convert_model(llm.string(), out.string(), opts); });
+    CHECK(e.find("but the config implies") != std::string::npos);
+    CHECK(e.find("mlp.gate_proj.weight") != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+  SUBCASE("unknown architecture") {
+    edit_json(llm / "config.json", "\"model_type\": \"share4v\"", "\"model_type\": \"gpt2\"");
+    std::string e = error_of([&] { convert_model(llm.string(), out.string(), opts); });
+    CHECK(e.find("unknown architecture: model_type 'gpt2'") != std::string::npos);
+    CHECK(e.find("config.json") != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+  SUBCASE("vision tower named by hub id but not given and not beside the model") {
+    auto o2 = quiet();
+    std::string e = error_of([&] { convert_model(llm.string(), out.string(), o2); });
+    CHECK(e.find("Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12") != std::string::npos);
+    CHECK(e.find("--vision-tower") != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+  SUBCASE("the tower found beside the model by its hub name") {
+    fs::rename(vit, d / "ShareGPT4V-7B_Pretrained_vit-large336-l12");
+    auto o2 = quiet();
+    ConvertResult r = convert_model(llm.string(), out.string(), o2);
+    CHECK(fs::exists(r.mmproj_path));
+  }
+  SUBCASE("unsupported dtype") {
+    // A float64 weight in a safetensors checkpoint.
+    fs::path st = d / "f64";
+    loupe_test::run_python("llama_ref.py", "--make " + st.string() + " --config gqa36 --seed 2 --tokenizer " +
+                                               (loupe_test::shared_dir() / "models/stories260K-hf/tokenizer.model").string() +
+                                               " > /dev/null");
+    const std::string py = "import sys; sys.path.insert(0, 'tests/reference'); import hf_layout, torch\n"
+                           "sd = hf_layout.load_state_dict(sys.argv[1])\n"
+                           "sd['model.norm.weight'] = sd['model.norm.weight'].double()\n"
+                           "hf_layout.save_state_dict(sys.argv[1], sd, fmt='safetensors')\n";
+    std::ofstream(d / "f64.py") << py;
+    REQUIRE(std::system(("/usr/bin/python3 " + (d / "f64.py").string() + " " + st.string()).c_str()) == 0);
+    std::string e = error_of([&] { convert_model(st.string(), out.string(), quiet()); });
+    CHECK(e.find("model.norm.weight") != std::string::npos);
+    CHECK(e.find("unsupported dtype F64") != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+  SUBCASE("unknown tensor in the checkpoint") {
+    const std::string py = "import sys; sys.path.insert(0, 'tests/reference'); import hf_layout, torch\n"
+                           "sd = hf_layout.load_state_dict(sys.argv[1])\n"
+                           "sd['model.surprise.weight'] = torch.zeros(4, 4)\n"
+                           "hf_layout.save_state_dict(sys.argv[1], sd, fmt='bin', shards=2, dtype='bf16')\n";
+    std::ofstream(d / "extra.py") << py;
+    REQUIRE(std::system(("/usr/bin/python3 " + (d / "extra.py").string() + " " + llm.string()).c_str()) == 0);
+    std::string e = error_of([&] { convert_model(llm.string(), out.string(), opts); });
+    CHECK(e.find("unknown tensor 'model.surprise.weight'") != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+  SUBCASE("disk full (the OS refuses the write) leaves no half-written file") {
+    // RLIMIT_FSIZE makes write() fail with EFBIG once the file would pass 64 KiB.
+    struct rlimit old {};
+    getrlimit(RLIMIT_FSIZE, &old);
+    auto prev = std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim = old;
+    lim.rlim_cur = 64 * 1024;
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    std::string e = error_of([&] { convert_model(llm.string(), out.string(), opts); });
+    setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, prev);
+    CHECK(e.find("write failed (disk full?)") != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+}
+
+TEST_CASE("convert: loupe-convert CLI converts, --inspect lists, bad flags exit non-zero") {
+  LOUPE_REQUIRE_SHARED();
+  fs::path out = loupe_test::scratch("convert_cli");
+  int rc = -1;
+  std::string log = run(bin("loupe-convert") + " --model " + (loupe_test::shared_dir() / "models/llama2xs-bf16-sharded").string() +
+                            " --outtype q4_0 -o " + out.string(),
+                        &rc);
+  CHECK(rc == 0);
+  CHECK(log.find("wrote " + (out / "llama2xs-bf16-sharded.gguf").string()) != std::string::npos);
+  std::string listing = run(bin("loupe-convert") + " --inspect " + (out / "llama2xs-bf16-sharded.gguf").string(), &rc);
+  CHECK(rc == 0);
+  CHECK(listing.find("blk.4.ffn_down.weight") != std::string::npos);
+  CHECK(listing.find("Q4_0") != std::string::npos);
+  CHECK(listing.find("llama.attention.head_count_kv") != std::string::npos);
+  listing = run(bin("loupe-convert") + " --inspect " + (loupe_test::shared_dir() / "models/llama2xs-bf16-sharded").string(), &rc);
+  CHECK(rc == 0);
+  CHECK(listing.find("47 tensors") != std::string::npos);
+  CHECK(listing.find("BF16") != std::string::npos);
+  run(bin("loupe-convert") + " --model /nonexistent -o " + out.string(), &rc);
+  CHECK(rc == 1);
+  run(bin("loupe-convert") + " --bogus", &rc);
+  CHECK(rc == 1);
+  CHECK(run(bin("loupe-convert") + " --help", &rc).find("--vision-tower") != std::string::npos);
+  CHECK(rc == 0);
+}
+
+TEST_CASE("cli: loupe generate prints the known story at temperature 0") {
+  LOUPE_REQUIRE_SHARED();
+  fs::path out = loupe_test::scratch("cli_generate");
+  int rc = -1;
+  run(bin("loupe-convert") + " --model " + (loupe_test::shared_dir() / "models/stories260K-hf").string() + " --outtype f32 -o " + out.string(), &rc);
+  REQUIRE(rc == 0);
+  const fs::path txt = out / "story.txt";
+  rc = std::system((bin("loupe") + " generate -m " + (out / "stories260K-hf.gguf").string() +
+                    " -p 'Once upon a time' -n 64 --temp 0 > " + txt.string() + " 2>/dev/null").c_str());
+  CHECK(rc == 0);
+  const std::string story = loupe_test::slurp(txt);
+  // The continuation karpathy's run.c prints (../shared/expected/stories260K-greedy.jsonl).
+  const std::string want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
+  CHECK(story.rfind(want, 0) == 0);
+  std::string tokens = run(bin("loupe") + " tokenize -m " + (out / "stories260K-hf.gguf").string() + " -p 'Once upon a time'", &rc);
+  CHECK(tokens == "[1, 403, 407, 261, 378]\n");
+  run(bin("loupe") + " generate -m " + (out / "missing.gguf").string() + " -p x", &rc);
+  CHECK(rc == 1);
+}
