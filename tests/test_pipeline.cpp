@@ -167,3 +167,31 @@ TEST_CASE("pipeline: clear errors") {
   CHECK(msg.find("the projector outputs width") != std::string::npos);
   CHECK(msg.find("mmproj from a different model?") != std::string::npos);
 }
+
+TEST_CASE("cli: loupe describe runs the full 336/14 geometry on every image in ../shared/images") {
+  LOUPE_REQUIRE_SHARED();
+  Fixture f = make("sharegpt4v-safetensors", "", DType::Q4_0);
+  const std::string loupe = (fs::path(LOUPE_BINARY_DIR) / "bin/loupe").string();
+  const std::vector<int32_t> want_ids = ref_ids(f.dir);
+  int images = 0;
+  for (auto& e : fs::directory_iterator(loupe_test::shared_dir() / "images")) {
+    INFO(e.path());
+    const fs::path dump = f.dir / ("dump-" + e.path().stem().string());
+    const std::string cmd = loupe + " describe -m " + f.text + " --mmproj " + f.mmproj + " --image " + e.path().string() +
+                            " -p 'Describe the image in detail.' -n 4 -t 2 --dump " + dump.string() + " > /dev/null 2>&1";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    Tensor px = read_npy((dump / "pixel_values.npy").string()), feats = read_npy((dump / "image_features.npy").string());
+    CHECK(px.shape == std::vector<int64_t>{3, 336, 336});
+    CHECK(feats.shape[0] == 576);
+    Json ids = Json::parse(loupe_test::slurp(dump / "prompt_ids.json"), "prompt_ids.json");
+    std::vector<int32_t> got;
+    for (const Json& x : ids.array()) got.push_back(int32_t(x.integer()));
+    CHECK(got == want_ids);
+    ++images;
+  }
+  CHECK(images == 5);
+  // Errors: a missing image, an undecodable one.
+  const std::string base = loupe + " describe -m " + f.text + " --mmproj " + f.mmproj + " -p hi --image ";
+  CHECK(WEXITSTATUS(std::system((base + "/nonexistent.png 2>/dev/null").c_str())) == 1);
+  CHECK(WEXITSTATUS(std::system((base + f.text + " 2>/dev/null").c_str())) == 1);
+}
