@@ -13,16 +13,7 @@
 
 namespace ckpt_test {
 
-// The message of the loupe::Error that f throws ("" if it throws none).
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const loupe::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using loupe_test::error_of;
 
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 

@@ -8,18 +8,10 @@
 #include <sys/resource.h>
 
 using namespace loupe;
+using loupe_test::error_of;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 ConvertOptions quiet(DType t = DType::F16) {
   ConvertOptions o;

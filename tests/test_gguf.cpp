@@ -5,17 +5,9 @@
 #include <random>
 
 using namespace loupe;
+using loupe_test::error_of;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 Blob blob_of(std::vector<uint8_t> bytes, const std::string& name = "test.gguf") {
   return Blob::from_bytes(std::move(bytes), name);

@@ -9,6 +9,8 @@
 #include <loupe/npy.hpp>
 
 using namespace loupe;
+using loupe_test::ints;
+using loupe_test::rel_err;
 namespace fs = std::filesystem;
 
 namespace {
@@ -42,19 +44,6 @@ std::vector<float> decode_logits(const LlamaModel& m, const std::vector<int32_t>
     forward(m, kv, x.data(), 1, logits.data() + i * V, false);
   }
   return logits;
-}
-
-// max |a − b| / max |b|
-double rel_err(const std::vector<float>& a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) num = std::max(num, double(std::fabs(a[i] - b[i]))), den = std::max(den, double(std::fabs(b[i])));
-  return num / den;
-}
-
-std::vector<int32_t> ints(const Json& arr) {
-  std::vector<int32_t> v;
-  for (const Json& x : arr.array()) v.push_back(int32_t(x.integer()));
-  return v;
 }
 
 struct Expected {
@@ -197,7 +186,7 @@ TEST_CASE("llama: RoPE conventions — HF rotate_half on HF-ordered q/k equals l
   }
   // Different weights rows, same math: must agree to rounding.
   std::vector<float> half = prefill_logits(hf, ids);
-  CHECK(rel_err(half, adjacent.data(), adjacent.size()) < 1e-6);
+  CHECK(rel_err(half.data(), adjacent.data(), adjacent.size()) < 1e-6);
   // And the wrong pairing is caught: HF-ordered weights with adjacent rotation differ.
   hf.rope_style = RopeStyle::Adjacent;
   CHECK(rel_err(prefill_logits(hf, ids), adjacent.data(), adjacent.size()) > 1e-2);

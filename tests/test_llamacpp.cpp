@@ -7,6 +7,7 @@
 #include <loupe/generate.hpp>
 
 using namespace loupe;
+using loupe_test::ints;
 namespace fs = std::filesystem;
 
 namespace {
@@ -34,12 +35,6 @@ Json llama_cpp(const std::string& model, const std::vector<int32_t>& prompt, int
   INFO(cmd);
   REQUIRE(std::system(cmd.c_str()) == 0);
   return Json::parse(loupe_test::slurp(out), "greedy.mjs output");
-}
-
-std::vector<int32_t> ints(const Json& arr) {
-  std::vector<int32_t> v;
-  for (const Json& x : arr.array()) v.push_back(int32_t(x.integer()));
-  return v;
 }
 
 std::string convert(const fs::path& src, const fs::path& out, DType t, const std::string& name) {

@@ -10,15 +10,10 @@
 #include <loupe/pipeline.hpp>
 
 using namespace loupe;
+using loupe_test::rel_err;
 namespace fs = std::filesystem;
 
 namespace {
-
-double rel_err(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) num = std::max(num, double(std::fabs(a[i] - b[i]))), den = std::max(den, double(std::fabs(b[i])));
-  return num / den;
-}
 
 struct Fixture {
   fs::path dir;

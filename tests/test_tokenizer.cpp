@@ -19,6 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using loupe::Tokenizer;
 using Ids = std::vector<int>;
+using loupe_test::error_of;
 
 fs::path llama_model() { return loupe_test::shared_dir() / "tokenizers/llama2.model"; }
 fs::path stories_model() { return loupe_test::shared_dir() / "models/stories260K-hf/tokenizer.model"; }
@@ -277,15 +278,6 @@ std::string serialize(const loupe::SentencePieceModel& m) {
   n.vint(5, m.normalizer.escape_whitespaces);
   w.bytes(3, n.out);
   return w.out;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const loupe::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

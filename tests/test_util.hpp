@@ -4,6 +4,11 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <loupe/error.hpp>
+#include <loupe/json.hpp>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -41,6 +46,34 @@ inline void run_python(const std::string& script, const std::string& args) {
 inline std::string slurp(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// The message of the loupe::Error that f throws ("" if it throws none).
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const loupe::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// max |a − b| / max |b|: the relative error the reference comparisons quote.
+inline double rel_err(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i)
+    num = std::max(num, double(std::fabs(a[i] - b[i]))), den = std::max(den, double(std::fabs(b[i])));
+  return num / den;
+}
+
+inline double rel_err(const std::vector<float>& a, const float* b, size_t n) { return rel_err(a.data(), b, n); }
+
+// A JSON array of integers (token ids).
+inline std::vector<int32_t> ints(const loupe::Json& arr) {
+  std::vector<int32_t> v;
+  for (const loupe::Json& x : arr.array()) v.push_back(int32_t(x.integer()));
+  return v;
 }
 
 // Skip a whole test case (with a message) when ../shared is not there.
