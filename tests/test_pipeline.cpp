@@ -190,3 +190,39 @@ TEST_CASE("cli: loupe describe runs the full 336/14 geometry on every image in .
   CHECK(WEXITSTATUS(std::system((base + "/nonexistent.png 2>/dev/null").c_str())) == 1);
   CHECK(WEXITSTATUS(std::system((base + f.text + " 2>/dev/null").c_str())) == 1);
 }
+
+TEST_CASE("pipeline: mmproj files with llama.cpp's legacy quirks give the same features") {
+  LOUPE_REQUIRE_SHARED();
+  // llama.cpp's legacy converter names fc1 "ffn_down" and fc2 "ffn_up", writes
+  // block_count = layers − 1 for LLaVA while keeping every layer's tensors, and
+  // has no clip.vision.feature_layer key. Rewrite our mmproj that way.
+  Fixture f = make("llava15", "--tower embedded");
+  GgufFile g = GgufFile::open(f.mmproj);
+  VisionModel ours = VisionModel::open(f.mmproj);
+  const int64_t run = ours.clip.cfg.n_layers_run;
+  GgufWriter w;
+  for (auto& [k, v] : g.kv)
+    if (k != "clip.vision.feature_layer") w.set(k, v);
+  w.set("clip.vision.block_count", GgufValue::u32(uint32_t(run)));
+  auto copy = [&](const GgufTensor& t, const std::string& name) {
+    Tensor c(t.dtype, t.shape);
+    std::memcpy(c.bytes.data(), t.view.data, c.bytes.size());
+    w.add_tensor(name, c);
+  };
+  for (auto& t : g.tensors) {
+    std::string n = t.name;
+    if (n.find(".ffn_up.") != std::string::npos) n.replace(n.find(".ffn_up."), 8, ".ffn_down.");
+    else if (n.find(".ffn_down.") != std::string::npos) n.replace(n.find(".ffn_down."), 10, ".ffn_up.");
+    copy(t, n);
+  }
+  // The unused last block is still in the file (a copy of block 0 stands in for it).
+  for (auto& t : g.tensors)
+    if (t.name.rfind("v.blk.0.", 0) == 0) copy(t, "v.blk." + std::to_string(run) + t.name.substr(7));
+  const std::string legacy = (f.dir / "mmproj-legacy.gguf").string();
+  w.write_file(legacy);
+  VisionModel old = VisionModel::open(legacy);
+  CHECK(old.clip.cfg.n_layers_run == run);
+  Tensor px = npy(f, "pixel_values.npy");
+  std::vector<float> a = clip_encode(ours.clip, px.f32()), b = clip_encode(old.clip, px.f32());
+  CHECK(a == b);
+}
