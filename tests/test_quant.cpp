@@ -76,3 +76,61 @@ np.save(sys.argv[1] + '/b.npy', (((b + 0x7fff + ((b >> 16) & 1)) >> 16) & 0xffff
   CHECK(bad_b == 0);
   CHECK(bad_back == 0);
 }
+
+// llama.cpp's own quantisers, straight from the libggml-base.so that npm's
+// node-llama-cpp ships: the same bytes for the same floats.
+#include <dlfcn.h>
+
+#include <random>
+
+TEST_CASE("quant: bytes equal ggml's own quantize_row_q{4,8}_0_ref and fp16/bf16 rows (libggml-base.so)") {
+  namespace fs = std::filesystem;
+  fs::path lib;
+  const fs::path bins = loupe_test::source_dir() / "node_modules/@node-llama-cpp/linux-x64/bins";
+  if (fs::exists(bins))
+    for (auto& d : fs::directory_iterator(bins))
+      if (fs::exists(d.path() / "libggml-base.so")) lib = d.path() / "libggml-base.so";
+  REQUIRE_MESSAGE(!lib.empty(), "node_modules/@node-llama-cpp/linux-x64 is missing: run tools/setup.sh");
+  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
+  REQUIRE_MESSAGE(h, dlerror());
+  using QuantFn = void (*)(const float*, void*, int64_t);
+  using RowFn = void (*)(const float*, uint16_t*, int64_t);
+  auto q4 = reinterpret_cast<QuantFn>(dlsym(h, "quantize_row_q4_0_ref"));
+  auto q8 = reinterpret_cast<QuantFn>(dlsym(h, "quantize_row_q8_0_ref"));
+  auto h16 = reinterpret_cast<RowFn>(dlsym(h, "ggml_fp32_to_fp16_row"));
+  auto b16 = reinterpret_cast<RowFn>(dlsym(h, "ggml_fp32_to_bf16_row_ref"));
+  REQUIRE((q4 && q8 && h16 && b16));
+
+  std::mt19937 rng(42);
+  std::normal_distribution<float> nd;
+  std::uniform_int_distribution<int> pick(0, 5);
+  const int64_t n = 32 * 4096;
+  std::vector<float> x(static_cast<size_t>(n));
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const int kind = pick(rng);  // mix of distributions, plus exact ties and zero blocks
+    for (int j = 0; j < 32; ++j) {
+      float v = nd(rng);
+      if (kind == 1) v *= 1e-3f;
+      if (kind == 2) v = float(int(v * 8)) / 8;  // values on the rounding grid
+      if (kind == 3) v = j == 5 ? 2.0f : j == 9 ? -2.0f : v;  // ±max ties
+      if (kind == 4) v = 0.0f;
+      if (kind == 5) v *= 1e4f;
+      x[size_t(b * 32 + j)] = v;
+    }
+  }
+  std::vector<uint8_t> ours(size_t(n / 32) * 34), theirs(ours.size());
+  quantize_row_q4_0(x.data(), reinterpret_cast<BlockQ4_0*>(ours.data()), n);
+  q4(x.data(), theirs.data(), n);
+  CHECK(std::memcmp(ours.data(), theirs.data(), size_t(n / 32) * 18) == 0);
+  quantize_row_q8_0(x.data(), reinterpret_cast<BlockQ8_0*>(ours.data()), n);
+  q8(x.data(), theirs.data(), n);
+  CHECK(std::memcmp(ours.data(), theirs.data(), size_t(n / 32) * 34) == 0);
+  std::vector<uint16_t> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) a[size_t(i)] = f32_to_fp16(x[size_t(i)]);
+  h16(x.data(), b.data(), n);
+  CHECK(a == b);
+  for (int64_t i = 0; i < n; ++i) a[size_t(i)] = f32_to_bf16(x[size_t(i)]);
+  b16(x.data(), b.data(), n);
+  CHECK(a == b);
+  dlclose(h);
+}
