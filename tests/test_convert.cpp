@@ -193,3 +193,35 @@ TEST_CASE("cli: loupe generate prints the known story at temperature 0") {
   run(bin("loupe") + " generate -m " + (out / "missing.gguf").string() + " -p x", &rc);
   CHECK(rc == 1);
 }
+
+TEST_CASE("convert: re-quantising a GGUF gives the same bytes as converting the checkpoint directly") {
+  LOUPE_REQUIRE_SHARED();
+  fs::path out = loupe_test::scratch("convert_requant");
+  const fs::path src = loupe_test::shared_dir() / "models/llama2xs-bf16-sharded";
+  ConvertOptions o = quiet(DType::F32);
+  o.name = "f32";
+  const std::string f32 = convert_model(src.string(), out.string(), o).text_path;
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::F16}) {
+    o = quiet(t);
+    o.name = std::string("direct-") + dtype_name(t);
+    GgufFile direct = GgufFile::open(convert_model(src.string(), out.string(), o).text_path);
+    o.name = std::string("requant-") + dtype_name(t);
+    GgufFile requant = GgufFile::open(convert_model(f32, out.string(), o).text_path);
+    REQUIRE(direct.tensors.size() == requant.tensors.size());
+    for (size_t i = 0; i < direct.tensors.size(); ++i) {
+      INFO(direct.tensors[i].name);
+      CHECK(direct.tensors[i].dtype == requant.tensors[i].dtype);
+      CHECK(std::memcmp(direct.tensors[i].view.data, requant.tensors[i].view.data, direct.tensors[i].view.nbytes()) == 0);
+    }
+    CHECK(requant.get_int("general.file_type") == direct.get_int("general.file_type"));
+  }
+  // A quantised GGUF can be re-quantised too, with a note about the extra rounding.
+  std::string note;
+  o = quiet(DType::Q4_0);
+  o.name = "q8-to-q4";
+  o.log = [&](const std::string& s) { note += s; };
+  convert_model((out / "direct-Q8_0.gguf").string(), out.string(), o);
+  CHECK(note.find("dequantised to f32 and requantised") != std::string::npos);
+  CHECK(error_of([&] { o.name = "direct-Q8_0"; convert_model((out / "direct-Q8_0.gguf").string(), out.string(), o); })
+            .find("refusing to overwrite the input file") != std::string::npos);
+}

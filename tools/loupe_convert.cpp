@@ -13,8 +13,9 @@ usage:
   loupe-convert --model DIR [--vision-tower DIR] [--outtype TYPE] [-o OUT_DIR] [--name NAME]
   loupe-convert --inspect FILE_OR_DIR
 
-  --model DIR         Hugging Face model directory: config.json, tokenizer.model and
-                      model.safetensors / pytorch_model.bin (single or sharded with an index)
+  --model DIR|GGUF    Hugging Face model directory: config.json, tokenizer.model and
+                      model.safetensors / pytorch_model.bin (single or sharded with an index);
+                      or a GGUF file (llama.cpp's or loupe's) to re-quantise to --outtype
   --vision-tower DIR  the CLIPVisionModel directory when the checkpoint does not hold the tower
                       (ShareGPT4V); default: looked up beside the model directory
   --outtype TYPE      f32, f16 (default), bf16, q8_0 or q4_0 for the weight matrices
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
     opt.name = a.get({"--name"});
     opt.progress = !a.has("-q") && !a.has("--quiet");
     loupe::ConvertResult r = loupe::convert_model(a.get({"--model"}), a.get({"-o", "--outdir"}, "."), opt);
-    std::fprintf(stderr, "wrote %s\n", r.text_path.c_str());
+    if (!r.text_path.empty()) std::fprintf(stderr, "wrote %s\n", r.text_path.c_str());
     if (!r.mmproj_path.empty()) std::fprintf(stderr, "wrote %s\n", r.mmproj_path.c_str());
     return 0;
   } catch (const std::exception& e) {

@@ -7,6 +7,7 @@
 // (the inverse of the permutation HF's convert_llama_weights_to_hf applies).
 // Tensors are converted and written one at a time from the mmapped checkpoint.
 #pragma once
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -21,6 +22,7 @@
 #include "gguf.hpp"
 #include "gguf_vocab.hpp"
 #include "json.hpp"
+#include "lora_adapter.hpp"
 #include "progress.hpp"
 
 namespace loupe {
@@ -30,6 +32,7 @@ struct ConvertOptions {
   std::string name;              // output base name; default: the model directory's name
   std::string vision_tower;      // directory of a separate CLIPVisionModel (ShareGPT4V)
   bool progress = true;          // progress bar on a terminal
+  std::vector<std::pair<std::string, float>> loras;  // LoRA adapters (path, scale) merged into the weights
   std::function<void(const std::string&)> log = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
 };
 
@@ -92,6 +95,7 @@ struct Plan {
   std::vector<int64_t> shape;  // expected HF shape
   DType type = DType::F32;
   int64_t permute_heads = 0;   // > 0: q/k rows to llama.cpp's layout with this many heads
+  std::vector<std::pair<const LoraWeight*, float>> lora;  // LoRA updates merged in, with their scales
 };
 
 // Row r of the output takes HF row src_row(r): within each head, HF keeps the
@@ -106,13 +110,36 @@ inline void produce(const Plan& p, std::vector<uint8_t>& out) {
   const TensorView v = p.src->view();
   const int64_t cols = v.cols(), rows = v.rows();
   const int64_t head_dim = p.permute_heads ? rows / p.permute_heads : 0;
-  std::vector<float> row(static_cast<size_t>(cols));
   const size_t rb = row_bytes(p.type, cols);
   out.resize(rb * size_t(rows));
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t s = p.permute_heads ? permuted_source_row(r, head_dim) : r;
-    to_f32(v.dtype, v.row(s), row.data(), cols);
-    from_f32(p.type, row.data(), out.data() + size_t(r) * rb, cols);
+  // LoRA merge, PEFT's merge(): W += scaling·B·A (times each adapter's scale), in
+  // f32 on the checkpoint's weights before the output type's rounding or
+  // quantisation. B's rows are already in the output's (llama.cpp's) row order.
+  // B·A as a GEMM: matmul(Aᵀ, rows of B) = rows of B·A.
+  std::vector<Tensor> at(p.lora.size()), bf(p.lora.size());
+  for (size_t i = 0; i < p.lora.size(); ++i) {
+    const Tensor a = to_f32(p.lora[i].first->a.view());
+    const int64_t r = a.shape[0];
+    at[i] = Tensor(DType::F32, {cols, r});
+    for (int64_t k = 0; k < r; ++k)
+      for (int64_t c = 0; c < cols; ++c) at[i].f32()[c * r + k] = a.f32()[k * cols + c];
+    bf[i] = to_f32(p.lora[i].first->b.view());
+  }
+  constexpr int64_t kBlock = 64;
+  std::vector<float> blk(static_cast<size_t>(std::min(kBlock, rows) * cols)), delta(p.lora.empty() ? 0 : blk.size());
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t m = std::min(kBlock, rows - r0);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t s = p.permute_heads ? permuted_source_row(r0 + i, head_dim) : r0 + i;
+      to_f32(v.dtype, v.row(s), blk.data() + i * cols, cols);
+    }
+    for (size_t k = 0; k < p.lora.size(); ++k) {
+      const int64_t r = at[k].shape[1];
+      matmul(at[k].view(), bf[k].f32() + r0 * r, m, delta.data());
+      const float sc = p.lora[k].second * p.lora[k].first->scaling;
+      for (int64_t j = 0; j < m * cols; ++j) blk[size_t(j)] += sc * delta[size_t(j)];
+    }
+    for (int64_t i = 0; i < m; ++i) from_f32(p.type, blk.data() + i * cols, out.data() + size_t(r0 + i) * rb, cols);
   }
 }
 
@@ -434,11 +461,70 @@ inline std::optional<VisionSource> find_vision_tower(const std::string& dir, con
   fail(dir, ": the vision tower '", hub, "' is neither in the checkpoint nor given; pass --vision-tower DIR (looked in:", looked, ")");
 }
 
+// Re-quantise an existing GGUF (llama.cpp's or ours; text model or mmproj) to
+// opt.outtype with the same type rules as a conversion from Hugging Face:
+// metadata is kept, each weight matrix goes through f32 (quantised sources are
+// dequantised first, and the log says so).
+inline std::string requantize_gguf(const std::string& path, const std::string& out_dir, const ConvertOptions& opt) {
+  namespace fs = std::filesystem;
+  const GgufFile g = GgufFile::open(path);
+  const std::string arch = g.get_str("general.architecture", "");
+  std::string name = opt.name.empty() ? fs::path(path).stem().string() : opt.name;
+  if (!opt.name.empty() && arch == "clip") name = "mmproj-" + opt.name;
+  const std::string out = (fs::path(out_dir) / (name + ".gguf")).string();
+  if (fs::exists(out) && fs::equivalent(out, path)) fail(out, ": refusing to overwrite the input file (choose another -o or --name)");
+  GgufWriter w;
+  for (const auto& [k, v] : g.kv)
+    if (k != "general.alignment") w.set(k, v);
+  w.set("general.file_type", GgufValue::u32(gguf_file_type(opt.outtype)));
+  if (is_quantized(opt.outtype)) w.set("general.quantization_version", GgufValue::u32(2));
+  size_t requantised = 0;
+  size_t total = 0;
+  for (const GgufTensor& t : g.tensors) {
+    if (!dtype_info(t.dtype).supported) fail(path, ": tensor '", t.name, "' has type ", dtype_name(t.dtype), ", which loupe cannot read");
+    // Norms, biases, the conv kernel and CLIP's position embeddings keep their type (as convert_mmproj writes them).
+    const bool keep = t.shape.size() != 2 || t.name == "v.position_embd.weight";
+    DType type = keep ? t.dtype : choose_type(t.name, t.shape, opt.outtype, opt.log);
+    if (!keep && arch == "llama" && type == DType::Q4_0 && !g.tensor("output.weight") && t.name == "token_embd.weight") type = DType::Q8_0;
+    if (type != t.dtype && is_quantized(t.dtype)) ++requantised;
+    const TensorView v = t.view;
+    w.add_tensor(t.name, type, t.shape, [v, type](std::vector<uint8_t>& buf) {
+      const int64_t cols = v.cols();
+      std::vector<float> row(static_cast<size_t>(cols));
+      const size_t rb = row_bytes(type, cols);
+      buf.resize(rb * size_t(v.rows()));
+      for (int64_t r = 0; r < v.rows(); ++r) {
+        if (type == v.dtype) { std::memcpy(buf.data() + size_t(r) * rb, v.row(r), rb); continue; }
+        to_f32(v.dtype, v.row(r), row.data(), cols);
+        from_f32(type, row.data(), buf.data() + size_t(r) * rb, cols);
+      }
+    });
+    total += w.tensors.back().nbytes();
+  }
+  if (requantised && opt.log)
+    opt.log("note: " + std::to_string(requantised) + " tensors were already quantised: they are dequantised to f32 and requantised (extra rounding)");
+  fs::create_directories(out_dir);
+  ProgressBar bar("writing " + fs::path(out).filename().string(), g.tensors.size(), total, opt.progress && ProgressBar::stderr_is_tty());
+  w.write_file(out, [&](size_t n, size_t bytes) { bar.update(n, bytes); });
+  bar.finish();
+  return out;
+}
+
 // Convert a Hugging Face model directory. Writes <out_dir>/<name>.gguf, and
 // <out_dir>/mmproj-<name>.gguf when the model has a vision tower + projector.
+// A .gguf file instead of a directory is re-quantised (requantize_gguf).
 inline ConvertResult convert_model(const std::string& dir, const std::string& out_dir, const ConvertOptions& opt = {}) {
   namespace fs = std::filesystem;
-  if (!fs::is_directory(dir)) fail(dir, ": not a directory (expected a Hugging Face model directory)");
+  if (fs::is_regular_file(dir)) {
+    Blob head = Blob::open(dir);
+    if (head.size >= 4 && std::memcmp(head.data, "GGUF", 4) == 0) {
+      ConvertResult r;
+      (GgufFile::parse(head).get_str("general.architecture", "") == "clip" ? r.mmproj_path : r.text_path) =
+          requantize_gguf(dir, out_dir, opt);
+      return r;
+    }
+  }
+  if (!fs::is_directory(dir)) fail(dir, ": not a directory (expected a Hugging Face model directory or a GGUF file)");
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   if (!fs::exists(cfg_path)) fail(dir, ": config.json is missing");
   const Json config = Json::load(cfg_path);
