@@ -19,7 +19,9 @@ if ((${#missing[@]})); then
 fi
 
 # node-llama-cpp (llama.cpp's prebuilt binaries, a test reference) and playwright-core (browser tests).
-if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "setup: npm ci" >&2
-  npm ci --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error
+# (npm install, not npm ci: npm 11's ci insists on lock entries for every platform's optional binary.)
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ] ||
+   [ package.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm install" >&2
+  npm install --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error
 fi
