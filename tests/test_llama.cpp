@@ -99,6 +99,11 @@ TEST_CASE("llama: real weights reproduce the known greedy continuations (F32)") 
     const std::string p16 = convert_dir(loupe_test::shared_dir() / "models" / c.dir, out, DType::F16, std::string(c.dir) + "-f16");
     size_t k16 = agree_prefix(greedy(LanguageModel::open(p16), e.prompt_ids, e.greedy_ids.size()), e.greedy_ids);
     MESSAGE(std::string(c.dir), " F16: first ", k16, " of ", e.greedy_ids.size(), " greedy tokens agree");
+    if (std::string(c.dir) == "llama2xs-bf16-sharded") {
+      // Stored in BF16, so a BF16 GGUF holds the weights exactly: same tokens as F32.
+      const std::string pb = convert_dir(loupe_test::shared_dir() / "models" / c.dir, out, DType::BF16, "llama2xs-bf16");
+      CHECK(greedy(LanguageModel::open(pb), e.prompt_ids, e.greedy_ids.size()) == e.greedy_ids);
+    }
   }
 }
 
@@ -197,7 +202,7 @@ TEST_CASE("llama: results do not depend on the thread count") {
   auto dir = loupe_test::scratch("llama_threads");
   const fs::path m = dir / "mha128";
   loupe_test::run_python("llama_ref.py", "--make " + m.string() + " --config mha128 --seed 3" + tokenizer_arg() + " > /dev/null");
-  for (DType t : {DType::F32, DType::F16, DType::Q8_0, DType::Q4_0}) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
     LanguageModel lm = LanguageModel::open(convert_dir(m, dir, t, std::string("mha128-") + dtype_name(t)));
     std::vector<int32_t> ids = {1, 5, 9, 200, 3, 3, 77};
     std::vector<float> one = prefill_logits(lm.model, ids);

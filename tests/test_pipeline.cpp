@@ -114,6 +114,20 @@ TEST_CASE("pipeline: pixel values from our decoder + preprocessing equal PIL's f
   CHECK(rel_err(chat.image_features.data(), ref_feat.f32(), chat.image_features.size()) < 1e-4);
 }
 
+TEST_CASE("pipeline: image_aspect_ratio other than pad skips the padding, as the reference does") {
+  LOUPE_REQUIRE_SHARED();
+  const std::string img = (loupe_test::shared_dir() / "images/skimage_chelsea.png").string();
+  Fixture f = make("llava15-safetensors", "--image " + img + " --config-overrides '{\"image_aspect_ratio\": \"square\"}'");
+  VisionModel vm = VisionModel::open(f.mmproj);
+  CHECK_FALSE(vm.preprocess_config().pad_to_square);
+  LanguageModel lm = LanguageModel::open(f.text);
+  VisionChat chat(lm, vm, DescribeOptions{});
+  chat.set_image(load_image(img));
+  Tensor ref = npy(f, "pixel_values.npy");
+  REQUIRE(chat.pixel_values.numel() == ref.numel());
+  CHECK(std::memcmp(chat.pixel_values.f32(), ref.f32(), size_t(ref.numel()) * 4) == 0);
+}
+
 TEST_CASE("pipeline: multi-turn chat reuses the image and the cached prefix") {
   LOUPE_REQUIRE_SHARED();
   Fixture f = make("sharegpt4v", "");
