@@ -4,6 +4,7 @@
 //   chat       several turns about one image, interactive
 //   tokenize   print a prompt's token ids as JSON
 // Streamed text goes to stdout; diagnostics and timings to stderr.
+#include <loupe/lora.hpp>
 #include <loupe/npy.hpp>
 #include <loupe/pipeline.hpp>
 
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 
 #include "args.hpp"
 
@@ -31,6 +33,15 @@ vision options:
   --conv NAME             chat template: vicuna_v1 (default), share4v_v1, share4v_v0, llava_v1, llava_v0
   --dump DIR              write pixel_values.npy, image_features.npy, prompt_ids.json and
                           logits.npy (first generated position) into DIR
+
+LoRA adapters (generate, describe, chat; repeatable, several active at once):
+  --lora PATH             PEFT or LLaVA / ShareGPT4V LoRA directory (adapter_config.json,
+                          adapter_model.safetensors|.bin, non_lora_trainables.bin), or a LoRA
+                          GGUF (llama.cpp's, or loupe-convert --lora's), at scale 1. Applied
+                          unmerged on top of any base type, Q4_0 included; a LLaVA adapter's
+                          trained projector replaces the mmproj's while it is active
+  --lora-scaled PATH S    the same at scale S (llama.cpp's meaning: S·alpha/r)
+  chat: "/lora NAME S" between turns rescales an adapter (0 = off), "/lora" lists them
 
 generation options (names as in llama.cpp):
   -m, --model FILE        text model GGUF (from loupe-convert or llama.cpp)
@@ -53,7 +64,8 @@ generation options (names as in llama.cpp):
 const std::vector<std::string> kValueFlags = {"-m", "--model", "-p", "--prompt", "-n", "--n-predict", "-c", "--ctx-size",
                                               "-t", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
                                               "--repeat-penalty", "--repeat-last-n", "-s", "--seed", "-r",
-                                              "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump"};
+                                              "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump", "--lora"};
+const std::vector<std::string> kTwoValueFlags = {"--lora-scaled"};
 const std::vector<std::string> kBoolFlags = {"-h", "--help", "--kv-f16"};
 
 loupe::GenerateOptions generate_options(const loupe_cli::Args& a) {
@@ -71,12 +83,39 @@ loupe::GenerateOptions generate_options(const loupe_cli::Args& a) {
   return o;
 }
 
-int cmd_generate(const loupe_cli::Args& a) {
+// --lora PATH (scale 1) and --lora-scaled PATH SCALE.
+std::vector<std::pair<std::string, float>> lora_flags(const loupe_cli::Args& a) {
+  std::vector<std::pair<std::string, float>> out;
+  for (const std::string& p : a.all("--lora")) out.emplace_back(p, 1.0f);
+  const std::vector<std::string> two = a.all("--lora-scaled");
+  for (size_t i = 0; i + 1 < two.size(); i += 2) {
+    char* end = nullptr;
+    const double s = std::strtod(two[i + 1].c_str(), &end);
+    if (!end || *end || two[i + 1].empty()) loupe::fail("--lora-scaled ", two[i], " ", two[i + 1], ": the scale is not a number");
+    out.emplace_back(two[i], float(s));
+  }
+  return out;
+}
+
+// Loads the adapters into `set` and says what they are on stderr.
+void load_loras(loupe::LoraSet& set, const loupe::LlamaModel& m, const std::vector<std::pair<std::string, float>>& flags) {
+  for (const auto& [path, scale] : flags) {
+    loupe::LoraAdapter ad = loupe::LoraAdapter::load(path, m.cfg);
+    for (const std::string& n : ad.notes) std::fprintf(stderr, "%s\n", n.c_str());
+    const loupe::LoraAdapter& added = set.add(std::move(ad), scale);
+    std::fprintf(stderr, "lora %s at scale %g\n", added.summary().c_str(), double(scale));
+  }
+  for (const std::string& n : set.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
+}
+
+int cmd_generate(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
   const std::string path = a.get({"-m", "--model"});
   if (path.empty()) loupe::fail("generate: -m MODEL.gguf is required");
   if (!a.has("-p") && !a.has("--prompt")) loupe::fail("generate: -p PROMPT is required");
   auto t0 = std::chrono::steady_clock::now();
   loupe::LanguageModel lm = loupe::LanguageModel::open(path);
+  loupe::LoraSet lora_set(lm.model);
+  load_loras(lora_set, lm.model, loras);
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   const int threads = a.integer({"-t", "--threads"}, 2);
   loupe::ThreadPool pool(threads);
@@ -102,11 +141,12 @@ struct VisionSession {
   loupe::LanguageModel lm;
   loupe::VisionModel vm;
   std::unique_ptr<loupe::ThreadPool> pool;
+  std::unique_ptr<loupe::LoraSet> loras;  // after lm and vm: put back before they go
   std::unique_ptr<loupe::VisionChat> chat;
   double load_ms = 0;
 };
 
-std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a) {
+std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
   const std::string model = a.get({"-m", "--model"}), mmproj = a.get({"--mmproj"}), image = a.get({"--image"});
   if (model.empty()) loupe::fail("-m MODEL.gguf is required");
   if (mmproj.empty()) loupe::fail("--mmproj MMPROJ.gguf is required");
@@ -115,6 +155,8 @@ std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a) {
   auto t0 = std::chrono::steady_clock::now();
   s->lm = loupe::LanguageModel::open(model);
   s->vm = loupe::VisionModel::open(mmproj);
+  s->loras = std::make_unique<loupe::LoraSet>(s->lm.model, &s->vm.projector);
+  load_loras(*s->loras, s->lm.model, loras);
   s->load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   s->pool = std::make_unique<loupe::ThreadPool>(a.integer({"-t", "--threads"}, 2));
   loupe::DescribeOptions opt;
@@ -156,9 +198,9 @@ void dump(const std::string& dir, const VisionSession& s, const loupe::Generatio
   if (!ids) loupe::fail(dir, ": cannot write prompt_ids.json");
 }
 
-int cmd_describe(const loupe_cli::Args& a) {
+int cmd_describe(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
   if (!a.has("-p") && !a.has("--prompt")) loupe::fail("describe: -p PROMPT is required");
-  auto s = open_vision(a);
+  auto s = open_vision(a, loras);
   loupe::Generation g = s->chat->ask(a.get({"-p", "--prompt"}), print_text);
   std::fputc('\n', stdout);
   std::fflush(stdout);
@@ -167,13 +209,37 @@ int cmd_describe(const loupe_cli::Args& a) {
   return 0;
 }
 
-int cmd_chat(const loupe_cli::Args& a) {
-  auto s = open_vision(a);
+// "/lora" lists the adapters, "/lora NAME SCALE" rescales one (0 = off) between turns.
+void lora_command(VisionSession& s, const std::string& line) {
+  std::istringstream in(line.substr(5));
+  std::string name, scale;
+  in >> name >> scale;
+  if (!name.empty()) {
+    char* end = nullptr;
+    const double v = std::strtod(scale.c_str(), &end);
+    if (scale.empty() || !end || *end) loupe::fail("usage: /lora NAME SCALE");
+    s.loras->set_scale(name, float(v));
+  }
+  for (const auto& e : s.loras->entries()) std::fprintf(stderr, "lora %s: scale %g\n", e.adapter->name.c_str(), double(e.scale));
+  if (s.loras->entries().empty()) std::fprintf(stderr, "no adapters loaded (--lora PATH)\n");
+}
+
+int cmd_chat(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
+  auto s = open_vision(a, loras);
   std::fprintf(stderr, "chat about %s — empty line or Ctrl-D to quit\n", a.get({"--image"}).c_str());
   std::string line;
   for (int turn = 0;; ++turn) {
     std::fputs("USER: ", stderr);
     if (!std::getline(std::cin, line) || line.empty()) break;
+    if (line == "/lora" || line.rfind("/lora ", 0) == 0) {
+      try {
+        lora_command(*s, line);
+      } catch (const loupe::Error& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+      }
+      --turn;
+      continue;
+    }
     std::fputs("ASSISTANT: ", stdout);
     loupe::Generation g = s->chat->ask(line, print_text);
     std::fputc('\n', stdout);
@@ -206,16 +272,19 @@ int main(int argc, char** argv) {
       return argc < 2 ? 2 : 0;
     }
     const std::string cmd = argv[1];
-    auto a = loupe_cli::Args::parse(argc, argv, 2, kValueFlags, kBoolFlags);
+    auto a = loupe_cli::Args::parse(argc, argv, 2, kValueFlags, kBoolFlags, kTwoValueFlags);
+    const auto loras = lora_flags(a);
+    if (!loras.empty() && cmd != "generate" && cmd != "describe" && cmd != "chat")
+      loupe::fail(cmd, ": --lora is for generate, describe and chat");
     if (a.has("-h") || a.has("--help")) {
       std::fputs(kHelp, stdout);
       return 0;
     }
     if (!a.positional.empty()) loupe::fail("unexpected argument '", a.positional[0], "' (see --help)");
-    if (cmd == "generate") return cmd_generate(a);
+    if (cmd == "generate") return cmd_generate(a, loras);
     if (cmd == "tokenize") return cmd_tokenize(a);
-    if (cmd == "describe") return cmd_describe(a);
-    if (cmd == "chat") return cmd_chat(a);
+    if (cmd == "describe") return cmd_describe(a, loras);
+    if (cmd == "chat") return cmd_chat(a, loras);
     loupe::fail("unknown command '", cmd, "' (see --help)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loupe: error: %s\n", e.what());

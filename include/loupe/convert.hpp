@@ -147,6 +147,65 @@ inline std::string shape_str(const std::vector<int64_t>& s) { return make_view(D
 
 }  // namespace convert_detail
 
+// The LlamaConfig a converted model will have (LoRA adapters are checked against it).
+inline LlamaConfig llama_config(const HfTextConfig& h) {
+  LlamaConfig c;
+  c.n_vocab = h.n_vocab, c.dim = h.dim, c.n_layers = h.n_layers, c.n_heads = h.n_heads, c.n_kv_heads = h.n_kv_heads;
+  c.ffn_dim = h.ffn_dim, c.n_ctx = h.n_ctx, c.head_dim = h.dim / h.n_heads;
+  c.rms_eps = float(h.rms_eps), c.rope_base = float(h.rope_theta);
+  return c;
+}
+
+// LoRA adapters merged at conversion (--model ... --lora DIR[:scale]): their
+// updates are attached to the plans of the weights they adapt (produce() adds
+// them), and tensors they replace (the LLaVA projector, modules_to_save) become
+// those plans' sources.
+struct LoraMerge {
+  std::vector<std::pair<LoraAdapter, float>> adapters;  // with their scales
+  std::deque<SourceTensor> sources;                     // replacement tensors as converter sources
+  std::map<std::string, std::string> replaced;          // tensor -> adapter that replaced it
+
+  // Attaches the updates and replacements to `plans`; for the text model,
+  // everything but the projector must have found its tensor (nothing is dropped).
+  void apply(std::vector<convert_detail::Plan>& plans, bool text_model) {
+    std::map<std::string, bool> found;
+    for (const convert_detail::Plan& p : plans) found[p.out_name] = true;
+    for (const auto& [a, scale] : adapters) {
+      if (!text_model || scale == 0.0f) continue;
+      for (const LoraWeight& w : a.weights)
+        if (!found.count(w.target))
+          fail(a.source, ": cannot merge the LoRA of '", w.target, "': the model has no such tensor",
+               w.target == "output.weight" ? " (its output projection is tied to the embeddings; use the adapter at run time)" : "");
+      for (const auto& r : a.replaces)
+        if (!lora_detail::is_projector_name(r.first) && !found.count(r.first))
+          fail(a.source, ": cannot merge the replacement of '", r.first, "': the model has no such tensor",
+               r.first == "output.weight" ? " (its output projection is tied to the embeddings; use the adapter at run time)" : "");
+    }
+    for (convert_detail::Plan& p : plans)
+      for (const auto& [a, scale] : adapters) {
+        if (scale == 0.0f) continue;
+        for (const LoraWeight& w : a.weights)
+          if (w.target == p.out_name) p.lora.push_back({&w, scale});
+        auto it = a.replaces.find(p.out_name);
+        if (it == a.replaces.end()) continue;
+        auto [prev, fresh] = replaced.emplace(p.out_name, a.name);
+        if (!fresh) fail("adapters '", prev->second, "' and '", a.name, "' both replace '", p.out_name, "': merge one of them");
+        const Tensor& t = it->second;
+        if (t.shape != p.shape)
+          fail(a.source, ": replacement for '", p.out_name, "' has shape ", t.view().shape_str(), " but the model's is ",
+               convert_detail::shape_str(p.shape), " (adapter for a different model?)");
+        SourceTensor st;
+        st.name = a.name + ": " + p.out_name;
+        st.dtype = t.dtype;
+        st.shape = t.shape;
+        st.data = Blob::from_bytes(t.bytes, st.name);
+        sources.push_back(std::move(st));
+        p.src = &sources.back();
+        p.permute_heads = 0;  // replacements are kept in llama.cpp's row order
+      }
+  }
+};
+
 // The type a tensor is stored in: 1-D tensors stay F32; quantised types need
 // rows that are a multiple of 32 (otherwise F16, reported); with Q4_0 the
 // output projection gets Q8_0, as llama.cpp gives it a higher-precision type.
@@ -179,7 +238,7 @@ struct TensorPlanner {
       fail(where, ": tensor '", src, "' has shape ", s->shape_str(), " but the config implies ", convert_detail::shape_str(shape));
     if (s->dtype != DType::F32 && s->dtype != DType::F16 && s->dtype != DType::BF16)
       fail(where, ": tensor '", src, "' has unsupported dtype ", dtype_name(s->dtype), " (F32, F16 or BF16 expected)");
-    plans.push_back({out, s, shape, type ? *type : choose_type(out, shape, opt.outtype, opt.log), permute});
+    plans.push_back({out, s, shape, type ? *type : choose_type(out, shape, opt.outtype, opt.log), permute, {}});
     used[s->name] = true;
   }
 
@@ -199,7 +258,7 @@ struct TensorPlanner {
 // Writes the text model of the HF directory `dir` (config.json, checkpoint,
 // tokenizer.model) to `out_path`.
 inline void convert_text_model(const std::string& dir, const Checkpoint& ck, const Json& config, const std::string& out_path,
-                               const ConvertOptions& opt, const std::string& name) {
+                               const ConvertOptions& opt, const std::string& name, LoraMerge* merge = nullptr) {
   namespace fs = std::filesystem;
   const HfTextConfig c = HfTextConfig::parse(config);
   const std::string tok_path = (fs::path(dir) / "tokenizer.model").string();
@@ -252,6 +311,7 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
   w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(float(c.rms_eps)));
   w.set("llama.rope.freq_base", GgufValue::f32(float(c.rope_theta)));
   write_vocab(w, tok, c.n_vocab);
+  if (merge) merge->apply(tp.plans, true);
   tp.write(w, out_path);
 }
 
@@ -325,7 +385,8 @@ inline HfVisionConfig read_vision_config(const std::string& dir) {
 // Writes mmproj-<name>.gguf: CLIP tower (blocks up to the selected feature layer)
 // + mlp2x_gelu projector, with clip.* metadata in llama.cpp's layout.
 inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const Json& config, const VisionSource& vs,
-                           const std::string& out_path, const ConvertOptions& opt, const std::string& name) {
+                           const std::string& out_path, const ConvertOptions& opt, const std::string& name,
+                           LoraMerge* merge = nullptr) {
   const Checkpoint& vck = vs.own ? *vs.own : llm;
   const std::string& vwhere = vs.own ? vs.where : dir;
   const std::string P = vs.prefix;  // "vision_model." or "model.vision_tower.vision_tower.vision_model."
@@ -413,6 +474,7 @@ inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const 
   w.set("clip.vision.image_aspect_ratio", GgufValue::str(aspect == "pad" ? "pad" : "none"));
   w.set("clip.vision.mm_projector_type", GgufValue::str(proj_type));
   w.set("clip.use_gelu", GgufValue::boolean(v.act == "gelu"));
+  if (merge) merge->apply(tp.plans, false);
   tp.write(w, out_path);
 }
 
@@ -518,6 +580,8 @@ inline ConvertResult convert_model(const std::string& dir, const std::string& ou
   if (fs::is_regular_file(dir)) {
     Blob head = Blob::open(dir);
     if (head.size >= 4 && std::memcmp(head.data, "GGUF", 4) == 0) {
+      if (!opt.loras.empty())
+        fail(dir, ": merging a LoRA into a GGUF is not supported; give the Hugging Face directory (the merge is then done in f32)");
       ConvertResult r;
       (GgufFile::parse(head).get_str("general.architecture", "") == "clip" ? r.mmproj_path : r.text_path) =
           requantize_gguf(dir, out_dir, opt);
@@ -534,19 +598,76 @@ inline ConvertResult convert_model(const std::string& dir, const std::string& ou
   if (name.empty()) name = fs::absolute(dir).lexically_normal().parent_path().filename().string();
   // Resolve the tower before writing anything, so a missing tower leaves no files.
   const std::optional<VisionSource> tower = find_vision_tower(dir, ck, config, opt);
+  std::optional<LoraMerge> merge;
+  if (!opt.loras.empty()) {
+    const LlamaConfig lc = llama_config(HfTextConfig::parse(config));
+    merge.emplace();
+    for (const auto& [path, scale] : opt.loras) {
+      LoraAdapter a = LoraAdapter::load(path, lc);
+      if (opt.log) {
+        for (const std::string& n : a.notes) opt.log(n);
+        char sc[32];
+        std::snprintf(sc, sizeof sc, "%g", double(scale));
+        opt.log("merging LoRA " + a.summary() + " at scale " + sc + ": W + scale·s·B·A is computed in f32 from the checkpoint's weights, then " +
+                (is_quantized(opt.outtype) ? std::string("quantised to ") : std::string("stored as ")) + dtype_name(opt.outtype));
+        if (a.replaces_projector() && !tower) opt.log("note: " + a.name + " replaces the projector, but this model has no vision tower");
+      }
+      merge->adapters.emplace_back(std::move(a), scale);
+    }
+  }
   fs::create_directories(out_dir);
   ConvertResult r;
   r.text_path = (fs::path(out_dir) / (name + ".gguf")).string();
-  convert_text_model(dir, ck, config, r.text_path, opt, name);
+  convert_text_model(dir, ck, config, r.text_path, opt, name, merge ? &*merge : nullptr);
   if (tower) {
     r.mmproj_path = (fs::path(out_dir) / ("mmproj-" + name + ".gguf")).string();
     try {
-      convert_mmproj(dir, ck, config, *tower, r.mmproj_path, opt, name);
+      convert_mmproj(dir, ck, config, *tower, r.mmproj_path, opt, name, merge ? &*merge : nullptr);
     } catch (...) {
       std::remove(r.text_path.c_str());  // all or nothing
       throw;
     }
   }
+  return r;
+}
+
+struct LoraConvertResult {
+  std::string lora_path, replace_path;  // replace_path empty when the adapter replaces no tensor
+};
+
+// loupe-convert --lora PATH (no --model): a PEFT / LLaVA LoRA directory (or a
+// LoRA GGUF) -> <out_dir>/<name>.gguf, llama.cpp's LoRA GGUF, plus
+// <name>.replace.gguf when the adapter replaces whole tensors (write_lora_gguf).
+// The q/k row order needs the base's head counts: from `base_config` (a
+// directory or its config.json), else the adapter directory's own config.json
+// (LLaVA runs save one), else adapter_config.json's base_model_name_or_path when
+// that is a local directory.
+inline LoraConvertResult convert_lora(const std::string& path, const std::string& out_dir, const ConvertOptions& opt,
+                                      const std::string& base_config = "") {
+  namespace fs = std::filesystem;
+  std::string cfg;
+  if (!base_config.empty()) {
+    cfg = fs::is_directory(base_config) ? (fs::path(base_config) / "config.json").string() : base_config;
+    if (!fs::is_regular_file(cfg)) fail(base_config, ": no config.json there (--base-config takes the base model's directory or its config.json)");
+  } else if (fs::is_directory(path) && fs::exists(fs::path(path) / "config.json")) {
+    cfg = (fs::path(path) / "config.json").string();
+  } else if (fs::is_directory(path) && fs::exists(fs::path(path) / "adapter_config.json")) {
+    const std::string b = Json::load((fs::path(path) / "adapter_config.json").string()).get_or<std::string>("base_model_name_or_path", "");
+    if (!b.empty() && fs::exists(fs::path(b) / "config.json")) cfg = (fs::path(b) / "config.json").string();
+  }
+  if (cfg.empty())
+    fail(path, ": the base model's config.json is needed (its head counts give the q/k row order): pass --base-config DIR");
+  const LlamaConfig lc = llama_config(HfTextConfig::parse(Json::load(cfg)));
+  LoraAdapter a = LoraAdapter::load(path, lc);
+  if (!opt.name.empty()) a.name = opt.name;
+  if (opt.log) {
+    for (const std::string& n : a.notes) opt.log(n);
+    opt.log("LoRA " + a.summary());
+  }
+  fs::create_directories(out_dir);
+  LoraConvertResult r;
+  r.lora_path = (fs::path(out_dir) / (a.name + ".gguf")).string();
+  r.replace_path = write_lora_gguf(a, r.lora_path, opt.outtype);
   return r;
 }
 

@@ -20,13 +20,15 @@ struct LanguageModel {
   LlamaModel model;
   Tokenizer tokenizer;
 
-  static LanguageModel open(const std::string& path) {
+  static LanguageModel open(const std::string& path) { return from_file(GgufFile::open(path)); }
+  // From a parsed file (e.g. bytes already in memory: GgufFile::parse(Blob::from_bytes(...))).
+  static LanguageModel from_file(GgufFile file) {
     LanguageModel lm;
-    lm.file = GgufFile::open(path);
+    lm.file = std::move(file);
     lm.model = LlamaModel::from_gguf(lm.file);
     lm.tokenizer = read_vocab(lm.file);
     if (int64_t(lm.tokenizer.size()) != lm.model.cfg.n_vocab)
-      fail(path, ": tokenizer has ", lm.tokenizer.size(), " tokens, the model ", lm.model.cfg.n_vocab);
+      fail(lm.file.name(), ": tokenizer has ", lm.tokenizer.size(), " tokens, the model ", lm.model.cfg.n_vocab);
     return lm;
   }
   // GgufFile owns the mapping through a shared_ptr, so moving keeps views valid.

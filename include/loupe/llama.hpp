@@ -7,6 +7,7 @@
 // Prefill (n > 1) and decode (n == 1) run the same code on the same weights:
 // matmul() is matrix-matrix for n > 1 and matrix-vector for n == 1.
 #pragma once
+#include <array>
 #include <string>
 #include <vector>
 
@@ -20,9 +21,32 @@ struct LlamaConfig {
   float rms_eps = 1e-5f, rope_base = 10000.0f;
 };
 
+// A low-rank update of one weight, applied unmerged (LoRA; PEFT's lora/layer.py
+// Linear.forward): y += scale · B·(A·x), A [r, in], B [out, r]. The views point
+// into an adapter that outlives its activation (lora.hpp's LoraSet sees to it).
+struct LowRankDelta {
+  TensorView a, b;
+  float scale = 1.0f;
+};
+
+// y [n, out] += Σ scale·(x·Aᵀ)·Bᵀ over the active updates of one weight.
+inline void add_low_rank(const std::vector<LowRankDelta>& ds, const float* x, int64_t n, float* y, ThreadPool* pool) {
+  for (const LowRankDelta& d : ds) {
+    const int64_t r = d.a.rows(), out = d.b.rows();
+    std::vector<float> t(static_cast<size_t>(n * r)), u(static_cast<size_t>(n * out));
+    matmul(d.a, x, n, t.data(), pool);
+    matmul(d.b, t.data(), n, u.data(), pool);
+    for (size_t i = 0; i < u.size(); ++i) y[i] += d.scale * u[i];
+  }
+}
+
+// The adaptable linear weights of a layer, in HF's order.
+enum LlamaLinear : int { kAttnQ, kAttnK, kAttnV, kAttnOut, kFfnGate, kFfnUp, kFfnDown, kLlamaLinears };
+
 struct LlamaLayer {
   TensorView attn_norm, wq, wk, wv, wo;     // HF: input_layernorm, self_attn.{q,k,v,o}_proj
   TensorView ffn_norm, w_gate, w_up, w_down;  // HF: post_attention_layernorm, mlp.{gate,up,down}_proj
+  std::array<std::vector<LowRankDelta>, kLlamaLinears> lora;  // active LoRA updates per weight (none: empty)
 };
 
 struct LlamaModel {
@@ -31,6 +55,8 @@ struct LlamaModel {
   std::vector<LlamaLayer> layers;
   RopeStyle rope_style = RopeStyle::Adjacent;  // GGUF stores q/k permuted for adjacent pairs
   RopeCache rope;
+  std::vector<LowRankDelta> output_lora;  // LoRA updates of the output projection (PEFT's lm_head)
+  uint64_t adapter_revision = 0;          // bumped whenever the active adapters change (stale caches)
 
   // Views point into `file`, which must outlive the model.
   static LlamaModel from_gguf(const GgufFile& f);
@@ -178,6 +204,9 @@ inline void forward(const LlamaModel& m, KVCache& kv, const float* x, int64_t n,
     matmul(L.wq, xb.data(), n, q.data(), pool);
     matmul(L.wk, xb.data(), n, k.data(), pool);
     matmul(L.wv, xb.data(), n, v.data(), pool);
+    add_low_rank(L.lora[kAttnQ], xb.data(), n, q.data(), pool);
+    add_low_rank(L.lora[kAttnK], xb.data(), n, k.data(), pool);
+    add_low_rank(L.lora[kAttnV], xb.data(), n, v.data(), pool);
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t hh = 0; hh < c.n_heads; ++hh) m.rope.apply(&q[size_t(i * qd + hh * c.head_dim)], pos0 + i, m.rope_style);
       for (int64_t hh = 0; hh < c.n_kv_heads; ++hh) m.rope.apply(&k[size_t(i * kvd + hh * c.head_dim)], pos0 + i, m.rope_style);
@@ -186,19 +215,24 @@ inline void forward(const LlamaModel& m, KVCache& kv, const float* x, int64_t n,
     }
     attention(c, kv, kv.k[size_t(l)], kv.v[size_t(l)], q.data(), n, pos0, att.data(), pool);
     matmul(L.wo, att.data(), n, tmp.data(), pool);
+    add_low_rank(L.lora[kAttnOut], att.data(), n, tmp.data(), pool);
     for (size_t i = 0; i < h.size(); ++i) h[i] += tmp[i];
 
     rmsnorm(h.data(), static_cast<const float*>(L.ffn_norm.data), n, c.dim, c.rms_eps, xb.data());
     matmul(L.w_gate, xb.data(), n, gate.data(), pool);
     matmul(L.w_up, xb.data(), n, up.data(), pool);
+    add_low_rank(L.lora[kFfnGate], xb.data(), n, gate.data(), pool);
+    add_low_rank(L.lora[kFfnUp], xb.data(), n, up.data(), pool);
     silu_mul(gate.data(), up.data(), n * c.ffn_dim);
     matmul(L.w_down, gate.data(), n, tmp.data(), pool);
+    add_low_rank(L.lora[kFfnDown], gate.data(), n, tmp.data(), pool);
     for (size_t i = 0; i < h.size(); ++i) h[i] += tmp[i];
   }
   kv.n_past += n;
   const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
   rmsnorm(h.data() + first * c.dim, static_cast<const float*>(m.output_norm.data), rows, c.dim, c.rms_eps, xb.data());
   matmul(m.output, xb.data(), rows, logits, pool);
+  add_low_rank(m.output_lora, xb.data(), rows, logits, pool);
 }
 
 }  // namespace loupe

@@ -30,13 +30,15 @@ struct VisionModel {
   ClipModel clip;
   Projector projector;
 
-  static VisionModel open(const std::string& path) {
+  static VisionModel open(const std::string& path) { return from_file(GgufFile::open(path)); }
+  // From a parsed file (e.g. bytes already in memory).
+  static VisionModel from_file(GgufFile file) {
     VisionModel v;
-    v.file = GgufFile::open(path);
+    v.file = std::move(file);
     v.clip = ClipModel::from_gguf(v.file);
     v.projector = Projector::from_gguf(v.file);
     if (v.projector.in_dim != v.clip.cfg.dim)
-      fail(path, ": projector input width ", v.projector.in_dim, " does not match the vision tower's ", v.clip.cfg.dim);
+      fail(v.file.name(), ": projector input width ", v.projector.in_dim, " does not match the vision tower's ", v.clip.cfg.dim);
     return v;
   }
 
@@ -104,6 +106,7 @@ class VisionChat {
     const int64_t ctx = opt_.n_ctx > 0 ? opt_.n_ctx : std::min<int64_t>(lm.model.cfg.n_ctx, 4096);
     kv_ = KVCache(lm.model.cfg, ctx, opt_.kv_type);
     if (opt_.gen.stop.empty()) opt_.gen.stop.push_back(conv_.stop());
+    revision_ = lm.model.adapter_revision;
   }
 
   // Preprocess and encode an image; its features are reused for every turn.
@@ -116,7 +119,9 @@ class VisionChat {
       fail("pixel values have shape ", pixels.view().shape_str(), ", the vision tower expects [3, ", S, ", ", S, "]");
     auto t0 = std::chrono::steady_clock::now();
     pixel_values = std::move(pixels);
-    image_features = vm_.projector(clip_encode(vm_.clip, pixel_values.f32(), pool_), pool_);
+    clip_features_ = clip_encode(vm_.clip, pixel_values.f32(), pool_);
+    image_features = vm_.projector(clip_features_, pool_);
+    revision_ = lm_.model.adapter_revision;
     encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     cached_.clear();
     kv_.n_past = 0;
@@ -125,6 +130,14 @@ class VisionChat {
   // One user turn (the first carries the image); streams the reply.
   Generation ask(const std::string& prompt, const TokenCallback& on_text = nullptr) {
     if (image_features.empty()) fail("VisionChat: no image set");
+    // Adapters switched since the image was projected or the cache was filled
+    // (lora.hpp): the projector may be another one and every cached key is stale.
+    if (lm_.model.adapter_revision != revision_) {
+      if (clip_features_.empty()) fail("VisionChat: the adapters changed after image_features were set; set the image again");
+      image_features = vm_.projector(clip_features_, pool_);
+      cached_.clear();
+      revision_ = lm_.model.adapter_revision;
+    }
     const bool first_turn = conv_.messages.empty();
     const size_t tags = count_tags(prompt);
     if (tags > (first_turn ? 1u : 0u))
@@ -195,6 +208,8 @@ class VisionChat {
   ThreadPool* pool_;
   KVCache kv_;
   std::vector<int32_t> cached_;  // what the KV cache holds, per position
+  std::vector<float> clip_features_;  // the image before the projector (kept for adapter switches)
+  uint64_t revision_ = 0;             // lm_.model.adapter_revision that image_features and the cache belong to
 };
 
 // One-shot: describe(image, prompt) with streaming.

@@ -1,5 +1,5 @@
 // llama.cpp (via npm node-llama-cpp's prebuilt binaries) as a reference:
-//   node tests/llamacpp/greedy.mjs MODEL.gguf PROMPT_IDS_JSON N [LORA.gguf|"" SCALE [TEXT|@FILE]]
+//   node tests/llamacpp/greedy.mjs MODEL.gguf PROMPT_IDS_JSON N [LORA.gguf[,LORA2.gguf]|"" SCALE[,SCALE2] [TEXT|@FILE]]
 // prints {"greedy": N greedy ids, "tokenize": llama.cpp's ids for TEXT (or one
 // array per line of FILE), BOS included} as JSON.
 // The prompt is passed as token ids so both engines see the same input.
@@ -10,7 +10,11 @@ const [model_path, ids_json, n_str, lora_path, lora_scale, text] = process.argv.
 const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, usePrebuiltBinaries: true, logLevel: "error" });
 const model = await llama.loadModel({ modelPath: model_path, gpuLayers: 0 });
 const ctx_opts = { contextSize: 512, threads: { ideal: 1, min: 1 } };
-if (lora_path) ctx_opts.lora = { adapters: [{ filePath: lora_path, scale: Number(lora_scale ?? 1) }] };
+if (lora_path) {
+  // Several adapters: "a.gguf,b.gguf" with scales "0.5,1".
+  const paths = lora_path.split(","), scales = String(lora_scale ?? "1").split(",");
+  ctx_opts.lora = { adapters: paths.map((p, i) => ({ filePath: p, scale: Number(scales[i] ?? scales[0]) })) };
+}
 const context = await model.createContext(ctx_opts);
 const seq = context.getSequence();
 const out = [];
