@@ -2,20 +2,24 @@
 //   generate   text model, prompt in, streamed text out
 //   describe   image + prompt in (LLaVA / ShareGPT4V), streamed text out
 //   chat       several turns about one image, interactive
+//   eval       caption a set of images, score against references (exact, BLEU, ROUGE-L)
 //   tokenize   print a prompt's token ids as JSON
 // Streamed text goes to stdout; diagnostics and timings to stderr.
 #include <loupe/lora.hpp>
 #include <loupe/npy.hpp>
 #include <loupe/pipeline.hpp>
+#include <loupe/progress.hpp>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 
 #include "args.hpp"
+#include "eval_metrics.hpp"
 
 namespace {
 
@@ -25,7 +29,19 @@ usage:
   loupe generate -m MODEL.gguf -p PROMPT [options]
   loupe describe -m MODEL.gguf --mmproj MMPROJ.gguf --image IMAGE -p PROMPT [options]
   loupe chat     -m MODEL.gguf --mmproj MMPROJ.gguf --image IMAGE [options]
+  loupe eval     -m MODEL.gguf --mmproj MMPROJ.gguf --set DIR [--lora PATH] [options]
   loupe tokenize -m MODEL.gguf|tokenizer.model -p TEXT
+
+eval options (greedy; -n defaults to 64):
+  --set DIR               DIR/captions.json: {"image.png": {"prompt": "...", "en": "...", "lt": "..."}, ...}
+                          (tools/demo_model/scenes.py --out DIR writes one); every string field
+                          but "prompt" is a reference caption in the language it is named for
+  --limit N               only the first N images
+  --jsonl FILE            every output: condition, image, prompt, token ids, text
+  With --lora the set runs twice, adapters off (scale 0) and on; the table gives per
+  condition and reference language the exact-match rate, corpus BLEU-4 and mean ROUGE-L
+  F1 over word/punctuation tokens, and how many outputs are in each language (words
+  only that language's references use).
 
 vision options:
   --mmproj FILE           vision tower + projector GGUF (from loupe-convert or llama.cpp)
@@ -64,7 +80,8 @@ generation options (names as in llama.cpp):
 const std::vector<std::string> kValueFlags = {"-m", "--model", "-p", "--prompt", "-n", "--n-predict", "-c", "--ctx-size",
                                               "-t", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
                                               "--repeat-penalty", "--repeat-last-n", "-s", "--seed", "-r",
-                                              "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump", "--lora"};
+                                              "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump", "--lora",
+                                              "--set", "--limit", "--jsonl"};
 const std::vector<std::string> kTwoValueFlags = {"--lora-scaled"};
 const std::vector<std::string> kBoolFlags = {"-h", "--help", "--kv-f16"};
 
@@ -250,6 +267,114 @@ int cmd_chat(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
   return 0;
 }
 
+int cmd_eval(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
+  namespace fs = std::filesystem;
+  const std::string dir = a.get({"--set"});
+  if (dir.empty()) loupe::fail("eval: --set DIR is required");
+  const std::string caps_path = (fs::path(dir) / "captions.json").string();
+  const loupe::Json caps = loupe::Json::load(caps_path);
+  struct Item {
+    std::string image, prompt;
+    std::map<std::string, std::string> refs;  // language -> caption
+  };
+  std::vector<Item> items;
+  std::vector<std::string> langs;
+  for (size_t i = 0; i < caps.keys().size(); ++i) {
+    Item it{caps.keys()[i], "", {}};
+    const loupe::Json& e = caps.values()[i];
+    for (size_t k = 0; k < e.keys().size(); ++k) {
+      if (!e.values()[k].is_string()) continue;
+      if (e.keys()[k] == "prompt") it.prompt = e.values()[k].str();
+      else it.refs[e.keys()[k]] = e.values()[k].str();
+    }
+    if (it.prompt.empty()) loupe::fail(caps_path, ": ", it.image, " has no \"prompt\"");
+    if (items.empty())
+      for (auto& [l, _] : it.refs) langs.push_back(l);
+    for (auto& l : langs)
+      if (!it.refs.count(l)) loupe::fail(caps_path, ": ", it.image, " has no \"", l, "\" caption");
+    items.push_back(std::move(it));
+  }
+  const int64_t limit = a.integer({"--limit"}, int64_t(items.size()));
+  if (limit < int64_t(items.size())) items.resize(size_t(std::max<int64_t>(0, limit)));
+  if (items.empty() || langs.empty()) loupe::fail(caps_path, ": no images with reference captions");
+
+  std::map<std::string, loupe_cli::LanguageDetector> detect;
+  for (auto& l : langs) {
+    std::vector<std::string> own, other;
+    for (auto& it : items)
+      for (auto& [m, ref] : it.refs) (m == l ? own : other).push_back(ref);
+    detect.emplace(l, loupe_cli::LanguageDetector(own, other));
+  }
+
+  loupe_cli::Args b = a;  // open_vision wants an image: the first one
+  b.values["--image"] = {(fs::path(dir) / items[0].image).string()};
+  if (!a.has("-n") && !a.has("--n-predict")) b.values["-n"] = {"64"};
+  b.values["--temp"] = {"0"};
+  auto s = open_vision(b, loras);
+  auto q = [](const std::string& t) { return "\"" + loupe::json_escape(t) + "\""; };
+  std::unique_ptr<std::ofstream> jsonl;
+  if (a.has("--jsonl")) {
+    jsonl = std::make_unique<std::ofstream>(a.get({"--jsonl"}));
+    if (!*jsonl) loupe::fail(a.get({"--jsonl"}), ": cannot write");
+  }
+  std::vector<std::pair<std::string, float>> conditions = {{"base", 0.0f}};
+  if (!loras.empty()) conditions.push_back({"adapter", 1.0f});
+  std::printf("| %s | images |", loras.empty() ? "model" : "condition");
+  for (auto& l : langs) std::printf(" exact (%s) | BLEU-4 (%s) | ROUGE-L (%s) |", l.c_str(), l.c_str(), l.c_str());
+  for (auto& l : langs) std::printf(" outputs in %s |", l.c_str());
+  std::printf("\n|---|---|");
+  for (size_t i = 0; i < 4 * langs.size(); ++i) std::printf("---|");
+  std::printf("\n");
+  std::fflush(stdout);
+  for (const auto& [cond, on] : conditions) {
+    for (size_t k = 0; k < loras.size(); ++k) {  // off: every adapter at 0; on: as asked
+      const auto& e = s->loras->entries()[k];
+      s->loras->set_scale(e.adapter->name, on * loras[k].second);
+    }
+    std::vector<std::string> hyps;
+    loupe::ProgressBar bar("eval " + cond, items.size(), 0);
+    bar.unit("images");
+    for (size_t i = 0; i < items.size(); ++i) {
+      s->chat->set_image(loupe::load_image((fs::path(dir) / items[i].image).string()));
+      loupe::Generation g = s->chat->ask(items[i].prompt);
+      std::string text = g.text;
+      while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+      while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.erase(0, 1);
+      hyps.push_back(text);
+      if (jsonl) {
+        *jsonl << "{\"condition\": " << q(cond) << ", \"image\": " << q(items[i].image)
+               << ", \"prompt\": " << q(items[i].prompt) << ", \"greedy_ids\": [";
+        for (size_t t = 0; t < g.tokens.size(); ++t) *jsonl << (t ? ", " : "") << g.tokens[t];
+        *jsonl << "], \"text\": " << q(text) << "}\n";
+      }
+      bar.update(i + 1, 0);
+    }
+    bar.finish();
+    std::printf("| %s | %zu |", cond.c_str(), items.size());
+    for (auto& l : langs) {
+      std::vector<std::string> refs;
+      size_t exact = 0;
+      double rouge = 0;
+      for (size_t i = 0; i < items.size(); ++i) {
+        refs.push_back(items[i].refs[l]);
+        exact += hyps[i] == refs.back();
+        rouge += loupe_cli::rouge_l(hyps[i], refs.back());
+      }
+      std::printf(" %.1f %% | %.3f | %.3f |", 100.0 * double(exact) / double(items.size()),
+                  loupe_cli::corpus_bleu(hyps, refs), rouge / double(items.size()));
+    }
+    for (auto& l : langs) {
+      size_t n = 0;
+      for (auto& h : hyps) n += detect.at(l)(h);
+      std::printf(" %.1f %% |", 100.0 * double(n) / double(items.size()));
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  if (jsonl && !jsonl->flush()) loupe::fail(a.get({"--jsonl"}), ": write failed");
+  return 0;
+}
+
 int cmd_tokenize(const loupe_cli::Args& a) {
   const std::string path = a.get({"-m", "--model"});
   if (path.empty()) loupe::fail("tokenize: -m MODEL.gguf or tokenizer.model is required");
@@ -274,8 +399,8 @@ int main(int argc, char** argv) {
     const std::string cmd = argv[1];
     auto a = loupe_cli::Args::parse(argc, argv, 2, kValueFlags, kBoolFlags, kTwoValueFlags);
     const auto loras = lora_flags(a);
-    if (!loras.empty() && cmd != "generate" && cmd != "describe" && cmd != "chat")
-      loupe::fail(cmd, ": --lora is for generate, describe and chat");
+    if (!loras.empty() && cmd != "generate" && cmd != "describe" && cmd != "chat" && cmd != "eval")
+      loupe::fail(cmd, ": --lora is for generate, describe, chat and eval");
     if (a.has("-h") || a.has("--help")) {
       std::fputs(kHelp, stdout);
       return 0;
@@ -285,6 +410,7 @@ int main(int argc, char** argv) {
     if (cmd == "tokenize") return cmd_tokenize(a);
     if (cmd == "describe") return cmd_describe(a, loras);
     if (cmd == "chat") return cmd_chat(a, loras);
+    if (cmd == "eval") return cmd_eval(a, loras);
     loupe::fail("unknown command '", cmd, "' (see --help)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loupe: error: %s\n", e.what());

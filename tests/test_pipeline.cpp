@@ -148,6 +148,16 @@ TEST_CASE("pipeline: multi-turn chat reuses the image and the cached prefix") {
   CHECK(b.tokens == b2.tokens);
   CHECK(chat.conversation().prompt().find("ASSISTANT: " + a.text) != std::string::npos);
   CHECK(b.stats.prompt_tokens < int64_t(chat.prompt_ids.size()));  // only the new turn was prefilled
+  // A new image starts a new conversation: the same as a fresh chat's first turn.
+  const std::vector<int32_t> first_ids = fresh.prompt_ids;
+  VisionChat one(lm, vm, opt);
+  one.set_pixels(px);
+  Generation a2 = one.ask("Describe the image in detail.");
+  chat.set_pixels(px);
+  Generation a3 = chat.ask("Describe the image in detail.");
+  CHECK(chat.prompt_ids == one.prompt_ids);
+  CHECK(a3.tokens == a2.tokens);
+  CHECK(a2.tokens == a.tokens);
 }
 
 TEST_CASE("pipeline: clear errors") {

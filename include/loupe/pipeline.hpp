@@ -109,7 +109,8 @@ class VisionChat {
     revision_ = lm.model.adapter_revision;
   }
 
-  // Preprocess and encode an image; its features are reused for every turn.
+  // Preprocess and encode an image and start a new conversation about it; its
+  // features are reused for every turn.
   void set_image(const Image& img) { set_pixels(preprocess(img, vm_.preprocess_config())); }
 
   // Already preprocessed pixel values [3, S, S].
@@ -125,6 +126,7 @@ class VisionChat {
     encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     cached_.clear();
     kv_.n_past = 0;
+    conv_.messages.clear();
   }
 
   // One user turn (the first carries the image); streams the reply.

@@ -34,10 +34,19 @@ class ProgressBar {
     std::string bar(size_t(fill), '#');
     bar.resize(size_t(width), '.');
     const double eta = frac > 0 ? t / frac - t : 0;
-    std::fprintf(stderr, "\r%s [%s] %zu/%zu tensors, %.1f/%.1f MiB, %.0f s left   ", label_.c_str(), bar.c_str(),
-                 items_done, items_, double(bytes_done) / 1048576.0, double(bytes_) / 1048576.0, eta);
+    if (bytes_)
+      std::fprintf(stderr, "\r%s [%s] %zu/%zu %s, %.1f/%.1f MiB, %.0f s left   ", label_.c_str(), bar.c_str(),
+                   items_done, items_, unit_, double(bytes_done) / 1048576.0, double(bytes_) / 1048576.0, eta);
+    else
+      std::fprintf(stderr, "\r%s [%s] %zu/%zu %s, %.0f s left   ", label_.c_str(), bar.c_str(), items_done, items_,
+                   unit_, eta);
     std::fflush(stderr);
     dirty_ = true;
+  }
+  // What the items are ("tensors" unless set).
+  ProgressBar& unit(const char* name) {
+    unit_ = name;
+    return *this;
   }
   void finish() {
     if (dirty_) std::fputc('\n', stderr);
@@ -47,6 +56,7 @@ class ProgressBar {
  private:
   std::string label_;
   size_t items_, bytes_;
+  const char* unit_ = "tensors";
   bool on_, dirty_ = false;
   std::chrono::steady_clock::time_point t0_;
 };

@@ -402,9 +402,26 @@ def sincos_2d(grid, D, scale=0.5):
     return (torch.cat(parts, dim=1) * scale).float()
 
 
+_CLIP_STD = {}
+
+
+def _clip_std(name):
+    """transformers' CLIPPreTrainedModel._init_weights (factor 1) for the tower's
+    matrices: q/k/v and fc2 D^-0.5 (2L)^-0.5, out_proj D^-0.5, fc1 (2D)^-0.5."""
+    if "vision_model.encoder.layers." not in name:
+        return None
+    D, L = VISION["hidden_size"], VISION["num_hidden_layers"]
+    for key, std in ((".q_proj.", D ** -0.5 * (2 * L) ** -0.5), (".k_proj.", D ** -0.5 * (2 * L) ** -0.5),
+                     (".v_proj.", D ** -0.5 * (2 * L) ** -0.5), (".out_proj.", D ** -0.5),
+                     (".fc1.", (2 * D) ** -0.5), (".fc2.", D ** -0.5 * (2 * L) ** -0.5)):
+        if key in name:
+            return std
+    return None
+
+
 def init_weights(model, seed):
-    """HF-style init: normal(0, 0.02) linears/embeddings, zero biases, unit norms;
-    CLIP class embedding normal(0, 0.02); CLIP patch position embeddings start from a
+    """HF-style init: LLaMA normal(0, 0.02) linears/embeddings, CLIP encoder matrices as
+    transformers' CLIP init, zero biases, unit norms; CLIP class embedding normal(0, 0.02); CLIP patch position embeddings start from a
     2-D sin-cos table (an initialisation only: they are trained like any weight)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -417,7 +434,7 @@ def init_weights(model, seed):
                 else:
                     p.fill_(1.0)
             else:
-                p.normal_(0, 0.02, generator=g)
+                p.normal_(0, _clip_std(name) or 0.02, generator=g)
             if name.endswith("embeddings.position_embedding.weight"):
                 n, D = p.shape
                 grid = int(round((n - 1) ** 0.5))

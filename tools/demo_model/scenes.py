@@ -4,9 +4,10 @@
 A scene: 1 or 2 shapes (circle, square, triangle, star) in one of 8 colours, 2 sizes,
 at one of 5 positions (left, right, top, bottom, centre; never two at one position)
 on a plain background whose colour differs from every shape's. Images are
-320x240 RGB (non-square, so LLaVA's expand2square padding and the bicubic resize
-to 336 both run), drawn with PIL; positions, sizes and colours are jittered a
-little so no two renderings are pixel-identical.
+336x336 RGB, the tower's own input size, so a large shape spans ~7 patches and a
+small one ~4 (a 3-layer, 64-wide ViT trained on 2 CPU cores tells shapes apart at
+that scale, not at 2-3 patches), drawn with PIL; positions and colours are jittered
+a little so no two renderings are pixel-identical.
 
 Captions list the shapes in the fixed position order left, right, top, bottom,
 centre, so the caption is a function of the image:
@@ -35,7 +36,7 @@ from collections import OrderedDict
 
 from PIL import Image, ImageDraw
 
-WIDTH, HEIGHT = 320, 240
+WIDTH, HEIGHT = 336, 336
 
 SHAPES = ["circle", "square", "triangle", "star"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
@@ -47,9 +48,9 @@ RGB = {
     "yellow": (240, 215, 35), "purple": (135, 50, 175), "orange": (245, 135, 25),
     "black": (20, 20, 20), "white": (240, 240, 240),
 }
-CENTRES = {"left": (58, 120), "right": (262, 120), "top": (160, 50),
-           "bottom": (160, 190), "centre": (160, 120)}
-SIZE_PX = {"large": 64, "small": 34}  # nominal bounding-box side in pixels
+CENTRES = {"left": (58, 168), "right": (278, 168), "top": (168, 58),
+           "bottom": (168, 278), "centre": (168, 168)}
+SIZE_PX = {"large": 96, "small": 52}  # nominal bounding-box side in pixels
 
 # ---- English
 EN_POS = {"left": "on the left", "right": "on the right", "top": "at the top",
@@ -106,6 +107,8 @@ class Scene(object):
     background: colour name; jitter: per-object (dx, dy, scale, rgb deltas), background
     rgb delta."""
 
+    centres = None  # explicit object centres (tower-pretraining sheets only)
+
     def __init__(self, objects, background, jitter=None):
         self.objects = sorted(objects, key=lambda o: POSITIONS.index(o[3]))
         self.background = background
@@ -126,13 +129,16 @@ def sample_scene(rng):
     used = set(o[1] for o in objects)
     background = rng.choice([c for c in COLOURS if c not in used])
     s = Scene(objects, background)
-    s.jitter = {
-        "objects": [(rng.randint(-6, 6), rng.randint(-6, 6), rng.uniform(0.9, 1.1),
-                     tuple(rng.randint(-12, 12) for _ in range(3)), rng.uniform(-0.25, 0.25))
-                    for _ in s.objects],
-        "background": tuple(rng.randint(-10, 10) for _ in range(3)),
-    }
+    s.jitter = _jitter(rng, len(s.objects))
     return s
+
+
+def _jitter(rng, n):
+    """Per object (dx, dy, scale, rgb delta, star tilt) and a background rgb delta."""
+    return {"objects": [(rng.randint(-3, 3), rng.randint(-3, 3), rng.uniform(0.95, 1.05),
+                         tuple(rng.randint(-10, 10) for _ in range(3)), rng.uniform(-0.1, 0.1))
+                        for _ in range(n)],
+            "background": tuple(rng.randint(-10, 10) for _ in range(3))}
 
 
 def _clamp_rgb(rgb, delta):
@@ -154,19 +160,13 @@ def _polygon(shape, cx, cy, side, rot):
     raise ValueError(shape)
 
 
-def render(scene, supersample=2):
-    """PIL RGB image WIDTH x HEIGHT (drawn at 2x and downsampled: smooth edges)."""
-    S = supersample
-    jit = scene.jitter or {"objects": [(0, 0, 1.0, (0, 0, 0), 0.0)] * len(scene.objects),
-                           "background": (0, 0, 0)}
-    img = Image.new("RGB", (WIDTH * S, HEIGHT * S),
-                    _clamp_rgb(RGB[scene.background], jit["background"]))
-    d = ImageDraw.Draw(img)
-    for (shape, colour, size, pos), (dx, dy, sc, drgb, rot) in zip(scene.objects, jit["objects"]):
-        cx, cy = CENTRES[pos]
+def _draw(d, scene, S, fill_of):
+    jit = scene.jitter or {"objects": [(0, 0, 1.0, (0, 0, 0), 0.0)] * len(scene.objects)}
+    for k, ((shape, colour, size, pos), (dx, dy, sc, drgb, rot)) in enumerate(zip(scene.objects, jit["objects"])):
+        cx, cy = scene.centres[k] if scene.centres else CENTRES[pos]
         cx, cy = (cx + dx) * S, (cy + dy) * S
         side = SIZE_PX[size] * sc * S
-        fill = _clamp_rgb(RGB[colour], drgb)
+        fill = fill_of(k, colour, drgb)
         r = side / 2.0
         if shape == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -174,6 +174,14 @@ def render(scene, supersample=2):
             d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
         else:
             d.polygon(_polygon(shape, cx, cy, side, rot), fill=fill)
+
+
+def render(scene, supersample=2):
+    """PIL RGB image WIDTH x HEIGHT (drawn at 2x and downsampled: smooth edges)."""
+    S = supersample
+    bgj = scene.jitter["background"] if scene.jitter else (0, 0, 0)
+    img = Image.new("RGB", (WIDTH * S, HEIGHT * S), _clamp_rgb(RGB[scene.background], bgj))
+    _draw(ImageDraw.Draw(img), scene, S, lambda k, colour, drgb: _clamp_rgb(RGB[colour], drgb))
     if S != 1:
         img = img.resize((WIDTH, HEIGHT), resample=Image.LANCZOS)
     return img
@@ -182,21 +190,31 @@ def render(scene, supersample=2):
 def render_labels(scene):
     """uint8 [HEIGHT, WIDTH] region map with the geometry of render(): 0 = background,
     k + 1 = the k-th object of scene.objects (later objects drawn on top)."""
-    jit = scene.jitter or {"objects": [(0, 0, 1.0, (0, 0, 0), 0.0)] * len(scene.objects)}
     img = Image.new("L", (WIDTH, HEIGHT), 0)
-    d = ImageDraw.Draw(img)
-    for k, ((shape, colour, size, pos), (dx, dy, sc, drgb, rot)) in enumerate(zip(scene.objects, jit["objects"])):
-        cx, cy = CENTRES[pos]
-        cx, cy = cx + dx, cy + dy
-        side = SIZE_PX[size] * sc
-        r = side / 2.0
-        if shape == "circle":
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=k + 1)
-        elif shape == "square":
-            d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=k + 1)
-        else:
-            d.polygon(_polygon(shape, cx, cy, side, rot), fill=k + 1)
+    _draw(ImageDraw.Draw(img), scene, 1, lambda k, colour, drgb: k + 1)
     return img
+
+
+def sample_sheet(rng):
+    """A 'contact sheet' for the tower pretraining only: up to 9 shapes on a jittered
+    3x3 grid (no captions; dense per-patch supervision of colour/shape/size)."""
+    cells = [(58 + 110 * i, 58 + 110 * j) for j in range(3) for i in range(3)]
+    cells = [c for c in cells if rng.random() < 0.85]
+    objects, centres = [], []
+    for (cx, cy) in cells:
+        objects.append((rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(SIZES), None))
+        centres.append((cx, cy))
+    used = set(o[1] for o in objects)
+    bgs = [c for c in COLOURS if c not in used] or COLOURS
+    background = rng.choice(bgs)
+    objects = [o for o in objects if o[1] != background] if len(bgs) == len(COLOURS) and used else objects
+    s = Scene.__new__(Scene)
+    keep = [(o, c) for o, c in zip(objects, centres) if o[1] != background]
+    s.objects = [o for o, _ in keep]
+    s.centres = [c for _, c in keep]
+    s.background = background
+    s.jitter = _jitter(rng, len(s.objects))
+    return s
 
 
 def caption_en(scene):

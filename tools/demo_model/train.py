@@ -69,10 +69,12 @@ class SceneData(torch.utils.data.Dataset):
         return 1 << 40
 
     def __getitem__(self, i):
+        if self.phase == "tower":  # even items: contact sheets, odd: caption scenes
+            sc = (scenes.sample_sheet(scenes.rng_for(self.seed, i, salt=5)) if i % 2 == 0
+                  else scenes.example(self.seed, i)["scene"])
+            return torch.from_numpy(preprocess_ref.preprocess(scenes.render(sc))), patch_labels(sc)
         ex = scenes.example(self.seed, i)
         px = preprocess_ref.preprocess(scenes.render(ex["scene"]))
-        if self.phase == "tower":
-            return torch.from_numpy(px), patch_labels(ex["scene"])
         if self.phase == "base":
             segs = [(ex["prompt_en"], ex["en"], "en"), (ex["prompt_lt"], ex["lt"], "lt")]
         else:
@@ -84,22 +86,32 @@ class SceneData(torch.utils.data.Dataset):
 # rank in the caption order (none, first, second), object count (1, 2; on every patch)
 HEAD_NAMES = ("colour", "shape", "size", "pos", "rank", "count")
 HEADS = [9, 5, 3, 6, 3, 2]
+OBJECT_ONLY = ("shape", "size", "pos", "rank")
+HEAD_WEIGHT = {"shape": 3.0, "size": 1.5}  # the hard ones
 
 
 def patch_labels(scene, S=336, P=14):
     """Per-patch targets [6, (S/P)^2] for the tower pretraining: the region that covers a
     patch (an object if it covers >= 25 % of it, else background or the grey padding of
-    expand2square), mapped through the same pad + resize as the image."""
+    expand2square), mapped through the same pad + resize as the image. Sheets (no
+    caption positions) get -100 (ignored) for position, rank and count."""
     lab = preprocess_ref.expand2square(scenes.render_labels(scene), 255)
     lab = np.array(lab.resize((S, S), resample=0))  # NEAREST
     G = S // P
     a = lab.reshape(G, P, G, P).transpose(0, 2, 1, 3).reshape(G * G, P * P)
-    cnt = np.stack([(a == v).sum(1) for v in (0, 1, 2, 255)], 1)  # bg, obj1, obj2, pad
-    obj = np.where(cnt[:, 2] > cnt[:, 1], 2, 1)
-    objn = np.maximum(cnt[:, 1], cnt[:, 2])
-    region = np.where(objn >= 0.25 * P * P, obj, np.where(cnt[:, 0] >= cnt[:, 3], 0, 255))
+    K = len(scene.objects)
+    cnt = np.stack([(a == v).sum(1) for v in range(K + 1)] + [(a == 255).sum(1)], 1)
+    if K:
+        obj = 1 + np.argmax(cnt[:, 1:K + 1], axis=1)
+        objn = cnt[np.arange(G * G), obj]
+    else:
+        obj = objn = np.zeros(G * G, dtype=np.int64)
+    region = np.where(objn >= 0.25 * P * P, obj, np.where(cnt[:, 0] >= cnt[:, K + 1], 0, 255))
     out = np.zeros((len(HEADS), G * G), dtype=np.int64)
-    out[5] = len(scene.objects) - 1
+    sheet = scene.centres is not None
+    out[5] = -100 if sheet else K - 1
+    if sheet:
+        out[3] = out[4] = -100
     bgc = scenes.COLOURS.index(scene.background)
     out[0] = np.where(region == 255, 8, bgc)
     for k, (shape, colour, size, pos) in enumerate(scene.objects):
@@ -107,9 +119,32 @@ def patch_labels(scene, S=336, P=14):
         out[0][m] = scenes.COLOURS.index(colour)
         out[1][m] = 1 + scenes.SHAPES.index(shape)
         out[2][m] = 1 + scenes.SIZES.index(size)
-        out[3][m] = 1 + scenes.POSITIONS.index(pos)
-        out[4][m] = 1 + k
+        if not sheet:
+            out[3][m] = 1 + scenes.POSITIONS.index(pos)
+            out[4][m] = 1 + k
     return torch.from_numpy(out)
+
+
+def pca_patch_embedding(tower, seed, n_images=48, eps=0.01):
+    """Data-dependent initialisation of the patch embedding: the top principal
+    components of 14x14x3 patches of seeded scenes, whitened (1/sqrt(var + eps)), so
+    edge directions start on an equal footing with the dominant colour directions."""
+    w = tower.vision_model.embeddings.patch_embedding.weight
+    D, C, P, _ = w.shape
+    rows = []
+    for i in range(n_images):
+        sc = scenes.sample_sheet(scenes.rng_for(seed, i)) if i % 2 else scenes.example(seed, i)["scene"]
+        px = preprocess_ref.preprocess(scenes.render(sc))
+        G = px.shape[1] // P
+        rows.append(px.reshape(C, G, P, G, P).transpose(1, 3, 0, 2, 4).reshape(G * G, C * P * P))
+    X = np.concatenate(rows).astype(np.float64)
+    X -= X.mean(0)
+    ev, V = np.linalg.eigh(X.T @ X / len(X))
+    ev, V = ev[::-1][:D], V[:, ::-1][:, :D]
+    V = V * np.sign(V.sum(0) + 1e-12)  # deterministic sign
+    with torch.no_grad():
+        w.copy_(torch.from_numpy((V / np.sqrt(ev + eps)).T.astype(np.float32)).view(D, C, P, P))
+    return ev
 
 
 class TowerPretrain(torch.nn.Module):
@@ -132,10 +167,13 @@ class TowerPretrain(torch.nn.Module):
         for i, (h, n) in enumerate(zip(HEAD_NAMES, HEADS)):
             lg = logits[..., o:o + n]
             y = labels[:, i]
+            if h in OBJECT_ONLY:  # shape/size/position/rank: taught on object patches only
+                y = torch.where(labels[:, 1] > 0, y, torch.full_like(y, -100))
             nll = F.cross_entropy(lg.reshape(-1, n), y.reshape(-1), reduction="none").view_as(w)
-            total = total + (nll * w).sum() / w.sum()
+            wi = w * (y != -100)
+            total = total + HEAD_WEIGHT.get(h, 1.0) * (nll * wi).sum() / wi.sum().clamp(min=1.0)
             objm = labels[:, 1] > 0
-            sel = objm if h != "count" else torch.ones_like(objm)
+            sel = (objm if h != "count" else torch.ones_like(objm)) & (y != -100)
             accs[h] = float((lg.argmax(-1) == y)[sel].float().mean()) if sel.any() else 1.0
             o += n
         return total, accs
@@ -260,10 +298,13 @@ def make_model(a, phase):
     if phase == "tower":
         tp = TowerPretrain()
         M.init_weights(tp, a.init_seed)
+        pca_patch_embedding(tp.tower, a.data_seed + 100)
         return tp
     vlm = M.ShapesVLM(M.VISION, M.TEXT)
     if phase == "base":
         M.init_weights(vlm, a.init_seed)
+        if a.init:  # a second stage: continue from an earlier base run, new schedule and data
+            vlm.load_state_dict(load_base_state(a.init))
         if a.tower:  # the pretrained tower, frozen (LLaVA keeps its CLIP tower frozen)
             tsd = torch.load(os.path.join(a.tower, "final.pt"), map_location="cpu")["model"]
             vsd = OrderedDict((k[len("tower."):], v) for k, v in tsd.items() if k.startswith("tower."))
@@ -315,6 +356,8 @@ def main(argv=None):
     ap.add_argument("--phase", choices=["tower", "base", "adapter"], required=True)
     ap.add_argument("--tower", help="(base) the tower pretraining run directory (final.pt); "
                     "the tower is then frozen")
+    ap.add_argument("--init", help="(base) start from this base run directory's final.pt "
+                    "(a second stage with its own schedule; use another --data-seed)")
     ap.add_argument("--out", required=True, help="run directory (checkpoints, log)")
     ap.add_argument("--base", help="(adapter) the base run directory (final.pt)")
     ap.add_argument("--steps", type=int)
