@@ -130,24 +130,10 @@ inline ClipModel ClipModel::from_gguf(const GgufFile& f) {
 // Bidirectional multi-head attention over n positions: q, k, v, out [n, heads·hd].
 inline void self_attention(const float* q, const float* k, const float* v, int64_t n, int64_t heads, int64_t hd, float* out,
                            ThreadPool* pool) {
-  const int64_t w = heads * hd;
-  const float scale = 1.0f / std::sqrt(float(hd));
-  parallel_chunks(pool, n * heads, 8, [&](int64_t t0, int64_t t1) {
-    std::vector<float> s(static_cast<size_t>(n));
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / heads, h = t % heads;
-      const float* qi = q + i * w + h * hd;
-      for (int64_t j = 0; j < n; ++j) s[size_t(j)] = dot_f32(qi, k + j * w + h * hd, hd) * scale;
-      softmax(s.data(), n);
-      float* o = out + i * w + h * hd;
-      std::fill(o, o + hd, 0.0f);
-      for (int64_t j = 0; j < n; ++j) {
-        const float* vj = v + j * w + h * hd;
-        const float p = s[size_t(j)];
-        for (int64_t d = 0; d < hd; ++d) o[d] += p * vj[d];
-      }
-    }
-  });
+  AttentionShape a;
+  a.n = a.m = n, a.n_heads = a.n_kv_heads = heads, a.hd = hd;
+  a.q_stride = a.kv_stride = a.out_stride = heads * hd, a.causal = false;
+  multi_head_attention(a, q, k, v, DType::F32, out, pool);
 }
 
 // pixel_values [3, S, S] -> features [n_patches, dim] (hidden_states[feature layer], CLS dropped).
@@ -185,7 +171,8 @@ inline std::vector<float> clip_encode(const ClipModel& m, const float* pixels, T
 
     layernorm(x.data(), f32(L.ln2_w), f32(L.ln2_b), T, D, c.eps, h.data());
     linear(L.fc1_w, f32(L.fc1_b), h.data(), T, ff.data(), pool);
-    for (float& e : ff) e = c.gelu ? gelu_erf(e) : quick_gelu(e);
+    if (c.gelu) for (float& e : ff) e = gelu_erf(e);
+    else quick_gelu(ff.data(), int64_t(ff.size()));
     linear(L.fc2_w, f32(L.fc2_b), ff.data(), T, h.data(), pool);
     for (size_t i = 0; i < x.size(); ++i) x[i] += h[i];
     if (hidden) hidden->push_back(x);

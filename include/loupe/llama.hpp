@@ -76,10 +76,14 @@ struct KVCache {
     v.assign(size_t(c.n_layers), std::vector<uint8_t>(bytes));
   }
   void store(std::vector<uint8_t>& buf, int64_t pos, const float* x) const {
-    from_f32(dtype, x, buf.data() + size_t(pos * width) * (dtype == DType::F32 ? 4 : 2), width);
+    uint8_t* dst = buf.data() + size_t(pos * width) * (dtype == DType::F32 ? 4 : 2);
+    if (dtype == DType::F16) kernels().f32_to_f16(x, reinterpret_cast<uint16_t*>(dst), width);  // = from_f32, vectorised
+    else from_f32(dtype, x, dst, width);
   }
   void load(const std::vector<uint8_t>& buf, int64_t pos, float* x) const {
-    to_f32(dtype, buf.data() + size_t(pos * width) * (dtype == DType::F32 ? 4 : 2), x, width);
+    const uint8_t* src = buf.data() + size_t(pos * width) * (dtype == DType::F32 ? 4 : 2);
+    if (dtype == DType::F16) kernels().f16_to_f32(reinterpret_cast<const uint16_t*>(src), x, width);
+    else to_f32(dtype, src, x, width);
   }
 };
 
@@ -154,37 +158,10 @@ inline void embed(const LlamaModel& m, const int32_t* ids, int64_t n, float* out
 inline void attention(const LlamaConfig& c, const KVCache& kv, const std::vector<uint8_t>& kbuf,
                       const std::vector<uint8_t>& vbuf, const float* q, int64_t n, int64_t pos0, float* out,
                       ThreadPool* pool) {
-  const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads, len = pos0 + n;
-  // Widen the cache once per call (F16 cache) or read it in place (F32).
-  std::vector<float> kf, vf;
-  const float *K, *V;
-  if (kv.dtype == DType::F32) {
-    K = reinterpret_cast<const float*>(kbuf.data());
-    V = reinterpret_cast<const float*>(vbuf.data());
-  } else {
-    kf.resize(size_t(len * kv.width));
-    vf.resize(size_t(len * kv.width));
-    for (int64_t p = 0; p < len; ++p) kv.load(kbuf, p, kf.data() + p * kv.width), kv.load(vbuf, p, vf.data() + p * kv.width);
-    K = kf.data();
-    V = vf.data();
-  }
-  const float scale = 1.0f / std::sqrt(float(hd));
-  parallel_chunks(pool, n * c.n_heads, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> s(static_cast<size_t>(len));
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / c.n_heads, h = t % c.n_heads, kvh = h / group, upto = pos0 + i + 1;
-      const float* qi = q + i * c.n_heads * hd + h * hd;
-      for (int64_t p = 0; p < upto; ++p) s[size_t(p)] = dot_f32(qi, K + p * kv.width + kvh * hd, hd) * scale;
-      softmax(s.data(), upto);
-      float* o = out + i * c.n_heads * hd + h * hd;
-      std::fill(o, o + hd, 0.0f);
-      for (int64_t p = 0; p < upto; ++p) {
-        const float* vp = V + p * kv.width + kvh * hd;
-        const float w = s[size_t(p)];
-        for (int64_t d = 0; d < hd; ++d) o[d] += w * vp[d];
-      }
-    }
-  });
+  AttentionShape a;
+  a.n = n, a.m = pos0 + n, a.n_heads = c.n_heads, a.n_kv_heads = c.n_kv_heads, a.hd = c.head_dim;
+  a.q_stride = a.out_stride = c.n_heads * c.head_dim, a.kv_stride = kv.width, a.causal = true;
+  multi_head_attention(a, q, kbuf.data(), vbuf.data(), kv.dtype, out, pool);
 }
 
 // Run n positions (embeddings x [n, dim]) starting at kv.n_past; appends to the
@@ -198,6 +175,8 @@ inline void forward(const LlamaModel& m, KVCache& kv, const float* x, int64_t n,
   std::vector<float> h(x, x + n * c.dim), xb(size_t(n * c.dim)), q(size_t(n * qd)), k(size_t(n * kvd)),
       v(size_t(n * kvd)), att(size_t(n * qd)), gate(size_t(n * c.ffn_dim)), up(size_t(n * c.ffn_dim)),
       tmp(size_t(n * c.dim));
+  std::vector<float> rope_cs(size_t(n * c.head_dim));  // RoPE cos/sin per position, shared by every layer
+  for (int64_t i = 0; i < n; ++i) m.rope.angles(pos0 + i, &rope_cs[size_t(i * c.head_dim)]);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LlamaLayer& L = m.layers[size_t(l)];
     rmsnorm(h.data(), static_cast<const float*>(L.attn_norm.data), n, c.dim, c.rms_eps, xb.data());
@@ -208,8 +187,9 @@ inline void forward(const LlamaModel& m, KVCache& kv, const float* x, int64_t n,
     add_low_rank(L.lora[kAttnK], xb.data(), n, k.data(), pool);
     add_low_rank(L.lora[kAttnV], xb.data(), n, v.data(), pool);
     for (int64_t i = 0; i < n; ++i) {
-      for (int64_t hh = 0; hh < c.n_heads; ++hh) m.rope.apply(&q[size_t(i * qd + hh * c.head_dim)], pos0 + i, m.rope_style);
-      for (int64_t hh = 0; hh < c.n_kv_heads; ++hh) m.rope.apply(&k[size_t(i * kvd + hh * c.head_dim)], pos0 + i, m.rope_style);
+      const float* cs = &rope_cs[size_t(i * c.head_dim)];
+      for (int64_t hh = 0; hh < c.n_heads; ++hh) m.rope.apply(&q[size_t(i * qd + hh * c.head_dim)], cs, m.rope_style);
+      for (int64_t hh = 0; hh < c.n_kv_heads; ++hh) m.rope.apply(&k[size_t(i * kvd + hh * c.head_dim)], cs, m.rope_style);
       kv.store(kv.k[size_t(l)], pos0 + i, &k[size_t(i * kvd)]);
       kv.store(kv.v[size_t(l)], pos0 + i, &v[size_t(i * kvd)]);
     }

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels.hpp"
 #include "tensor.hpp"
 #include "threadpool.hpp"
 
@@ -26,67 +27,62 @@ namespace loupe {
 
 // ---------------------------------------------------------------- dot kernels
 
-// Σ x·y over n f32 values; 8 independent partial sums so the loop vectorises
-// without -ffast-math, and the order is fixed (bitwise reproducible).
-inline float dot_f32(const float* x, const float* y, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += x[i + k] * y[i + k];
-  for (; i < n; ++i) acc[i & 7] += x[i] * y[i];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-// Quantised weight row · Q8_0 activation row: per block d_w·d_x·Σ q_w·q_x with an
-// exact integer inner sum, as ggml's vec_dot_q{4,8}_0_q8_0.
-inline float dot_q8_0_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, int64_t nb) {
-  float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b) {
-    int32_t s = 0;
-    for (int j = 0; j < QK; ++j) s += int32_t(w[b].qs[j]) * int32_t(x[b].qs[j]);
-    sum += float(s) * (fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
-  }
-  return sum;
-}
-
-inline float dot_q4_0_q8_0(const BlockQ4_0* w, const BlockQ8_0* x, int64_t nb) {
-  float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b) {
-    int32_t s = 0;
-    for (int j = 0; j < QK / 2; ++j) {
-      s += (int32_t(w[b].qs[j] & 0x0f) - 8) * int32_t(x[b].qs[j]);
-      s += (int32_t(w[b].qs[j] >> 4) - 8) * int32_t(x[b].qs[j + QK / 2]);
-    }
-    sum += float(s) * (fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
-  }
-  return sum;
-}
+// The scalar reference kernels (kernels_scalar.hpp) under their usual names.
+using scalar::dot_f32;
+using scalar::dot_q4_0_q8_0;
+using scalar::dot_q8_0_q8_0;
 
 // ------------------------------------------------------------------ matmul
 
-// y[n, out] = x[n, in] · W[out, in]ᵀ. Quantised W: x is quantised to Q8_0 per
-// row first (as llama.cpp does). F16/BF16 W: rows are widened to f32 in tiles.
-inline void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr) {
+namespace ops_detail {
+constexpr int64_t kGrain = 64;  // output rows per task: fixed, so results are thread-count independent
+inline QuantizedRows& act_scratch() {
+  static thread_local QuantizedRows q;  // the caller's; workers only read it
+  return q;
+}
+inline std::vector<float>& f32_scratch(int which) {  // attention scores
+  static thread_local std::vector<float> s[2];
+  return s[which];
+}
+inline AlignedBuffer<float>& packed_scratch() {  // the caller's packed matmul input; workers only read it
+  static thread_local AlignedBuffer<float> s;
+  return s;
+}
+}  // namespace ops_detail
+
+// y[n, out] = x[n, in] · W[out, in]ᵀ with the kernels of table `kt`.
+// Quantised W: x is quantised to Q8_0 per 32 values first (as llama.cpp does).
+// F16/BF16 W: rows are widened to f32 in tiles and multiplied with Eigen.
+inline void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr) {
+  using ops_detail::kGrain;
   const int64_t out = w.rows(), in = w.cols();
-  constexpr int64_t kGrain = 64;  // output rows per task: fixed, so results are thread-count independent
+  if (n <= 0 || out <= 0) return;
   if (is_quantized(w.dtype)) {
     if (in % QK) fail("matmul: quantised weight row length ", in, " is not a multiple of ", QK);
-    const int64_t nb = in / QK;
-    std::vector<BlockQ8_0> xq(size_t(n * nb));
-    for (int64_t i = 0; i < n; ++i) quantize_row_q8_0(x + i * in, xq.data() + i * nb, in);
-    parallel_chunks(pool, out, kGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const void* wr = w.row(r);
-        for (int64_t i = 0; i < n; ++i)
-          y[i * out + r] = w.dtype == DType::Q4_0
-                               ? dot_q4_0_q8_0(static_cast<const BlockQ4_0*>(wr), xq.data() + i * nb, nb)
-                               : dot_q8_0_q8_0(static_cast<const BlockQ8_0*>(wr), xq.data() + i * nb, nb);
-      }
-    });
+    if (w.dtype != DType::Q4_0 && w.dtype != DType::Q8_0) fail("matmul: unsupported weight type ", dtype_name(w.dtype));
+    const bool q4 = w.dtype == DType::Q4_0;
+    QuantizedRows& xq = ops_detail::act_scratch();
+    kt.quantize_rows(x, n, in, q4 ? kt.q4_0_offset : kt.q8_0_offset, xq);
+    const auto* base = static_cast<const uint8_t*>(w.data);
+    const size_t ws = w.row_stride();
+    auto fn = q4 ? kt.matmul_q4_0 : kt.matmul_q8_0;
+    // Many activation rows: larger tasks, so the gemm's prefetch of the next weight panel covers most panels.
+    const int64_t grain = n >= 4 ? 4 * kGrain : kGrain;
+    parallel_chunks(pool, out, grain, [&](int64_t r0, int64_t r1) { fn(base, ws, r0, r1, xq, y, out); });
     return;
   }
   if (w.dtype != DType::F32 && w.dtype != DType::F16 && w.dtype != DType::BF16)
     fail("matmul: unsupported weight type ", dtype_name(w.dtype));
+  if (kt.gemm_f32 && n >= 8) {
+    // Our SIMD GEMM: x packed once, tasks of weight rows.
+    AlignedBuffer<float>& xp = ops_detail::packed_scratch();
+    xp.resize(size_t(kt.packed_size(n, in)));
+    kt.pack_rows(x, n, in, xp.data());
+    const auto* base = static_cast<const uint8_t*>(w.data);
+    const size_t ws = w.row_stride();
+    parallel_chunks(pool, out, 48, [&](int64_t r0, int64_t r1) { kt.gemm_f32(xp.data(), n, in, base, w.dtype, ws, r0, r1, y, out); });
+    return;
+  }
   parallel_chunks(pool, out, kGrain, [&](int64_t r0, int64_t r1) {
     const int64_t m = r1 - r0;
     std::vector<float> tile;
@@ -95,7 +91,13 @@ inline void matmul(const TensorView& w, const float* x, int64_t n, float* y, Thr
       wt = reinterpret_cast<const float*>(w.row(r0));
     } else {
       tile.resize(size_t(m * in));
-      for (int64_t r = r0; r < r1; ++r) to_f32(w.dtype, w.row(r), tile.data() + (r - r0) * in, in);
+      for (int64_t r = r0; r < r1; ++r) {
+        const auto* src = reinterpret_cast<const uint16_t*>(w.row(r));
+        float* dst = tile.data() + (r - r0) * in;
+        if (w.dtype == DType::F16) kt.f16_to_f32(src, dst, in);
+        else if (w.dtype == DType::BF16) kt.bf16_to_f32(src, dst, in);
+        else std::memcpy(dst, w.row(r), size_t(in) * 4);
+      }
       wt = tile.data();
     }
 #ifdef LOUPE_HAVE_EIGEN
@@ -109,6 +111,11 @@ inline void matmul(const TensorView& w, const float* x, int64_t n, float* y, Thr
       for (int64_t r = 0; r < m; ++r) y[i * out + r0 + r] = dot_f32(x + i * in, wt + r * in, in);
 #endif
   });
+}
+
+// The same with the best kernels for this CPU.
+inline void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr) {
+  matmul(kernels(), w, x, n, y, pool);
 }
 
 // torch.nn.Linear: y = x·Wᵀ + b (b may be null).
@@ -149,12 +156,14 @@ inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 inline float gelu_erf(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }  // nn.GELU()
 inline float quick_gelu(float x) { return x / (1.0f + std::exp(-1.702f * x)); }                   // CLIP's
 
-// LlamaMLP's act(gate) * up, in place into gate.
-inline void silu_mul(float* gate, const float* up, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) gate[i] = silu(gate[i]) * up[i];
-}
+// LlamaMLP's act(gate) * up, in place into gate (SIMD exp: within a few ulps
+// of the scalar scalar::silu_mul).
+inline void silu_mul(float* gate, const float* up, int64_t n) { kernels().silu_mul(gate, up, n); }
 
-// Softmax of x[0..n) in place (max-subtracted).
+// CLIP's quick_gelu over x[0..n), in place.
+inline void quick_gelu(float* x, int64_t n) { kernels().quick_gelu(x, n); }
+
+// Softmax of x[0..n) in place (max-subtracted); the reference, with a double sum.
 inline void softmax(float* x, int64_t n) {
   float m = x[0];
   for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
@@ -162,6 +171,115 @@ inline void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
   const float inv = float(1.0 / s);
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+// The same with the kernels of `kt` (SIMD exp, f32 sum in a fixed lane order).
+inline void softmax(const KernelTable& kt, float* x, int64_t n) {
+  float m = x[0];
+  for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
+  const float inv = 1.0f / kt.exp_sum(x, n, m);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+// ------------------------------------------------------------- attention
+
+// Scaled dot-product attention of n queries against m keys/values, multi-head
+// with grouped-query sharing (head h reads kv head h / (n_heads / n_kv_heads)):
+//   out[i, h] = softmax(q[i, h] · K[:, g]ᵀ / √hd  (+ causal mask)) · V[:, g]
+// q, out: n rows of f32, head h at + h·hd, rows q_stride / out_stride floats apart.
+// k, v: m rows of kv_type (F32 or F16), kv_stride elements apart, kv head g at + g·hd.
+// causal: query i sees keys [0, m − n + i] (the queries are the last n positions).
+struct AttentionShape {
+  int64_t n = 0, m = 0, n_heads = 0, n_kv_heads = 0, hd = 0;
+  int64_t q_stride = 0, kv_stride = 0, out_stride = 0;
+  bool causal = true;
+};
+
+inline void multi_head_attention(const KernelTable& kt, const AttentionShape& a, const float* q, const void* k, const void* v,
+                                 DType kv_type, float* out, ThreadPool* pool = nullptr) {
+  if (kv_type != DType::F32 && kv_type != DType::F16) fail("attention: keys/values must be F32 or F16, not ", dtype_name(kv_type));
+  if (a.n <= 0) return;
+  const int64_t group = a.n_heads / a.n_kv_heads, hd = a.hd;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const bool f16 = kv_type == DType::F16;
+  auto visible = [&](int64_t i) { return a.causal ? a.m - a.n + i + 1 : a.m; };
+#ifdef LOUPE_HAVE_EIGEN
+  constexpr bool have_gemm = true;
+#else
+  constexpr bool have_gemm = false;
+#endif
+  if (a.n < 4 || !have_gemm) {
+    // Few queries (decode): dot products and weighted sums straight from the cache.
+    parallel_chunks(pool, a.n * a.n_heads, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float>& s = ops_detail::f32_scratch(0);
+      s.resize(size_t(a.m));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i = t / a.n_heads, h = t % a.n_heads, off = (h / group) * hd, len = visible(i);
+        const float* qi = q + i * a.q_stride + h * hd;
+        for (int64_t p = 0; p < len; ++p)
+          s[size_t(p)] = (f16 ? kt.dot_f16(qi, static_cast<const uint16_t*>(k) + p * a.kv_stride + off, hd)
+                              : kt.dot_f32(qi, static_cast<const float*>(k) + p * a.kv_stride + off, hd)) * scale;
+        softmax(kt, s.data(), len);
+        float* o = out + i * a.out_stride + h * hd;
+        std::fill(o, o + hd, 0.0f);
+        for (int64_t p = 0; p < len; ++p) {
+          if (f16) kt.axpy_f16(s[size_t(p)], static_cast<const uint16_t*>(v) + p * a.kv_stride + off, o, hd);
+          else kt.axpy_f32(s[size_t(p)], static_cast<const float*>(v) + p * a.kv_stride + off, o, hd);
+        }
+      }
+    });
+    return;
+  }
+#ifdef LOUPE_HAVE_EIGEN
+  // Many queries (prefill, CLIP): blocks of queries × all visible keys with
+  // Eigen's GEMM, S = Q·Kᵀ, softmax per row, O = S·V. An F16 cache is widened
+  // to f32 once for the call.
+  const float *K = static_cast<const float*>(k), *V = static_cast<const float*>(v);
+  int64_t ks = a.kv_stride;
+  std::vector<float> kf, vf;
+  if (f16) {
+    const int64_t w = a.n_kv_heads * hd;
+    kf.resize(size_t(a.m * w)), vf.resize(size_t(a.m * w));
+    parallel_chunks(pool, a.m, 64, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        kt.f16_to_f32(static_cast<const uint16_t*>(k) + p * a.kv_stride, kf.data() + p * w, w);
+        kt.f16_to_f32(static_cast<const uint16_t*>(v) + p * a.kv_stride, vf.data() + p * w, w);
+      }
+    });
+    K = kf.data(), V = vf.data(), ks = w;
+  }
+  constexpr int64_t kQB = 32;  // query rows per task
+  const int64_t qblocks = (a.n + kQB - 1) / kQB;
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Strided = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+  parallel_chunks(pool, a.n_heads * qblocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float>& sbuf = ops_detail::f32_scratch(1);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t h = t / qblocks, i0 = (t % qblocks) * kQB, i1 = std::min(a.n, i0 + kQB), qb = i1 - i0;
+      const int64_t off = (h / group) * hd, len = visible(i1 - 1);
+      Strided Q(q + i0 * a.q_stride + h * hd, qb, hd, Eigen::OuterStride<>(a.q_stride));
+      Strided Kh(K + off, len, hd, Eigen::OuterStride<>(ks));
+      Strided Vh(V + off, len, hd, Eigen::OuterStride<>(ks));
+      sbuf.resize(size_t(qb * len));
+      Eigen::Map<RowMat> S(sbuf.data(), qb, len);
+      S.noalias() = Q * Kh.transpose();
+      for (int64_t r = 0; r < qb; ++r) {
+        float* row = sbuf.data() + r * len;
+        const int64_t vis = visible(i0 + r);
+        for (int64_t p = 0; p < vis; ++p) row[p] *= scale;
+        softmax(kt, row, vis);
+        std::fill(row + vis, row + len, 0.0f);
+      }
+      Eigen::Map<RowMat, 0, Eigen::OuterStride<>> O(out + i0 * a.out_stride + h * hd, qb, hd, Eigen::OuterStride<>(a.out_stride));
+      O.noalias() = S * Vh;
+    }
+  });
+#endif
+}
+
+inline void multi_head_attention(const AttentionShape& a, const float* q, const void* k, const void* v, DType kv_type, float* out,
+                                 ThreadPool* pool = nullptr) {
+  multi_head_attention(kernels(), a, q, k, v, kv_type, out, pool);
 }
 
 // ------------------------------------------------------------------- RoPE
@@ -179,6 +297,27 @@ struct RopeCache {
   RopeCache(int64_t head_dim, float base) : d(head_dim), inv_freq(size_t(head_dim / 2)) {
     for (int64_t i = 0; i < d / 2; ++i)
       inv_freq[size_t(i)] = 1.0f / std::pow(base, float(2 * i) / float(d));
+  }
+  // cos/sin of every angle at position pos: cs[0..d/2) = cos, cs[d/2..d) = sin.
+  void angles(int64_t pos, float* cs) const {
+    const int64_t h = d / 2;
+    for (int64_t i = 0; i < h; ++i) {
+      const float a = float(pos) * inv_freq[size_t(i)];
+      cs[i] = std::cos(a), cs[h + i] = std::sin(a);
+    }
+  }
+  // apply() with the angles precomputed (one table per position serves every
+  // head of every layer); the same values as apply().
+  void apply(float* v, const float* cs, RopeStyle style) const {
+    const int64_t h = d / 2;
+    for (int64_t i = 0; i < h; ++i) {
+      const float c = cs[i], s = cs[h + i];
+      const int64_t i0 = style == RopeStyle::Adjacent ? 2 * i : i;
+      const int64_t i1 = style == RopeStyle::Adjacent ? 2 * i + 1 : i + h;
+      const float x0 = v[i0], x1 = v[i1];
+      v[i0] = x0 * c - x1 * s;
+      v[i1] = x1 * c + x0 * s;
+    }
   }
   void apply(float* v, int64_t pos, RopeStyle style) const {
     const int64_t h = d / 2;

@@ -1,0 +1,480 @@
+// loupe_bench: the C++ half of bench/run.sh. Each subcommand runs one
+// measurement in a fresh process and prints one JSON line on stdout, so peak
+// RSS (getrusage) belongs to that measurement alone.
+//
+//   loupe_bench make-llama OUT.gguf --type q4_0|q8_0 --vocab tokenizer.model [--layers N]
+//   loupe_bench make-mmproj OUT.gguf
+//   loupe_bench bandwidth -t N                 STREAM-style read probe (GB/s)
+//   loupe_bench kernels -t N [--n 1,128] [--gen REPS] [--rows R --cols C --mats M] [--level avx512] [--type q4_0]
+//                                              quantised matmul kernels, every level
+//   loupe_bench llm MODEL.gguf -t N [--prompt 128] [--gen 32]
+//   loupe_bench clip MMPROJ.gguf -t N          one ViT encode of a random image
+//   loupe_bench ttft MODEL.gguf MMPROJ.gguf -t N [--prompt 32]
+//
+// Synthetic models have LLaMA-7B / ViT-L/14-336 shapes and random weights:
+// speed does not depend on the values, only on the shapes and types. Quantised
+// blocks are written directly (random nibbles/bytes, a fixed-range scale), in
+// a stream, so making a 3.8 GB file needs little memory.
+#include <loupe/generate.hpp>
+#include <loupe/pipeline.hpp>
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+using namespace loupe;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// splitmix64: fast, good enough for random weights.
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed) {}
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return float(next() >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f; }  // [-1, 1)
+};
+
+// Random tensor bytes of type t with values of magnitude about `scale`.
+GgufWriter::Producer random_tensor(DType t, std::vector<int64_t> shape, float scale, uint64_t seed) {
+  return [t, shape, scale, seed](std::vector<uint8_t>& out) {
+    const TensorView v = make_view(t, shape, nullptr);
+    out.resize(v.nbytes());
+    Rng r(seed);
+    if (t == DType::Q4_0 || t == DType::Q8_0) {
+      const size_t bb = size_t(dtype_info(t).block_bytes), nblocks = out.size() / bb;
+      const uint16_t d = f32_to_fp16(t == DType::Q4_0 ? scale / 4.6f : scale / 73.0f);  // uniform q: std 4.6 / 73
+      for (size_t b = 0; b < nblocks; ++b) {
+        uint8_t* p = out.data() + b * bb;
+        std::memcpy(p, &d, 2);
+        for (size_t j = 2; j < bb; j += 8) {
+          uint64_t x = r.next();
+          const size_t n = std::min<size_t>(8, bb - j);
+          std::memcpy(p + j, &x, n);
+        }
+        if (t == DType::Q8_0)
+          for (size_t j = 2; j < bb; ++j)
+            if (p[j] == 0x80) p[j] = 0x81;  // the quantiser never makes -128
+      }
+    } else {
+      const int64_t n = v.numel();
+      std::vector<float> row(size_t(v.cols()));
+      for (int64_t i = 0; i < n; i += v.cols()) {
+        for (float& x : row) x = r.uniform() * scale * 1.7f;  // uniform(-a, a) has std a/1.7
+        from_f32(t, row.data(), out.data() + size_t(i / v.cols()) * row_bytes(t, v.cols()), v.cols());
+      }
+    }
+  };
+}
+
+GgufWriter::Producer constant_f32(int64_t n, float value) {
+  return [n, value](std::vector<uint8_t>& out) {
+    std::vector<float> v(size_t(n), value);
+    out.assign(reinterpret_cast<const uint8_t*>(v.data()), reinterpret_cast<const uint8_t*>(v.data() + n));
+  };
+}
+
+void write_with_progress(const GgufWriter& w, const std::string& path) {
+  size_t total = 0;
+  for (auto& t : w.tensors) total += t.nbytes();
+  auto t0 = Clock::now();
+  w.write_file(path, [&](size_t, size_t done) {
+    static int last = -1;
+    const int pct = int(100.0 * double(done) / double(total));
+    if (pct / 10 != last / 10) std::fprintf(stderr, "\r%s: %d%%", path.c_str(), pct), last = pct;
+  });
+  std::fprintf(stderr, "\r%s: %.1f GB in %.0f s\n", path.c_str(), double(total) / 1e9, ms_since(t0) / 1000);
+}
+
+// LLaMA-7B (Vicuna-7B v1.5 / ShareGPT4V-7B) shapes, every matrix in `type`,
+// the LLaMA tokenizer (tokenizer.model) in its metadata so llama.cpp loads it too.
+void make_llama(const std::string& out, DType type, const std::string& vocab_path, int64_t layers) {
+  const Tokenizer tok = Tokenizer::load(vocab_path);
+  const int64_t V = 32000, D = 4096, F = 11008, H = 32;
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::str("llama"));
+  w.set("general.name", GgufValue::str("synthetic-llama-7b"));
+  w.set("general.file_type", GgufValue::u32(type == DType::Q4_0 ? 2 : 7));
+  w.set("general.quantization_version", GgufValue::u32(2));
+  w.set("llama.vocab_size", GgufValue::u32(uint32_t(V)));
+  w.set("llama.context_length", GgufValue::u32(4096));
+  w.set("llama.embedding_length", GgufValue::u32(uint32_t(D)));
+  w.set("llama.block_count", GgufValue::u32(uint32_t(layers)));
+  w.set("llama.feed_forward_length", GgufValue::u32(uint32_t(F)));
+  w.set("llama.rope.dimension_count", GgufValue::u32(uint32_t(D / H)));
+  w.set("llama.attention.head_count", GgufValue::u32(uint32_t(H)));
+  w.set("llama.attention.head_count_kv", GgufValue::u32(uint32_t(H)));
+  w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(1e-5f));
+  w.set("llama.rope.freq_base", GgufValue::f32(10000.0f));
+  write_vocab(w, tok, V);
+  uint64_t seed = 1;
+  w.add_tensor("token_embd.weight", type, {V, D}, random_tensor(type, {V, D}, 0.02f, seed++));
+  for (int64_t l = 0; l < layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    w.add_tensor(p + "attn_norm.weight", DType::F32, {D}, constant_f32(D, 1.0f));
+    for (const char* n : {"attn_q", "attn_k", "attn_v", "attn_output"})
+      w.add_tensor(p + n + ".weight", type, {D, D}, random_tensor(type, {D, D}, 0.02f, seed++));
+    w.add_tensor(p + "ffn_norm.weight", DType::F32, {D}, constant_f32(D, 1.0f));
+    w.add_tensor(p + "ffn_gate.weight", type, {F, D}, random_tensor(type, {F, D}, 0.02f, seed++));
+    w.add_tensor(p + "ffn_up.weight", type, {F, D}, random_tensor(type, {F, D}, 0.02f, seed++));
+    w.add_tensor(p + "ffn_down.weight", type, {D, F}, random_tensor(type, {D, F}, 0.02f, seed++));
+  }
+  w.add_tensor("output_norm.weight", DType::F32, {D}, constant_f32(D, 1.0f));
+  w.add_tensor("output.weight", type, {V, D}, random_tensor(type, {V, D}, 0.02f, seed++));
+  write_with_progress(w, out);
+}
+
+// CLIP ViT-L/14-336 (23 blocks: LLaVA's feature layer -2) + mlp2x_gelu 1024 -> 4096 -> 4096,
+// matrices in F16 like llama.cpp's mmproj-model-f16.gguf.
+void make_mmproj(const std::string& out) {
+  const int64_t D = 1024, F = 4096, P = 14, S = 336, G = S / P, L = 23, T = 4096;
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::str("clip"));
+  w.set("general.name", GgufValue::str("synthetic-clip-vit-large-patch14-336"));
+  w.set("general.file_type", GgufValue::u32(1));
+  w.set("clip.has_text_encoder", GgufValue::boolean(false));
+  w.set("clip.has_vision_encoder", GgufValue::boolean(true));
+  w.set("clip.has_llava_projector", GgufValue::boolean(true));
+  w.set("clip.projector_type", GgufValue::str("mlp"));
+  w.set("clip.vision.image_size", GgufValue::u32(uint32_t(S)));
+  w.set("clip.vision.patch_size", GgufValue::u32(uint32_t(P)));
+  w.set("clip.vision.embedding_length", GgufValue::u32(uint32_t(D)));
+  w.set("clip.vision.feed_forward_length", GgufValue::u32(uint32_t(F)));
+  w.set("clip.vision.projection_dim", GgufValue::u32(768));
+  w.set("clip.vision.attention.head_count", GgufValue::u32(16));
+  w.set("clip.vision.attention.layer_norm_epsilon", GgufValue::f32(1e-5f));
+  w.set("clip.vision.block_count", GgufValue::u32(uint32_t(L)));
+  w.set("clip.vision.feature_layer", GgufValue::array(GgufType::I32, std::vector<int32_t>{int32_t(L)}));
+  w.set("clip.vision.image_mean", GgufValue::array(GgufType::F32, std::vector<float>{0.48145466f, 0.4578275f, 0.40821073f}));
+  w.set("clip.vision.image_std", GgufValue::array(GgufType::F32, std::vector<float>{0.26862954f, 0.26130258f, 0.27577711f}));
+  w.set("clip.vision.image_aspect_ratio", GgufValue::str("pad"));
+  w.set("clip.vision.mm_projector_type", GgufValue::str("mlp2x_gelu"));
+  w.set("clip.use_gelu", GgufValue::boolean(false));
+  uint64_t seed = 1000;
+  auto f32 = [&](const std::string& n, std::vector<int64_t> s, float scale) {
+    w.add_tensor(n, DType::F32, s, random_tensor(DType::F32, s, scale, seed++));
+  };
+  auto f16 = [&](const std::string& n, std::vector<int64_t> s, float scale) {
+    w.add_tensor(n, DType::F16, s, random_tensor(DType::F16, s, scale, seed++));
+  };
+  f32("v.class_embd", {D}, 0.02f);
+  f16("v.patch_embd.weight", {D, 3, P, P}, 0.02f);
+  f32("v.position_embd.weight", {G * G + 1, D}, 0.02f);
+  w.add_tensor("v.pre_ln.weight", DType::F32, {D}, constant_f32(D, 1.0f));
+  w.add_tensor("v.pre_ln.bias", DType::F32, {D}, constant_f32(D, 0.0f));
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string p = "v.blk." + std::to_string(l) + ".";
+    for (const char* n : {"attn_q", "attn_k", "attn_v", "attn_out"}) {
+      f16(p + n + ".weight", {D, D}, 0.02f);
+      f32(p + n + ".bias", {D}, 0.01f);
+    }
+    w.add_tensor(p + "ln1.weight", DType::F32, {D}, constant_f32(D, 1.0f));
+    w.add_tensor(p + "ln1.bias", DType::F32, {D}, constant_f32(D, 0.0f));
+    f16(p + "ffn_up.weight", {F, D}, 0.02f);
+    f32(p + "ffn_up.bias", {F}, 0.01f);
+    f16(p + "ffn_down.weight", {D, F}, 0.02f);
+    f32(p + "ffn_down.bias", {D}, 0.01f);
+    w.add_tensor(p + "ln2.weight", DType::F32, {D}, constant_f32(D, 1.0f));
+    w.add_tensor(p + "ln2.bias", DType::F32, {D}, constant_f32(D, 0.0f));
+  }
+  f16("mm.0.weight", {T, D}, 0.02f);
+  f32("mm.0.bias", {T}, 0.01f);
+  f16("mm.2.weight", {T, T}, 0.02f);
+  f32("mm.2.bias", {T}, 0.01f);
+  write_with_progress(w, out);
+}
+
+// STREAM-style read probe: each thread sums its own slice of a buffer far larger
+// than the caches (touched first, so no page faults are timed); best of 5.
+double read_bandwidth(int threads, size_t mb) {
+  const size_t n = mb * (size_t(1) << 20) / sizeof(float);
+  std::vector<float> buf(n, 1.0f);
+  ThreadPool pool(threads);
+  const int64_t parts = 64;
+  std::vector<float> sink(size_t(parts) * 16);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    auto t0 = Clock::now();
+    pool.parallel_for(parts, [&](int64_t part) {
+      const size_t len = n / size_t(parts);
+      const float* p = buf.data() + size_t(part) * len;
+      float s[16] = {};
+      for (size_t i = 0; i + 16 <= len; i += 16)
+        for (int k = 0; k < 16; ++k) s[k] += p[i + k];
+      std::copy(s, s + 16, sink.begin() + part * 16);
+    });
+    const double gbs = double(n) * sizeof(float) / (ms_since(t0) / 1000) / 1e9;
+    best = std::max(best, gbs);
+  }
+  return best;
+}
+
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  Rng r(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  ids[0] = 1;  // BOS
+  for (int64_t i = 1; i < n; ++i) ids[size_t(i)] = int32_t(3 + r.next() % uint64_t(vocab - 3));
+  return ids;
+}
+
+int argmax(const std::vector<float>& v) {
+  return int(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+// Touch every page of a mapped file so the timed parts run on resident memory,
+// as llama.cpp's do (it reads every weight while loading to repack them). On
+// this machine the host pages out memory left idle for ~30 s (DAMON), so an
+// interleaved run would otherwise time disk reads. Returns milliseconds.
+double warm(const GgufFile& f) {
+  auto t0 = Clock::now();
+  volatile uint8_t sink = 0;
+  uint8_t acc = 0;
+  for (size_t o = 0; o < f.blob.size; o += 4096) acc ^= f.blob.data[o];
+  sink = acc;
+  (void)sink;
+  return ms_since(t0);
+}
+
+// Prefill `prompt` tokens, then decode `gen` tokens greedily (EOS ignored).
+void bench_llm(const std::string& path, int threads, int64_t prompt, int64_t gen, int64_t ctx) {
+  auto t0 = Clock::now();
+  LanguageModel lm = LanguageModel::open(path);
+  const double load_ms = ms_since(t0), warm_ms = warm(lm.file);
+  ThreadPool pool(threads);
+  const LlamaConfig& c = lm.model.cfg;
+  KVCache kv(c, ctx, DType::F16);
+  std::vector<int32_t> ids = random_tokens(prompt, c.n_vocab, 7);
+  std::vector<float> x(size_t(prompt * c.dim)), logits(size_t(c.n_vocab));
+  embed(lm.model, ids.data(), prompt, x.data());
+  t0 = Clock::now();
+  forward(lm.model, kv, x.data(), prompt, logits.data(), false, &pool);
+  const double prefill_ms = ms_since(t0);
+  std::vector<int32_t> out;
+  t0 = Clock::now();
+  for (int64_t i = 0; i < gen; ++i) {
+    const int32_t id = argmax(logits);
+    out.push_back(id);
+    embed(lm.model, &id, 1, x.data());
+    forward(lm.model, kv, x.data(), 1, logits.data(), false, &pool);
+  }
+  const double decode_ms = ms_since(t0);
+  uint64_t h = 0;
+  for (int32_t id : out) h = h * 1000003u + uint64_t(id);
+  // Bytes a decode step must read: every weight but the embedding table (one row of it).
+  double weight_bytes = 0;
+  for (const GgufTensor& t : lm.file.tensors)
+    if (t.name != "token_embd.weight" || !lm.file.tensor("output.weight")) weight_bytes += double(t.view.nbytes());
+  std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"load_ms\":%.1f,\"warm_ms\":%.1f,\"prefill_tokens\":%lld,\"prefill_tok_s\":%.3f,"
+              "\"decode_tokens\":%lld,\"decode_tok_s\":%.3f,\"decode_bytes_per_token\":%.0f,\"peak_rss_mb\":%.0f,"
+              "\"kernels\":\"%s\",\"tokens_hash\":%llu,\"pool_serial_jobs\":%lld}\n",
+              threads, load_ms, warm_ms, (long long)prompt, 1000.0 * double(prompt) / prefill_ms, (long long)gen,
+              1000.0 * double(gen) / decode_ms, weight_bytes, peak_rss_mb(), kernels().name, (unsigned long long)h,
+              (long long)pool.serial_jobs());
+}
+
+Tensor random_pixels(int64_t S) {
+  Tensor p(DType::F32, {3, S, S});
+  Rng r(99);
+  for (int64_t i = 0; i < 3 * S * S; ++i) p.f32()[i] = r.uniform() * 2.0f;
+  return p;
+}
+
+void bench_clip(const std::string& path, int threads) {
+  VisionModel vm = VisionModel::open(path);
+  warm(vm.file);
+  ThreadPool pool(threads);
+  Tensor px = random_pixels(vm.clip.cfg.image_size);
+  auto t0 = Clock::now();
+  std::vector<float> f = clip_encode(vm.clip, px.f32(), &pool);
+  const double clip_ms = ms_since(t0);
+  t0 = Clock::now();
+  std::vector<float> e = vm.projector(f, &pool);
+  const double proj_ms = ms_since(t0);
+  std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"clip_ms\":%.1f,\"projector_ms\":%.1f,\"peak_rss_mb\":%.0f}\n", threads,
+              clip_ms, proj_ms, peak_rss_mb());
+}
+
+// Image + text prompt to the first generated token: CLIP, projector, prefill of
+// BOS + image positions + `prompt` text tokens, first argmax.
+void bench_ttft(const std::string& llm_path, const std::string& mmproj_path, int threads, int64_t prompt) {
+  LanguageModel lm = LanguageModel::open(llm_path);
+  VisionModel vm = VisionModel::open(mmproj_path);
+  warm(lm.file), warm(vm.file);
+  ThreadPool pool(threads);
+  const LlamaConfig& c = lm.model.cfg;
+  Tensor px = random_pixels(vm.clip.cfg.image_size);
+  auto t0 = Clock::now();
+  std::vector<float> img = vm.projector(clip_encode(vm.clip, px.f32(), &pool), &pool);
+  const double vision_ms = ms_since(t0);
+  const int64_t n_img = int64_t(img.size()) / c.dim, n = 1 + n_img + prompt;
+  std::vector<int32_t> ids = random_tokens(1 + prompt, c.n_vocab, 11);
+  std::vector<float> x(size_t(n * c.dim)), logits(size_t(c.n_vocab));
+  embed(lm.model, ids.data(), 1, x.data());
+  std::copy(img.begin(), img.end(), x.begin() + c.dim);
+  embed(lm.model, ids.data() + 1, prompt, x.data() + (1 + n_img) * c.dim);
+  KVCache kv(c, n + 64, DType::F16);
+  auto t1 = Clock::now();
+  forward(lm.model, kv, x.data(), n, logits.data(), false, &pool);
+  const int first = argmax(logits);
+  const double prefill_ms = ms_since(t1);
+  std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"ttft_ms\":%.1f,\"vision_ms\":%.1f,\"prefill_ms\":%.1f,"
+              "\"positions\":%lld,\"first_token\":%d,\"peak_rss_mb\":%.0f}\n",
+              threads, vision_ms + prefill_ms, vision_ms, prefill_ms, (long long)n, first, peak_rss_mb());
+}
+
+// Kernel throughput on LLaMA-7B-sized matrices (random bytes in the blocks):
+// gemv (decode) in GB/s of weights read, gemm (prefill) in GOP/s, per level.
+// Weights: 8 matrices of 11008 × 4096 (> L3), used in turn, so gemv reads DRAM.
+// Prints the best and the median of `reps` runs (the best is the kernel's
+// capability; the median shows the noise of a shared machine).
+// --rows/--cols/--mats change the matrices (a few small ones stay in cache: the
+// kernel's compute ceiling); --level and --type pick one kernel table / dtype.
+void bench_kernels(int threads, const std::vector<int64_t>& ns, int reps, int64_t rows, int64_t cols, int64_t mats,
+                   const std::string& level, const std::string& type) {
+  const int64_t n_gemm = *std::max_element(ns.begin(), ns.end());
+  ThreadPool pool(threads);
+  for (DType t : {DType::Q4_0, DType::Q8_0}) {
+    if (!type.empty() && dtype_from_name(type) != t) continue;
+    const size_t bytes = size_t(rows) * row_bytes(t, cols);
+    std::vector<uint8_t> w(bytes * size_t(mats));
+    Rng r(3);
+    for (size_t i = 0; i < w.size(); i += 8) {
+      uint64_t v = r.next();
+      std::memcpy(w.data() + i, &v, std::min<size_t>(8, w.size() - i));
+    }
+    const size_t bb = size_t(dtype_info(t).block_bytes);
+    for (size_t b = 0; b < w.size() / bb; ++b) {
+      const uint16_t d = f32_to_fp16(0.001f);
+      std::memcpy(w.data() + b * bb, &d, 2);
+    }
+    std::vector<float> x(size_t(n_gemm * cols)), y(size_t(n_gemm * rows));
+    for (float& v : x) v = r.uniform();
+    for (CpuLevel l : kAllCpuLevels) {
+      const KernelTable* kt = kernels_for(l);
+      if (!kt || (!level.empty() && level != kt->name)) continue;
+      for (int64_t n : ns) {
+        if (l == CpuLevel::Scalar && n > 1) continue;  // minutes
+        std::vector<double> v;
+        for (int rep = 0; rep < reps; ++rep) {
+          const TensorView wv = make_view(t, {rows, cols}, w.data() + size_t(rep % mats) * bytes);
+          auto t0 = Clock::now();
+          matmul(*kt, wv, x.data(), n, y.data(), &pool);
+          v.push_back(ms_since(t0));
+        }
+        std::sort(v.begin(), v.end());
+        const double best = v[0], med = v[v.size() / 2];
+        const double ops = 2.0 * double(n) * double(rows) * double(cols);
+        std::printf("{\"kernel\":\"%s\",\"type\":\"%s\",\"threads\":%d,\"n\":%lld,\"best_ms\":%.3f,\"median_ms\":%.3f,"
+                    "\"best_gb_s\":%.2f,\"best_gop_s\":%.1f,\"median_gop_s\":%.1f}\n",
+                    kt->name, dtype_name(t), threads, (long long)n, best, med, double(bytes) / best / 1e6, ops / best / 1e6,
+                    ops / med / 1e6);
+        std::fflush(stdout);
+      }
+    }
+  }
+}
+
+struct Opts {
+  std::vector<std::string> pos;
+  int threads = 1;
+  int64_t prompt = -1, gen = 32, ctx = 512, layers = 32, mb = 1024;
+  int64_t rows = 11008, cols = 4096, mats = 8;
+  std::string type = "q4_0", vocab, level, ktype;
+  std::vector<int64_t> ns;  // kernels: activation row counts
+};
+
+Opts parse(int argc, char** argv) {
+  Opts o;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) fail(a, " needs a value");
+      return argv[++i];
+    };
+    if (a == "-t" || a == "--threads") o.threads = std::stoi(val());
+    else if (a == "--prompt") o.prompt = std::stoll(val());
+    else if (a == "--gen") o.gen = std::stoll(val());
+    else if (a == "--ctx") o.ctx = std::stoll(val());
+    else if (a == "--layers") o.layers = std::stoll(val());
+    else if (a == "--mb") o.mb = std::stoll(val());
+    else if (a == "--type") o.type = o.ktype = val();
+    else if (a == "--level") o.level = val();
+    else if (a == "--rows") o.rows = std::stoll(val());
+    else if (a == "--cols") o.cols = std::stoll(val());
+    else if (a == "--mats") o.mats = std::stoll(val());
+    else if (a == "--n") {
+      const std::string v = val();
+      for (size_t p = 0; p < v.size();) {
+        const size_t q = v.find(',', p);
+        o.ns.push_back(std::stoll(v.substr(p, q == std::string::npos ? std::string::npos : q - p)));
+        p = q == std::string::npos ? v.size() : q + 1;
+      }
+    }
+    else if (a == "--vocab") o.vocab = val();
+    else if (!a.empty() && a[0] == '-') fail("unknown option ", a);
+    else o.pos.push_back(a);
+  }
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc < 2) {
+      std::fputs("usage: loupe_bench make-llama|make-mmproj|bandwidth|llm|clip|ttft ... (see bench/README.md)\n", stderr);
+      return 2;
+    }
+    const std::string cmd = argv[1];
+    Opts o = parse(argc, argv);
+    auto need = [&](size_t n) {
+      if (o.pos.size() != n) fail(cmd, ": expected ", n, " file argument(s)");
+    };
+    if (cmd == "make-llama") {
+      need(1);
+      if (o.vocab.empty()) fail("make-llama: --vocab tokenizer.model is required");
+      make_llama(o.pos[0], dtype_from_name(o.type), o.vocab, o.layers);
+    } else if (cmd == "make-mmproj") {
+      need(1);
+      make_mmproj(o.pos[0]);
+    } else if (cmd == "bandwidth") {
+      std::printf("{\"threads\":%d,\"read_gb_s\":%.2f}\n", o.threads, read_bandwidth(o.threads, size_t(o.mb)));
+    } else if (cmd == "kernels") {
+      bench_kernels(o.threads, o.ns.empty() ? std::vector<int64_t>{1, 128} : o.ns, int(o.gen == 32 ? 9 : o.gen), o.rows, o.cols,
+                    o.mats, o.level, o.ktype);
+    } else if (cmd == "llm") {
+      need(1);
+      bench_llm(o.pos[0], o.threads, o.prompt < 0 ? 128 : o.prompt, o.gen, o.ctx);
+    } else if (cmd == "clip") {
+      need(1);
+      bench_clip(o.pos[0], o.threads);
+    } else if (cmd == "ttft") {
+      need(2);
+      bench_ttft(o.pos[0], o.pos[1], o.threads, o.prompt < 0 ? 32 : o.prompt);
+    } else {
+      fail("unknown command '", cmd, "'");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "loupe_bench: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
