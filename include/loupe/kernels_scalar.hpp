@@ -143,41 +143,43 @@ inline void quantize_rows(const float* x, int64_t n, int64_t k, int32_t offset, 
   }
 }
 
+// One block's integer dot product with 32 Q8_0-quantised activations.
+inline int32_t block_dot(const BlockQ4_0& w, const int8_t* x) {
+  int32_t s = 0;
+  for (int j = 0; j < QK / 2; ++j) {
+    s += (int32_t(w.qs[j] & 0x0f) - 8) * int32_t(x[j]);
+    s += (int32_t(w.qs[j] >> 4) - 8) * int32_t(x[j + QK / 2]);
+  }
+  return s;
+}
+inline int32_t block_dot(const BlockQ8_0& w, const int8_t* x) {
+  int32_t s = 0;
+  for (int j = 0; j < QK; ++j) s += int32_t(w.qs[j]) * int32_t(x[j]);
+  return s;
+}
+
 // y[i·ldy + r] for rows r in [r0, r1) and every activation row i, from
 // QuantizedRows; the same arithmetic (and so the same bits) as dot_q*_0_q8_0.
-inline void matmul_q4_0(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
+template <class Block>
+inline void matmul_blocks(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
   for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ4_0* wr = reinterpret_cast<const BlockQ4_0*>(w + size_t(r) * ws);
+    const Block* wr = reinterpret_cast<const Block*>(w + size_t(r) * ws);
     for (int64_t i = 0; i < x.n; ++i) {
       const int8_t* xq = x.row(i);
       float sum = 0.0f;
-      for (int64_t b = 0; b < x.nb; ++b) {
-        int32_t s = 0;
-        for (int j = 0; j < QK / 2; ++j) {
-          s += (int32_t(wr[b].qs[j] & 0x0f) - 8) * int32_t(xq[b * QK + j]);
-          s += (int32_t(wr[b].qs[j] >> 4) - 8) * int32_t(xq[b * QK + j + QK / 2]);
-        }
-        sum += float(s) * (fp16_to_f32(wr[b].d) * x.d.data()[i * x.nb + b]);
-      }
+      for (int64_t b = 0; b < x.nb; ++b)
+        sum += float(block_dot(wr[b], xq + b * QK)) * (fp16_to_f32(wr[b].d) * x.d.data()[i * x.nb + b]);
       y[i * ldy + r] = sum;
     }
   }
 }
 
+inline void matmul_q4_0(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
+  matmul_blocks<BlockQ4_0>(w, ws, r0, r1, x, y, ldy);
+}
+
 inline void matmul_q8_0(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ8_0* wr = reinterpret_cast<const BlockQ8_0*>(w + size_t(r) * ws);
-    for (int64_t i = 0; i < x.n; ++i) {
-      const int8_t* xq = x.row(i);
-      float sum = 0.0f;
-      for (int64_t b = 0; b < x.nb; ++b) {
-        int32_t s = 0;
-        for (int j = 0; j < QK; ++j) s += int32_t(wr[b].qs[j]) * int32_t(xq[b * QK + j]);
-        sum += float(s) * (fp16_to_f32(wr[b].d) * x.d.data()[i * x.nb + b]);
-      }
-      y[i * ldy + r] = sum;
-    }
-  }
+  matmul_blocks<BlockQ8_0>(w, ws, r0, r1, x, y, ldy);
 }
 
 // Σ x·f16(y), the same 8-lane order as dot_f32.
