@@ -68,6 +68,26 @@ val to_bytes(std::string_view s) {
   return a;
 }
 
+// A TokenCallback that streams each piece to the JS function `on_text` (none: no
+// streaming); the function returning false stops generation.
+loupe::TokenCallback stream_to(val on_text) {
+  return [on_text](std::string_view s) {
+    if (on_text.isUndefined() || on_text.isNull()) return true;
+    val r = on_text(to_bytes(s));
+    return r.isUndefined() || r.as<bool>();
+  };
+}
+
+// The timings of a generation, set on `o` (the names web/loupe.js documents).
+void set_timings(val& o, const loupe::GenerateStats& st) {
+  o.set("promptTokens", double(st.prompt_tokens));
+  o.set("generated", double(st.generated));
+  o.set("prefillMs", st.prefill_ms);
+  o.set("decodeMs", st.decode_ms);
+  o.set("prefillTokS", st.prefill_tok_s());
+  o.set("decodeTokS", st.decode_tok_s());
+}
+
 class Engine {
  public:
   explicit Engine(int threads) : threads_(threads < 1 ? 1 : threads), pool_(threads_) {}
@@ -267,10 +287,7 @@ class Engine {
         project_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
       }
       chat.image_features = features_;
-      loupe::Generation g = chat.ask(prompt, [&](std::string_view s) {
-        val r = on_text(to_bytes(s));
-        return r.isUndefined() || r.as<bool>();
-      });
+      loupe::Generation g = chat.ask(prompt, stream_to(on_text));
       val o = val::object();
       o.set("text", to_bytes(g.text));
       o.set("tokens", val::array(g.tokens.begin(), g.tokens.end()));
@@ -278,12 +295,7 @@ class Engine {
       st.set("encodeMs", encode_ms + project_ms);
       st.set("projectMs", project_ms);
       st.set("imageCached", cached);
-      st.set("promptTokens", double(g.stats.prompt_tokens));
-      st.set("generated", double(g.stats.generated));
-      st.set("prefillMs", g.stats.prefill_ms);
-      st.set("decodeMs", g.stats.decode_ms);
-      st.set("prefillTokS", g.stats.prefill_tok_s());
-      st.set("decodeTokS", g.stats.decode_tok_s());
+      set_timings(st, g.stats);
       st.set("threads", threads_);
       st.set("heapBytes", heapSize());
       o.set("stats", st);
@@ -299,19 +311,10 @@ class Engine {
       opt.max_tokens = max_tokens;
       opt.sampling.temperature = float(temperature);
       loupe::KVCache kv(lm_->model.cfg, n_ctx_, kv_type_);
-      loupe::Generation g = loupe::generate_text(*lm_, kv, prompt, opt, [&](std::string_view s) {
-        if (on_text.isUndefined() || on_text.isNull()) return true;
-        val r = on_text(to_bytes(s));
-        return r.isUndefined() || r.as<bool>();
-      }, &pool_);
+      loupe::Generation g = loupe::generate_text(*lm_, kv, prompt, opt, stream_to(on_text), &pool_);
       val o = val::object();
       o.set("text", to_bytes(g.text));
-      o.set("promptTokens", double(g.stats.prompt_tokens));
-      o.set("generated", double(g.stats.generated));
-      o.set("prefillMs", g.stats.prefill_ms);
-      o.set("decodeMs", g.stats.decode_ms);
-      o.set("prefillTokS", g.stats.prefill_tok_s());
-      o.set("decodeTokS", g.stats.decode_tok_s());
+      set_timings(o, g.stats);
       return o;
     });
   }
