@@ -163,11 +163,13 @@ struct VisionSession {
   double load_ms = 0;
 };
 
-std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
+// with_image: --image is required and set (describe, chat); eval sets one per item.
+std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras,
+                                           bool with_image = true) {
   const std::string model = a.get({"-m", "--model"}), mmproj = a.get({"--mmproj"}), image = a.get({"--image"});
   if (model.empty()) loupe::fail("-m MODEL.gguf is required");
   if (mmproj.empty()) loupe::fail("--mmproj MMPROJ.gguf is required");
-  if (image.empty()) loupe::fail("--image FILE is required");
+  if (with_image && image.empty()) loupe::fail("--image FILE is required");
   auto s = std::make_unique<VisionSession>();
   auto t0 = std::chrono::steady_clock::now();
   s->lm = loupe::LanguageModel::open(model);
@@ -182,7 +184,7 @@ std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a, const std::
   opt.n_ctx = a.integer({"-c", "--ctx-size"}, 0);
   opt.kv_type = a.has("--kv-f16") ? loupe::DType::F16 : loupe::DType::F32;
   s->chat = std::make_unique<loupe::VisionChat>(s->lm, s->vm, opt, s->pool.get());
-  s->chat->set_image(loupe::load_image(image));
+  if (with_image) s->chat->set_image(loupe::load_image(image));
   return s;
 }
 
@@ -306,17 +308,26 @@ int cmd_eval(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
     detect.emplace(l, loupe_cli::LanguageDetector(own, other));
   }
 
-  loupe_cli::Args b = a;  // open_vision wants an image: the first one
-  b.values["--image"] = {(fs::path(dir) / items[0].image).string()};
+  loupe_cli::Args b = a;  // greedy, 64 tokens unless -n says otherwise
   if (!a.has("-n") && !a.has("--n-predict")) b.values["-n"] = {"64"};
   b.values["--temp"] = {"0"};
-  auto s = open_vision(b, loras);
+  auto s = open_vision(b, loras, /*with_image=*/false);
   auto q = [](const std::string& t) { return "\"" + loupe::json_escape(t) + "\""; };
-  std::unique_ptr<std::ofstream> jsonl;
+  // --jsonl goes to FILE.tmp, renamed at the end: a failed run leaves no half-written output.
+  struct TmpFile {
+    std::string path, tmp;
+    std::ofstream out;
+    ~TmpFile() {
+      if (!tmp.empty()) std::remove(tmp.c_str());
+    }
+  } jsonl_file;
   if (a.has("--jsonl")) {
-    jsonl = std::make_unique<std::ofstream>(a.get({"--jsonl"}));
-    if (!*jsonl) loupe::fail(a.get({"--jsonl"}), ": cannot write");
+    jsonl_file.path = a.get({"--jsonl"});
+    jsonl_file.tmp = jsonl_file.path + ".tmp";
+    jsonl_file.out.open(jsonl_file.tmp, std::ios::binary);
+    if (!jsonl_file.out) loupe::fail(jsonl_file.tmp, ": cannot write");
   }
+  std::ostream& jsonl = jsonl_file.out;  // a closed stream ignores what it is given
   std::vector<std::pair<std::string, float>> conditions = {{"base", 0.0f}};
   if (!loras.empty()) conditions.push_back({"adapter", 1.0f});
   std::printf("| %s | images |", loras.empty() ? "model" : "condition");
@@ -337,16 +348,14 @@ int cmd_eval(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
     for (size_t i = 0; i < items.size(); ++i) {
       s->chat->set_image(loupe::load_image((fs::path(dir) / items[i].image).string()));
       loupe::Generation g = s->chat->ask(items[i].prompt);
-      std::string text = g.text;
-      while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
-      while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.erase(0, 1);
+      const char* ws = " \t\n\r\f\v";  // the text without surrounding whitespace, as Python's strip()
+      const size_t b0 = g.text.find_first_not_of(ws);
+      const std::string text = b0 == std::string::npos ? "" : g.text.substr(b0, g.text.find_last_not_of(ws) + 1 - b0);
       hyps.push_back(text);
-      if (jsonl) {
-        *jsonl << "{\"condition\": " << q(cond) << ", \"image\": " << q(items[i].image)
-               << ", \"prompt\": " << q(items[i].prompt) << ", \"greedy_ids\": [";
-        for (size_t t = 0; t < g.tokens.size(); ++t) *jsonl << (t ? ", " : "") << g.tokens[t];
-        *jsonl << "], \"text\": " << q(text) << "}\n";
-      }
+      jsonl << "{\"condition\": " << q(cond) << ", \"image\": " << q(items[i].image)
+            << ", \"prompt\": " << q(items[i].prompt) << ", \"greedy_ids\": [";
+      for (size_t t = 0; t < g.tokens.size(); ++t) jsonl << (t ? ", " : "") << g.tokens[t];
+      jsonl << "], \"text\": " << q(text) << "}\n";
       bar.update(i + 1, 0);
     }
     bar.finish();
@@ -371,7 +380,12 @@ int cmd_eval(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
     std::printf("\n");
     std::fflush(stdout);
   }
-  if (jsonl && !jsonl->flush()) loupe::fail(a.get({"--jsonl"}), ": write failed");
+  if (a.has("--jsonl")) {
+    jsonl_file.out.close();
+    if (!jsonl_file.out || std::rename(jsonl_file.tmp.c_str(), jsonl_file.path.c_str()) != 0)
+      loupe::fail(jsonl_file.path, ": cannot write");
+    jsonl_file.tmp.clear();  // renamed: nothing to remove
+  }
   return 0;
 }
 

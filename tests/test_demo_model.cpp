@@ -8,6 +8,8 @@
 #include "../native/eval_metrics.hpp"
 #include "test_util.hpp"
 
+#include <fstream>
+
 using namespace loupe;
 namespace fs = std::filesystem;
 
@@ -52,4 +54,42 @@ TEST_CASE("demo model: English captions, Lithuanian with the adapter, switched p
   // The held-out figures are ~95 % (README); on 8 scenes allow one miss per language.
   CHECK(en_exact + 1 >= caps.size());
   CHECK(lt_exact + 1 >= caps.size());
+}
+
+TEST_CASE("loupe eval: the table and --jsonl on the bundled scenes; a failed run leaves no output") {
+  const fs::path demo = loupe_test::source_dir() / "demo", dir = loupe_test::scratch("demo_eval");
+  const std::string loupe = (fs::path(LOUPE_BINARY_DIR) / "bin/loupe").string();
+  const std::string base = loupe + " eval -t 2 -m " + loupe_test::quote((demo / "shapes-q4_0.gguf").string()) +
+                           " --mmproj " + loupe_test::quote((demo / "mmproj-shapes-q4_0.gguf").string()) +
+                           " --lora " + loupe_test::quote((demo / "shapes-lt-lora.gguf").string());
+  const fs::path jsonl = dir / "out.jsonl", table = dir / "table.md";
+  REQUIRE(std::system((base + " --set " + loupe_test::quote((demo / "scenes").string()) + " --jsonl " +
+                       loupe_test::quote(jsonl.string()) + " > " + loupe_test::quote(table.string())).c_str()) == 0);
+  const std::string md = loupe_test::slurp(table);
+  INFO(md);
+  CHECK(md.find("| base | 8 |") != std::string::npos);
+  CHECK(md.find("| adapter | 8 |") != std::string::npos);
+  CHECK(md.find("outputs in lt") != std::string::npos);
+  // Every output line names its condition and image; the texts are the captions (one miss allowed, as above).
+  const Json caps = Json::load((demo / "scenes" / "captions.json").string());
+  std::ifstream in(jsonl);
+  size_t lines = 0, right = 0;
+  for (std::string line; std::getline(in, line); ++lines) {
+    const Json r = Json::parse(line, jsonl.string());
+    const std::string lang = r.at("condition").str() == "adapter" ? "lt" : "en";
+    right += r.at("text").str() == caps.at(r.at("image").str()).at(lang).str();
+    CHECK(!r.at("greedy_ids").array().empty());
+  }
+  CHECK(lines == 2 * caps.size());
+  CHECK(right + 2 >= lines);
+  CHECK_FALSE(fs::exists(dir / "out.jsonl.tmp"));
+
+  // A set naming an image that is not there: an error, and neither the file nor its .tmp.
+  fs::create_directories(dir / "bad");
+  std::ofstream(dir / "bad" / "captions.json") << "{\"missing.png\": {\"prompt\": \"Describe this image.\", \"en\": \"x\"}}\n";
+  const fs::path bad_out = dir / "bad.jsonl";
+  CHECK(std::system((base + " --set " + loupe_test::quote((dir / "bad").string()) + " --jsonl " +
+                     loupe_test::quote(bad_out.string()) + " > /dev/null 2>&1").c_str()) != 0);
+  CHECK_FALSE(fs::exists(bad_out));
+  CHECK_FALSE(fs::exists(dir / "bad.jsonl.tmp"));
 }
