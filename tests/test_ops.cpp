@@ -75,7 +75,7 @@ TEST_CASE("ops: kernel levels available here") {
   CHECK(std::string(kernels().name) == cpu_level_name(cpu_level()));
 }
 
-TEST_CASE("ops: scalar reference kernels agree with ggml's block dot products") {
+TEST_CASE("ops: scalar reference kernels agree with the scalar block dot products (equal to ggml's: test_quant)") {
   const int64_t k = 160, nb = k / QK;
   std::vector<float> x = random_floats(size_t(k), 1), wf = random_floats(size_t(k), 2, 0.1f);
   std::vector<BlockQ8_0> xb(static_cast<size_t>(nb)), w8(static_cast<size_t>(nb));

@@ -4,6 +4,7 @@
 #include "test_util.hpp"
 
 #include <loupe/npy.hpp>
+#include <loupe/kernels_scalar.hpp>
 #include <loupe/quant.hpp>
 
 #include <cmath>
@@ -83,7 +84,7 @@ np.save(sys.argv[1] + '/b.npy', (((b + 0x7fff + ((b >> 16) & 1)) >> 16) & 0xffff
 
 #include <random>
 
-TEST_CASE("quant: bytes equal ggml's own quantize_row_q{4,8}_0_ref and fp16/bf16 rows (libggml-base.so)") {
+TEST_CASE("quant: bytes equal ggml's own quantize_row_q{4,8}_0_ref and fp16/bf16 rows (libggml-base.so); block dots equal ggml_vec_dot_q{4,8}_0_q8_0_generic (libggml-cpu)") {
   namespace fs = std::filesystem;
   fs::path lib;
   const fs::path bins = loupe_test::source_dir() / "node_modules/@node-llama-cpp/linux-x64/bins";
@@ -132,5 +133,30 @@ TEST_CASE("quant: bytes equal ggml's own quantize_row_q{4,8}_0_ref and fp16/bf16
   for (int64_t i = 0; i < n; ++i) a[size_t(i)] = f32_to_bf16(x[size_t(i)]);
   b16(x.data(), b.data(), n);
   CHECK(a == b);
+
+  // Block dot products against ggml-cpu's portable ggml_vec_dot_q{4,8}_0_q8_0_generic
+  // (the formula every SIMD kernel of ops.hpp is held to through kernels_scalar.hpp).
+  void* hc = dlopen((lib.parent_path() / "libggml-cpu-x64.so").c_str(), RTLD_NOW | RTLD_LOCAL);
+  REQUIRE_MESSAGE(hc, dlerror());
+  using DotFn = void (*)(int, float*, size_t, const void*, size_t, const void*, size_t, int);
+  auto d4 = reinterpret_cast<DotFn>(dlsym(hc, "ggml_vec_dot_q4_0_q8_0_generic"));
+  auto d8 = reinterpret_cast<DotFn>(dlsym(hc, "ggml_vec_dot_q8_0_q8_0_generic"));
+  auto cpu_init = reinterpret_cast<void (*)()>(dlsym(hc, "ggml_cpu_init"));  // fills its fp16 tables
+  REQUIRE((d4 && d8 && cpu_init));
+  cpu_init();
+  std::vector<BlockQ4_0> w4(size_t(n / 32));
+  std::vector<BlockQ8_0> w8(size_t(n / 32)), xq(size_t(n / 32));
+  std::vector<float> w(x.rbegin(), x.rend());  // another vector of the same mix
+  quantize_row_q4_0(w.data(), w4.data(), n);
+  quantize_row_q8_0(w.data(), w8.data(), n);
+  quantize_row_q8_0(x.data(), xq.data(), n);
+  for (int64_t len : {int64_t(32), int64_t(160), int64_t(4096), n}) {
+    float g4 = 0, g8 = 0;
+    d4(int(len), &g4, 0, w4.data(), 0, xq.data(), 0, 1);
+    d8(int(len), &g8, 0, w8.data(), 0, xq.data(), 0, 1);
+    CHECK(scalar::dot_q4_0_q8_0(w4.data(), xq.data(), len / 32) == g4);
+    CHECK(scalar::dot_q8_0_q8_0(w8.data(), xq.data(), len / 32) == g8);
+  }
+  dlclose(hc);
   dlclose(h);
 }
