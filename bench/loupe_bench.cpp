@@ -15,8 +15,8 @@
 // speed does not depend on the values, only on the shapes and types. Quantised
 // blocks are written directly (random nibbles/bytes, a fixed-range scale), in
 // a stream, so making a 3.8 GB file needs little memory.
-#include <loupe/generate.hpp>
-#include <loupe/pipeline.hpp>
+#include <loupe/pipeline/generate.hpp>
+#include <loupe/pipeline/pipeline.hpp>
 
 #include <sys/resource.h>
 

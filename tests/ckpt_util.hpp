@@ -2,9 +2,9 @@
 #pragma once
 #include "test_util.hpp"
 
-#include <loupe/json.hpp>
-#include <loupe/npy.hpp>
-#include <loupe/source_tensor.hpp>
+#include <loupe/io/json.hpp>
+#include <loupe/io/npy.hpp>
+#include <loupe/io/source_tensor.hpp>
 
 #include <cstring>
 #include <fstream>

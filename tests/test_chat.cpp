@@ -2,8 +2,8 @@
 // ShareGPT4V's Conversation.get_prompt(), and the stop-string matcher (stop.hpp).
 #include "test_util.hpp"
 
-#include <loupe/chat.hpp>
-#include <loupe/stop.hpp>
+#include <loupe/text/chat.hpp>
+#include <loupe/text/stop.hpp>
 
 using loupe::Conversation;
 using loupe::StopMatcher;

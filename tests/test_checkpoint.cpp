@@ -2,7 +2,7 @@
 
 #include "ckpt_util.hpp"
 
-#include <loupe/checkpoint.hpp>
+#include <loupe/io/checkpoint.hpp>
 
 using namespace ckpt_test;
 using loupe::Checkpoint;

@@ -2,7 +2,7 @@
 // --inspect lists what a file holds; the CLI converts and generates end to end.
 #include "test_util.hpp"
 
-#include <loupe/convert.hpp>
+#include <loupe/convert/convert.hpp>
 
 #include <csignal>
 #include <sys/resource.h>
@@ -16,7 +16,6 @@ namespace {
 ConvertOptions quiet(DType t = DType::F16) {
   ConvertOptions o;
   o.outtype = t;
-  o.progress = false;
   o.log = nullptr;
   o.name = "m";
   return o;
@@ -110,7 +109,7 @@ TEST_CASE("convert: failures name the file and the problem and leave no output")
     loupe_test::run_python("llama_ref.py", "--make " + st.string() + " --config gqa36 --seed 2 --tokenizer " +
                                                (loupe_test::shared_dir() / "models/stories260K-hf/tokenizer.model").string() +
                                                " > /dev/null");
-    const std::string py = "import sys; sys.path.insert(0, 'tests/reference'); import hf_layout, torch\n"
+    const std::string py = "import sys; sys.path.insert(0, 'reference'); import hf_layout, torch\n"
                            "sd = hf_layout.load_state_dict(sys.argv[1])\n"
                            "sd['model.norm.weight'] = sd['model.norm.weight'].double()\n"
                            "hf_layout.save_state_dict(sys.argv[1], sd, fmt='safetensors')\n";
@@ -122,7 +121,7 @@ TEST_CASE("convert: failures name the file and the problem and leave no output")
     CHECK(no_outputs(out));
   }
   SUBCASE("unknown tensor in the checkpoint") {
-    const std::string py = "import sys; sys.path.insert(0, 'tests/reference'); import hf_layout, torch\n"
+    const std::string py = "import sys; sys.path.insert(0, 'reference'); import hf_layout, torch\n"
                            "sd = hf_layout.load_state_dict(sys.argv[1])\n"
                            "sd['model.surprise.weight'] = torch.zeros(4, 4)\n"
                            "hf_layout.save_state_dict(sys.argv[1], sd, fmt='bin', shards=2, dtype='bf16')\n";

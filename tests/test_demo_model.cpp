@@ -2,10 +2,10 @@
 // scenes (demo/scenes, held-out seed 1000, never trained on): English captions from the
 // base, Lithuanian ones with the LoRA adapter, for the English prompts — the
 // captions come from the scene grammar, not from the model.
-#include <loupe/lora.hpp>
-#include <loupe/pipeline.hpp>
+#include <loupe/pipeline/lora.hpp>
+#include <loupe/pipeline/pipeline.hpp>
 
-#include "../native/eval_metrics.hpp"
+#include "../apps/common/eval_metrics.hpp"
 #include "test_util.hpp"
 
 #include <fstream>

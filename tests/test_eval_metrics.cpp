@@ -1,8 +1,8 @@
-// `loupe eval`'s caption metrics (native/eval_metrics.hpp) against the PyTorch
-// evaluation's own (tools/demo_model/eval.py through tests/reference/caption_metrics_ref.py).
-#include "../native/eval_metrics.hpp"
+// `loupe eval`'s caption metrics (apps/common/eval_metrics.hpp) against the PyTorch
+// evaluation's own (tools/demo_model/eval.py through reference/caption_metrics_ref.py).
+#include "../apps/common/eval_metrics.hpp"
 
-#include <loupe/json.hpp>
+#include <loupe/io/json.hpp>
 
 #include <random>
 

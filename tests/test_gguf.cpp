@@ -1,6 +1,6 @@
 #include "test_util.hpp"
 
-#include <loupe/gguf.hpp>
+#include <loupe/io/gguf.hpp>
 
 #include <random>
 

@@ -1,9 +1,9 @@
-// loupe/image.hpp: decoding to RGB8 against Pillow's Image.open(f).convert('RGB')
-// (tests/reference/preprocess_ref.py, Debian python3-pil 9.4).
+// loupe/vision/image.hpp: decoding to RGB8 against Pillow's Image.open(f).convert('RGB')
+// (reference/preprocess_ref.py, Debian python3-pil 9.4).
 #include "test_util.hpp"
 
-#include <loupe/image.hpp>
-#include <loupe/npy.hpp>
+#include <loupe/vision/image.hpp>
+#include <loupe/io/npy.hpp>
 
 #include <cstdio>
 #include <fstream>

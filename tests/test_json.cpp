@@ -2,7 +2,7 @@
 
 #include "ckpt_util.hpp"
 
-#include <loupe/json.hpp>
+#include <loupe/io/json.hpp>
 
 #include <cstdio>
 #include <cstring>
@@ -26,7 +26,7 @@ std::string bits(double d) {  // little-endian bytes, as Python's struct.pack("<
   return hex(std::string_view(b, 8));
 }
 
-// Same flattening as tests/reference/ckpt_json_cases.py.
+// Same flattening as reference/ckpt_json_cases.py.
 void flatten(const Json& j, const std::string& path, std::ostringstream& o) {
   switch (j.type) {
     case Json::Type::Object:

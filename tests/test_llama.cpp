@@ -1,12 +1,12 @@
 // LLaMA forward and generation against independent references:
 // - real trained weights in ../shared with their known greedy continuations;
-// - tests/reference/llama_ref.py (plain PyTorch, from HF's LlamaForCausalLM) on
+// - reference/llama_ref.py (plain PyTorch, from HF's LlamaForCausalLM) on
 //   tiny random configs: GQA/MHA/MQA, tied/untied, odd head sizes.
 #include "test_util.hpp"
 
-#include <loupe/convert.hpp>
-#include <loupe/generate.hpp>
-#include <loupe/npy.hpp>
+#include <loupe/convert/convert.hpp>
+#include <loupe/pipeline/generate.hpp>
+#include <loupe/io/npy.hpp>
 
 using namespace loupe;
 using loupe_test::ints;
@@ -19,7 +19,6 @@ std::string convert_dir(const fs::path& model, const fs::path& out, DType t, con
   ConvertOptions o;
   o.outtype = t;
   o.name = name;
-  o.progress = false;
   o.log = nullptr;
   return convert_model(model.string(), out.string(), o).text_path;
 }

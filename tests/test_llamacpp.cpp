@@ -3,8 +3,8 @@
 // embedded vocabulary.
 #include "test_util.hpp"
 
-#include <loupe/convert.hpp>
-#include <loupe/generate.hpp>
+#include <loupe/convert/convert.hpp>
+#include <loupe/pipeline/generate.hpp>
 
 using namespace loupe;
 using loupe_test::ints;
@@ -41,7 +41,6 @@ std::string convert(const fs::path& src, const fs::path& out, DType t, const std
   ConvertOptions o;
   o.outtype = t;
   o.name = name;
-  o.progress = false;
   o.log = nullptr;
   return convert_model(src.string(), out.string(), o).text_path;
 }

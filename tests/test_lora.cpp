@@ -1,5 +1,5 @@
 // LoRA adapters against independent references:
-// - tests/reference/lora_ref.py: PEFT's LoRA forward (lora/layer.py semantics) in
+// - reference/lora_ref.py: PEFT's LoRA forward (lora/layer.py semantics) in
 //   PyTorch on tiny random models, with random adapters it writes in the
 //   published layouts (PEFT safetensors, PEFT pickle, LLaVA run with
 //   non_lora_trainables.bin; rslora, rank/alpha patterns, modules_to_save);
@@ -7,10 +7,10 @@
 //   the real stories260K weights.
 #include "test_util.hpp"
 
-#include <loupe/convert.hpp>
-#include <loupe/lora.hpp>
-#include <loupe/npy.hpp>
-#include <loupe/pipeline.hpp>
+#include <loupe/convert/convert.hpp>
+#include <loupe/pipeline/lora.hpp>
+#include <loupe/io/npy.hpp>
+#include <loupe/pipeline/pipeline.hpp>
 
 using namespace loupe;
 namespace fs = std::filesystem;
@@ -60,7 +60,6 @@ std::string convert(const fs::path& model, const fs::path& out, DType t, const s
   ConvertOptions o;
   o.outtype = t;
   o.name = name;
-  o.progress = false;
   o.loras = std::move(loras);
   o.log = nullptr;
   if (log) o.log = [log](const std::string& s) { log->push_back(s); };
@@ -369,7 +368,6 @@ TEST_CASE("lora: LLaVA LoRA run (pickle + non_lora_trainables.bin) on a ShareGPT
                   "--pixels", d + "/ref/pixel_values.npy", "--ids", d + "/ref/prompt_ids.json"}});
   ConvertOptions o;
   o.outtype = DType::F32;
-  o.progress = false;
   o.log = nullptr;
   o.vision_tower = (dir / "vit").string();
   o.name = "s4v";

@@ -9,7 +9,7 @@
 // fp16/bf16 widening is exact (NaNs may come out quieted: F16C does that).
 #include "test_util.hpp"
 
-#include <loupe/ops.hpp>
+#include <loupe/ops/ops.hpp>
 
 #include <random>
 

@@ -4,8 +4,8 @@
 
 #include "ckpt_util.hpp"
 
-#include <loupe/checkpoint.hpp>
-#include <loupe/torch_checkpoint.hpp>
+#include <loupe/io/checkpoint.hpp>
+#include <loupe/io/torch_checkpoint.hpp>
 
 #include <cstdio>
 #include <sstream>
@@ -23,7 +23,7 @@ std::string hex(std::string_view s) {
   return o;
 }
 
-// Same flattening as tests/reference/ckpt_pickle_cases.py.
+// Same flattening as reference/ckpt_pickle_cases.py.
 void flatten(const PyValue& v, const std::string& path, std::ostringstream& o) {
   using K = PyValue::Kind;
   switch (v.kind) {
@@ -55,7 +55,7 @@ void flatten(const PyValue& v, const std::string& path, std::ostringstream& o) {
 
 bool allow_nothing(const std::string&) { return false; }
 
-// The torch fixtures (tests/reference/ckpt_torch_fixture.py), generated once per run:
+// The torch fixtures (reference/ckpt_torch_fixture.py), generated once per run:
 // importing torch takes seconds.
 const std::filesystem::path& torch_fixtures() {
   static const std::filesystem::path dir = [] {

@@ -1,13 +1,13 @@
-// The LLaVA / ShareGPT4V pipeline against tests/reference/vlm_fixture.py: tiny
+// The LLaVA / ShareGPT4V pipeline against reference/vlm_fixture.py: tiny
 // random checkpoints in the published layouts (separate ShareGPT4V tower dir,
 // LLaVA-1.5 tower inside, safetensors), converted by loupe-convert's library
 // and compared with the PyTorch reference: pixel values, CLIP hidden states,
 // projected features, prompt ids with the image marker, first-token logits.
 #include "test_util.hpp"
 
-#include <loupe/convert.hpp>
-#include <loupe/npy.hpp>
-#include <loupe/pipeline.hpp>
+#include <loupe/convert/convert.hpp>
+#include <loupe/io/npy.hpp>
+#include <loupe/pipeline/pipeline.hpp>
 
 using namespace loupe;
 using loupe_test::rel_err;
@@ -26,7 +26,6 @@ Fixture make(const std::string& layout, const std::string& extra, DType t = DTyp
   loupe_test::run_python("vlm_fixture.py", "--layout " + layout + " --out " + f.dir.string() + " --seed 3 " + extra + " > /dev/null");
   ConvertOptions o;
   o.outtype = t;
-  o.progress = false;
   o.log = nullptr;
   o.name = layout;
   if (!tower.empty()) o.vision_tower = (f.dir / tower).string();

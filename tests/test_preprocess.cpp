@@ -1,9 +1,9 @@
-// loupe/preprocess.hpp: Pillow-exact bicubic resize and LLaVA / CLIPImageProcessor
-// preprocessing against tests/reference/preprocess_ref.py (Pillow 9.4 + numpy).
+// loupe/vision/preprocess.hpp: Pillow-exact bicubic resize and LLaVA / CLIPImageProcessor
+// preprocessing against reference/preprocess_ref.py (Pillow 9.4 + numpy).
 #include "test_util.hpp"
 
-#include <loupe/npy.hpp>
-#include <loupe/preprocess.hpp>
+#include <loupe/io/npy.hpp>
+#include <loupe/vision/preprocess.hpp>
 
 #include <cmath>
 #include <fstream>

@@ -1,11 +1,11 @@
 // Q8_0 / Q4_0 bytes against an independent numpy quantiser written from ggml's
-// published algorithm (tests/reference/quant_ref.py); fp16/bf16 conversions
+// published algorithm (reference/quant_ref.py); fp16/bf16 conversions
 // against numpy's float16 casts and exhaustive properties.
 #include "test_util.hpp"
 
-#include <loupe/npy.hpp>
-#include <loupe/kernels_scalar.hpp>
-#include <loupe/quant.hpp>
+#include <loupe/io/npy.hpp>
+#include <loupe/ops/kernels/scalar.hpp>
+#include <loupe/core/quant.hpp>
 
 #include <cmath>
 

@@ -2,7 +2,7 @@
 
 #include "ckpt_util.hpp"
 
-#include <loupe/safetensors.hpp>
+#include <loupe/io/safetensors.hpp>
 
 using namespace ckpt_test;
 using loupe::Blob;

@@ -1,6 +1,6 @@
 #include "test_util.hpp"
 
-#include <loupe/sampler.hpp>
+#include <loupe/text/sampler.hpp>
 
 #include <cmath>
 #include <cstdio>

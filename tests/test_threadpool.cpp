@@ -3,7 +3,7 @@
 // back-off to the caller alone when a worker keeps arriving late.
 #include "test_util.hpp"
 
-#include <loupe/threadpool.hpp>
+#include <loupe/core/threadpool.hpp>
 
 #include <stdexcept>
 
@@ -96,8 +96,8 @@ TEST_CASE("threadpool: a worker that keeps arriving late makes the pool back off
 // End to end: a real model's greedy continuation is the same with 1 and 2
 // threads, for quantised and float weights and an f16 KV cache (prefill goes
 // through the gemm and blocked attention, decode through the gemv paths).
-#include <loupe/convert.hpp>
-#include <loupe/generate.hpp>
+#include <loupe/convert/convert.hpp>
+#include <loupe/pipeline/generate.hpp>
 
 TEST_CASE("threadpool: greedy generation is identical with 1 and 2 threads") {
   LOUPE_REQUIRE_SHARED();
@@ -107,7 +107,6 @@ TEST_CASE("threadpool: greedy generation is identical with 1 and 2 threads") {
     ConvertOptions o;
     o.outtype = t;
     o.name = std::string("stories-") + dtype_name(t);
-    o.progress = false;
     o.log = nullptr;
     LanguageModel lm = LanguageModel::open(convert_model((loupe_test::shared_dir() / "models/stories260K-hf").string(), dir.string(), o).text_path);
     GenerateOptions g;

@@ -1,6 +1,6 @@
 #include "test_util.hpp"
 
-#include <loupe/tokenizer.hpp>
+#include <loupe/text/tokenizer.hpp>
 
 #include <chrono>
 #include <cstring>

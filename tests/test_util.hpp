@@ -1,11 +1,11 @@
 // Shared helpers for the doctest binaries: where ../shared is, a scratch
-// directory, and running the Python references in tests/reference/ with
+// directory, and running the Python references in reference/ with
 // Debian's /usr/bin/python3 (the one that sees python3-torch).
 #pragma once
 #include <doctest/doctest.h>
 
-#include <loupe/error.hpp>
-#include <loupe/json.hpp>
+#include <loupe/core/error.hpp>
+#include <loupe/io/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -35,9 +35,9 @@ inline std::string quote(const std::string& s) {
   return q + "'";
 }
 
-// Run tests/reference/<script> with arguments; fails the test on a non-zero exit.
+// Run reference/<script> with arguments; fails the test on a non-zero exit.
 inline void run_python(const std::string& script, const std::string& args) {
-  std::string cmd = "/usr/bin/python3 " + quote((source_dir() / "tests/reference" / script).string()) + " " + args;
+  std::string cmd = "/usr/bin/python3 " + quote((source_dir() / "reference" / script).string()) + " " + args;
   int rc = std::system(cmd.c_str());
   INFO("command: " << cmd);
   REQUIRE(rc == 0);

@@ -14,8 +14,8 @@
 #include <emscripten/heap.h>
 #include <emscripten/val.h>
 
-#include <loupe/lora.hpp>
-#include <loupe/pipeline.hpp>
+#include <loupe/pipeline/lora.hpp>
+#include <loupe/pipeline/pipeline.hpp>
 
 #include <algorithm>
 #include <chrono>

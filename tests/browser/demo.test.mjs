@@ -17,8 +17,8 @@
 // only some are. Every bundled scene is described with the adapter off and on and
 // compared with `loupe describe` / `loupe describe --lora`.
 // --model fixture (ctest browser_fixture): a tiny random ShareGPT4V checkpoint
-// (tests/reference/vlm_fixture.py) converted by loupe-convert to Q4_0 and F16, and a
-// random LLaVA LoRA run (tests/reference/lora_ref.py): the engine's exactness without
+// (reference/vlm_fixture.py) converted by loupe-convert to Q4_0 and F16, and a
+// random LLaVA LoRA run (reference/lora_ref.py): the engine's exactness without
 // the demo files.
 //
 // usage: node tests/browser/demo.test.mjs [--model demo|fixture] --build BUILD_DIR --dist WASM_DIST --work SCRATCH_DIR
@@ -105,7 +105,7 @@ function demoModel() {
 function fixtureModel() {
   const dir = path.join(work, 'fixture');
   const ckpt = path.join(work, 'ckpt');
-  run(python, [path.join(root, 'tests/reference/vlm_fixture.py'), '--layout', 'sharegpt4v', '--out', ckpt, '--seed', '11'], { cwd: root });
+  run(python, [path.join(root, 'reference/vlm_fixture.py'), '--layout', 'sharegpt4v', '--out', ckpt, '--seed', '11'], { cwd: root });
   for (const t of ['q4_0', 'f16'])
     run(convert, ['--model', path.join(ckpt, 'llm'), '--vision-tower', path.join(ckpt, 'vit'), '--outtype', t, '-o', dir, '--name', `fixture-${t}`, '-q']);
   // A scene like the demo's (a shape on a plain background), drawn with PIL.
@@ -123,7 +123,7 @@ im.save("${path.join(dir, 'scenes/scene-0.png')}")
   // written by the LoRA tests' reference and converted to a LoRA GGUF (+ its .replace.gguf).
   const adapters = [];
   try {
-    run(python, [path.join(root, 'tests/reference/lora_ref.py'), 'make', '--base', path.join(ckpt, 'llm'), '--out', path.join(work, 'lora'),
+    run(python, [path.join(root, 'reference/lora_ref.py'), 'make', '--base', path.join(ckpt, 'llm'), '--out', path.join(work, 'lora'),
                  '--layout', 'llava', '--r', '4', '--alpha', '8', '--magnitude', '2', '--seed', '5'], { cwd: root });
     run(convert, ['--lora', path.join(work, 'lora'), '--base-config', path.join(ckpt, 'llm'), '-o', dir, '--name', 'fixture-lt', '-q']);
     adapters.push({ name: 'lt', label: 'Lithuanian (fixture)', file: 'fixture-lt.gguf', scale: 1 });

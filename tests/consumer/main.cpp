@@ -1,6 +1,6 @@
 // Includes the whole engine and exercises a little of it: a consumer build check.
-#include <loupe/convert.hpp>
-#include <loupe/pipeline.hpp>
+#include <loupe/convert/convert.hpp>
+#include <loupe/pipeline/pipeline.hpp>
 
 #include <cmath>
 #include <cstdio>

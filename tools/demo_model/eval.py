@@ -7,7 +7,7 @@ what loupe-convert reads), optionally simulates a conversion (--quant):
   f16   what the F16 GGUFs hold: 2-D weights f16, norms/biases/position/class
         embeddings f32, patch embedding f16
   q4_0  what the Q4_0 GGUFs hold (loupe-convert's choose_type: Q4_0, lm_head Q8_0,
-        patch embedding f16, 1-D f32), dequantised with tests/reference/quant_ref.py,
+        patch embedding f16, 1-D f32), dequantised with reference/quant_ref.py,
         and the inputs of every quantised matrix product quantised to Q8_0 per 32 values
         (as loupe and llama.cpp do).
 The adapter (LoRA A/B and its projector) is applied unquantised from its bf16 files.
@@ -45,7 +45,7 @@ import model as M  # noqa: E402
 import scenes  # noqa: E402
 import export as E  # noqa: E402
 
-sys.path.insert(0, os.path.join(M.REPO, "tests", "reference"))
+sys.path.insert(0, os.path.join(M.REPO, "reference"))
 import preprocess_ref  # noqa: E402
 
 

@@ -18,7 +18,7 @@
                        bf16), config.json (the model's LlavaConfig).
 
 After writing, everything is read back with the independent readers of
-tests/reference and one image is run through vision_ref.py's pipeline (an
+reference and one image is run through vision_ref.py's pipeline (an
 independent implementation) and through model.py: the logits must agree.
 
   export.py --base /work/demo-cache/base --adapter /work/demo-cache/lora --out /work/demo-cache/export
@@ -39,7 +39,7 @@ sys.path.insert(0, HERE)
 import model as M  # noqa: E402
 import scenes  # noqa: E402
 
-sys.path.insert(0, os.path.join(M.REPO, "tests", "reference"))
+sys.path.insert(0, os.path.join(M.REPO, "reference"))
 import hf_layout  # noqa: E402
 import preprocess_ref  # noqa: E402
 import vision_ref  # noqa: E402

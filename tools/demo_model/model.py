@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
+sys.path.insert(0, os.path.join(REPO, "reference"))
 import vision_ref  # noqa: E402  (vicuna_v1 prompt, tokenizer_image_token)
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
@@ -488,7 +488,7 @@ def bf16_round(w):
 
 
 def _q_dequant(w, qtype):
-    sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
+    sys.path.insert(0, os.path.join(REPO, "reference"))
     import numpy as np
     import quant_ref
     a = w.detach().float().contiguous().numpy()

@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 import model as M  # noqa: E402
 import scenes  # noqa: E402
 
-sys.path.insert(0, os.path.join(M.REPO, "tests", "reference"))
+sys.path.insert(0, os.path.join(M.REPO, "reference"))
 import preprocess_ref  # noqa: E402
 
 DEFAULTS = {

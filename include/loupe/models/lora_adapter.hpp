@@ -1,0 +1,584 @@
+// LoRA adapters (Hu et al. 2021): the low-rank updates W + s·B·A of a
+// fine-tune, read from the three forms they are published in and held in one:
+//
+//   - PEFT directories: adapter_config.json + adapter_model.safetensors or
+//     adapter_model.bin; keys base_model.model.<module>.lora_A.weight [r, in]
+//     and .lora_B.weight [out, r];
+//   - LLaVA / ShareGPT4V LoRA runs: the same plus non_lora_trainables.bin,
+//     whose model.mm_projector.* replaces the base projector while the adapter
+//     is active, and the run's config.json;
+//   - llama.cpp's LoRA GGUF: general.type=adapter, adapter.type=lora,
+//     adapter.lora.alpha, tensors <base tensor>.lora_a [r, in] / .lora_b [out, r].
+//
+// The held form: one LoraWeight per adapted weight, named by llama.cpp's tensor
+// name ("blk.3.attn_q.weight"), A and B widened to f32 (exact; the unmerged
+// update's two small matmuls then run at full speed instead of widening F16 /
+// BF16 rows on every token, for twice an F16 adapter's memory), B's rows in
+// llama.cpp's q/k order (the
+// converter permutes q_proj/k_proj rows from HF's rotate_half layout; B's rows
+// get the same permutation, A is unaffected), and PEFT's scaling as
+// lora/layer.py's update_layer computes it: alpha/r, or alpha/√r with
+// use_rslora, r and alpha per module from rank_pattern / alpha_pattern
+// (peft.utils.other.get_pattern_key: the first pattern key k, in file order,
+// for which re.match(r"(.*\.)?(k)$", module name) matches).
+// Tensors an adapter replaces outright (the LLaVA projector, PEFT's
+// modules_to_save) are kept whole under their GGUF names.
+#pragma once
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "../io/checkpoint.hpp"
+#include "../io/gguf.hpp"
+#include "../io/json.hpp"
+#include "llama.hpp"
+
+namespace loupe {
+
+struct LoraWeight {
+  std::string target;    // the adapted weight, llama.cpp's name: "blk.3.attn_q.weight", "output.weight"
+  std::string source;    // where it came from ("file: tensor"), for messages
+  Tensor a, b;           // A [r, in], B [out, r] in f32 (B's rows in llama.cpp's order)
+  float scaling = 1.0f;  // PEFT's scaling[adapter]: the update is scaling·B·A
+  int64_t rank() const { return a.shape[0]; }
+};
+
+struct LoraAdapter {
+  std::string name;    // what the API and messages call it (default: the directory's or file's name)
+  std::string source;  // the directory or file it was read from
+  std::vector<LoraWeight> weights;
+  std::map<std::string, Tensor> replaces;  // GGUF name -> tensor used instead of the base's while active
+  std::vector<std::string> notes;          // warnings for the user (e.g. a LLaVA run without its projector)
+  // adapter_config.json's defaults (or the GGUF's alpha), for messages and the GGUF writer.
+  double alpha = 0;
+  int64_t r = 0;
+  bool rslora = false;
+
+  bool replaces_projector() const { return replaces.count("mm.0.weight") > 0; }
+  int64_t max_rank() const {
+    int64_t m = 0;
+    for (const LoraWeight& w : weights) m = std::max(m, w.rank());
+    return m;
+  }
+  // One line for logs: "name: 224 weights, rank 8, replaces the projector".
+  std::string summary() const {
+    std::string s = name + ": " + std::to_string(weights.size()) + " LoRA weights, rank " + std::to_string(max_rank());
+    size_t other = 0;
+    for (const auto& r : replaces) other += r.first.rfind("mm.", 0) != 0;
+    if (replaces_projector()) s += ", replaces the projector";
+    if (other) s += ", replaces " + std::to_string(other) + " whole tensor" + (other > 1 ? "s" : "");
+    return s;
+  }
+
+  // A PEFT / LLaVA LoRA directory or a LoRA GGUF (with its replacement file when
+  // it names one), checked against the base model `base`.
+  static LoraAdapter load(const std::string& path, const LlamaConfig& base);
+  static LoraAdapter from_peft_dir(const std::string& dir, const LlamaConfig& base);
+  // `replace_file`: the <name>.replace.gguf the adapter names in loupe.adapter.replace_file (if any).
+  static LoraAdapter from_gguf(const GgufFile& f, const LlamaConfig& base, const GgufFile* replace_file = nullptr);
+};
+
+namespace lora_detail {
+
+// One weight of the base an adapter may touch: PEFT's module name, llama.cpp's
+// tensor name, its shape, and the heads its rows are permuted by (q/k) or 0.
+struct Slot {
+  std::string hf, gguf;
+  std::vector<int64_t> shape;
+  int64_t heads = 0;
+};
+
+// The linear modules a LoRA may target (PEFT names without ".weight").
+inline std::vector<Slot> linear_slots(const LlamaConfig& c) {
+  const int64_t q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+  std::vector<Slot> s;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", g = "blk." + std::to_string(l) + ".";
+    s.push_back({p + "self_attn.q_proj", g + "attn_q.weight", {q, c.dim}, c.n_heads});
+    s.push_back({p + "self_attn.k_proj", g + "attn_k.weight", {kv, c.dim}, c.n_kv_heads});
+    s.push_back({p + "self_attn.v_proj", g + "attn_v.weight", {kv, c.dim}, 0});
+    s.push_back({p + "self_attn.o_proj", g + "attn_output.weight", {c.dim, q}, 0});
+    s.push_back({p + "mlp.gate_proj", g + "ffn_gate.weight", {c.ffn_dim, c.dim}, 0});
+    s.push_back({p + "mlp.up_proj", g + "ffn_up.weight", {c.ffn_dim, c.dim}, 0});
+    s.push_back({p + "mlp.down_proj", g + "ffn_down.weight", {c.dim, c.ffn_dim}, 0});
+  }
+  s.push_back({"lm_head", "output.weight", {c.n_vocab, c.dim}, 0});
+  return s;
+}
+
+// Whole tensors an adapter may replace (PEFT names with ".weight").
+inline std::vector<Slot> replaceable_slots(const LlamaConfig& c) {
+  std::vector<Slot> s;
+  s.push_back({"model.embed_tokens.weight", "token_embd.weight", {c.n_vocab, c.dim}, 0});
+  s.push_back({"model.norm.weight", "output_norm.weight", {c.dim}, 0});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", g = "blk." + std::to_string(l) + ".";
+    s.push_back({p + "input_layernorm.weight", g + "attn_norm.weight", {c.dim}, 0});
+    s.push_back({p + "post_attention_layernorm.weight", g + "ffn_norm.weight", {c.dim}, 0});
+  }
+  for (Slot x : linear_slots(c)) {
+    x.hf += ".weight";
+    s.push_back(x);
+  }
+  return s;
+}
+
+// LLaVA's mlp2x_gelu projector: model.mm_projector.{0,2}.* -> mm.{0,2}.* (shapes
+// are checked against the vision model when the adapter is activated or merged).
+inline std::string projector_gguf_name(const std::string& hf) {
+  static const std::regex re(R"(^model\.mm_projector\.([02])\.(weight|bias)$)");
+  std::smatch m;
+  return std::regex_match(hf, m, re) ? "mm." + m[1].str() + "." + m[2].str() : std::string();
+}
+inline bool is_projector_name(const std::string& gguf) { return gguf.rfind("mm.", 0) == 0; }
+
+// Row r of llama.cpp's q/k layout is row src(r) of HF's: HF keeps a head's two
+// rotation halves apart (i, i + d/2), llama.cpp interleaves them (2i, 2i+1).
+// (The converter's convert_detail::permuted_source_row.)
+inline int64_t qk_source_row(int64_t r, int64_t head_dim) {
+  const int64_t h = r / head_dim, j = r % head_dim;
+  return h * head_dim + (j % 2) * (head_dim / 2) + j / 2;
+}
+
+// An owned copy of `v` with its rows permuted per head (heads > 0), in `to`
+// (or the source's dtype when `to` is null).
+inline Tensor copy_rows(const TensorView& v, int64_t heads, std::optional<DType> to = std::nullopt) {
+  const DType t = to ? *to : v.dtype;
+  Tensor out(t, std::vector<int64_t>(v.shape.begin(), v.shape.begin() + v.ndim));
+  const int64_t rows = v.rows(), cols = v.cols(), head_dim = heads ? rows / heads : 0;
+  const size_t rb = row_bytes(t, cols);
+  std::vector<float> tmp(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t s = heads ? qk_source_row(r, head_dim) : r;
+    if (t == v.dtype) {
+      std::memcpy(out.bytes.data() + size_t(r) * rb, v.row(s), rb);
+    } else {
+      to_f32(v.dtype, v.row(s), tmp.data(), cols);
+      from_f32(t, tmp.data(), out.bytes.data() + size_t(r) * rb, cols);
+    }
+  }
+  return out;
+}
+
+inline std::string shape_str(const std::vector<int64_t>& s) { return make_view(DType::F32, s, nullptr).shape_str(); }
+inline std::vector<int64_t> shape_of(const TensorView& v) { return {v.shape.begin(), v.shape.begin() + v.ndim}; }
+
+inline bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+inline bool ends_with(const std::string& s, const std::string& p) {
+  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+}
+
+// "dir/name/" or "dir/name.gguf" -> "name".
+inline std::string name_of(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path p = fs::path(path).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  return std::filesystem::is_directory(p) ? p.filename().string() : p.stem().string();
+}
+
+// A replacement tensor for `slot` from `v`: norms (1-D) and projector tensors in
+// F32 (the forward reads them as float*), matrices in their own float dtype.
+inline Tensor replacement(const TensorView& v, int64_t heads, bool force_f32) {
+  return copy_rows(v, heads, (force_f32 || v.ndim == 1) ? std::optional<DType>(DType::F32) : std::nullopt);
+}
+
+// PEFT's get_pattern_key on an ordered {pattern: value} object; nullopt: no key matches.
+inline std::optional<double> pattern_value(const Json* patterns, const std::string& module, const std::string& where) {
+  if (!patterns || patterns->is_null()) return std::nullopt;
+  if (!patterns->is_object()) fail(where, ": rank_pattern / alpha_pattern must be an object");
+  for (size_t i = 0; i < patterns->keys().size(); ++i) {
+    const std::string& key = patterns->keys()[i];
+    std::regex re;
+    try {
+      re = std::regex("(.*\\.)?(" + key + ")");
+    } catch (const std::regex_error&) {
+      fail(where, ": pattern '", key, "' is not a regular expression loupe can read");
+    }
+    if (std::regex_match(module, re)) return patterns->values()[i].number();
+  }
+  return std::nullopt;
+}
+
+}  // namespace lora_detail
+
+inline LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig& base) {
+  namespace fs = std::filesystem;
+  using namespace lora_detail;
+  const fs::path d(dir);
+  const std::string cfg_path = (d / "adapter_config.json").string();
+  if (!fs::exists(cfg_path)) fail(dir, ": adapter_config.json is missing (expected a PEFT LoRA directory)");
+  const Json cfg = Json::load(cfg_path);
+  const std::string peft_type = cfg.get_or<std::string>("peft_type", "LORA");
+  if (peft_type != "LORA") fail(cfg_path, ": peft_type '", peft_type, "' is not supported (only LORA)");
+  if (cfg.get_or<bool>("use_dora", false)) fail(cfg_path, ": use_dora is true: DoRA adapters are not supported");
+  if (cfg.get_or<bool>("lora_bias", false)) fail(cfg_path, ": lora_bias is true: LoRA B biases are not supported");
+
+  LoraAdapter a;
+  a.name = name_of(dir);
+  a.source = dir;
+  a.r = cfg.get_or<int64_t>("r", 8);  // PEFT's LoraConfig defaults
+  a.alpha = cfg.get_or<double>("lora_alpha", 8.0);
+  a.rslora = cfg.get_or<bool>("use_rslora", false);
+  if (a.r <= 0) fail(cfg_path, ": r must be positive, is ", a.r);
+  const Json* rank_pattern = cfg.find("rank_pattern");
+  const Json* alpha_pattern = cfg.find("alpha_pattern");
+  if (cfg.get_or<bool>("fan_in_fan_out", false))
+    a.notes.push_back(cfg_path + ": fan_in_fan_out is ignored for LLaMA's nn.Linear layers (as PEFT does)");
+
+  const std::vector<Slot> linears = linear_slots(base), whole = replaceable_slots(base);
+  auto module_names = [&] {
+    return std::string("q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head");
+  };
+
+  // target_modules: a list of module-name suffixes (PEFT's check_target_module_exists:
+  // name == t or name ends with "." + t), a regular expression matched against the
+  // whole name, or "all-linear" (every linear layer but the output).
+  const Json* tm = cfg.find("target_modules");
+  std::vector<std::string> target_list;
+  std::optional<std::regex> target_re;
+  bool all_linear = false;
+  if (tm && tm->is_array()) {
+    for (const Json& t : tm->array()) target_list.push_back(t.str());
+  } else if (tm && tm->is_string()) {
+    if (tm->str() == "all-linear") {
+      all_linear = true;
+    } else {
+      try {
+        target_re = std::regex(tm->str());
+      } catch (const std::regex_error&) {
+        fail(cfg_path, ": target_modules '", tm->str(), "' is not a regular expression loupe can read");
+      }
+    }
+  }
+  auto targeted = [&](const std::string& module) {
+    if (all_linear) return module != "lm_head";
+    if (target_re) return std::regex_match(module, *target_re);
+    if (target_list.empty()) return true;  // no list: the tensors decide
+    for (const std::string& t : target_list)
+      if (module == t || ends_with(module, "." + t)) return true;
+    return false;
+  };
+  for (const std::string& t : target_list) {
+    bool found = false;
+    for (const Slot& s : linears) found |= s.hf == t || ends_with(s.hf, "." + t);
+    if (!found)
+      fail(cfg_path, ": unknown target module '", t, "': a LLaMA adapter may target ", module_names());
+  }
+  if (target_re) {
+    bool found = false;
+    for (const Slot& s : linears) found |= std::regex_match(s.hf, *target_re);
+    if (!found) fail(cfg_path, ": target_modules '", tm->str(), "' matches no module of the base model (", module_names(), ")");
+  }
+
+  // Weights.
+  std::string wpath = (d / "adapter_model.safetensors").string();
+  if (!fs::exists(wpath)) wpath = (d / "adapter_model.bin").string();
+  if (!fs::exists(wpath)) fail(dir, ": neither adapter_model.safetensors nor adapter_model.bin is there");
+  const Checkpoint ck = Checkpoint::open_file(wpath);
+
+  auto check_float = [&](const SourceTensor& t, const std::string& file) {
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+      fail(file, ": tensor '", t.name, "' has unsupported adapter dtype ", dtype_name(t.dtype), " (F32, F16 or BF16 expected)");
+  };
+  // Whole-tensor replacements (modules_to_save, non_lora_trainables): HF name -> GGUF.
+  auto add_replacement = [&](const std::string& hf, const SourceTensor& t, const std::string& file) {
+    check_float(t, file);
+    const std::string pg = projector_gguf_name(hf);
+    if (!pg.empty()) {
+      a.replaces[pg] = replacement(t.view(), 0, true);
+      return;
+    }
+    for (const Slot& s : whole)
+      if (s.hf == hf) {
+        if (t.shape != s.shape)
+          fail(file, ": tensor '", t.name, "' has shape ", t.shape_str(), " but the base model's ", hf, " is ",
+               shape_str(s.shape), " (adapter for a different base model?)");
+        a.replaces[s.gguf] = replacement(t.view(), s.heads, false);
+        return;
+      }
+    if (hf.find("vision_tower") != std::string::npos)
+      fail(file, ": tensor '", t.name, "' replaces vision tower weights, which loupe does not support");
+    fail(file, ": tensor '", t.name, "' is neither a LoRA weight nor a tensor of the base model");
+  };
+
+  struct Pair {
+    const SourceTensor *a = nullptr, *b = nullptr;
+  };
+  std::map<std::string, Pair> pairs;  // module -> A, B
+  for (const SourceTensor& t : ck.tensors) {
+    std::string k = t.name;
+    if (starts_with(k, "base_model.model.")) k = k.substr(17);
+    if (k.find(".lora_embedding_A") != std::string::npos || k.find(".lora_embedding_B") != std::string::npos)
+      fail(wpath, ": tensor '", t.name, "' is an embedding LoRA, which loupe does not support");
+    if (k.find(".lora_magnitude_vector") != std::string::npos)
+      fail(wpath, ": tensor '", t.name, "' is a DoRA magnitude, which loupe does not support");
+    size_t p = k.find(".lora_A.");
+    const bool is_a = p != std::string::npos;
+    if (!is_a) p = k.find(".lora_B.");
+    if (p == std::string::npos) {
+      // modules_to_save: "<module>.weight" (older PEFT: "<module>.modules_to_save.<adapter>.weight").
+      static const std::regex mts(R"(^(.*)\.modules_to_save(\.[^.]+)?\.(weight|bias)$)");
+      std::smatch m;
+      if (std::regex_match(k, m, mts)) k = m[1].str() + "." + m[3].str();
+      add_replacement(k, t, wpath);
+      continue;
+    }
+    const std::string module = k.substr(0, p), rest = k.substr(p + 8);
+    if (rest != "weight" && !(ends_with(rest, ".weight") && rest.find('.') == rest.size() - 7))
+      fail(wpath, ": tensor '", t.name, "': LoRA ", is_a ? "A" : "B", " ",
+           ends_with(rest, "bias") ? "biases are not supported" : "tensor with an unexpected name");
+    Pair& pr = pairs[module];
+    (is_a ? pr.a : pr.b) = &t;
+  }
+
+  for (const auto& [module, pr] : pairs) {
+    const SourceTensor* any = pr.a ? pr.a : pr.b;
+    const Slot* slot = nullptr;
+    for (const Slot& s : linears)
+      if (s.hf == module) slot = &s;
+    if (!slot) {
+      static const std::regex layer_re(R"(^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$)");
+      std::smatch m;
+      if (std::regex_match(module, m, layer_re))
+        fail(wpath, ": tensor '", any->name, "' adapts layer ", m[1].str(), " but the base model has ", base.n_layers,
+             " layers (adapter for a different base model?)");
+      fail(wpath, ": tensor '", any->name, "': unknown target module '", module, "' (a LLaMA adapter may target ",
+           module_names(), ")");
+    }
+    if (!pr.a || !pr.b)
+      fail(wpath, ": module '", module, "' has lora_", pr.a ? "A" : "B", " but no lora_", pr.a ? "B" : "A");
+    if (!targeted(module))
+      fail(wpath, ": tensor '", any->name, "' adapts '", module, "', which adapter_config.json's target_modules does not name");
+    check_float(*pr.a, wpath);
+    check_float(*pr.b, wpath);
+    const SourceTensor &A = *pr.a, &B = *pr.b;
+    if (A.shape.size() != 2 || B.shape.size() != 2) fail(wpath, ": '", A.name, "' and '", B.name, "' must be matrices");
+    const int64_t rank = A.shape[0];
+    if (B.shape[1] != rank)
+      fail(wpath, ": rank mismatch in module '", module, "': lora_A ", A.shape_str(), " has rank ", rank, " but lora_B ",
+           B.shape_str(), " has rank ", B.shape[1]);
+    if (A.shape[1] != slot->shape[1] || B.shape[0] != slot->shape[0])
+      fail(wpath, ": tensor '", A.shape[1] != slot->shape[1] ? A.name : B.name, "' (", (A.shape[1] != slot->shape[1] ? A : B).shape_str(),
+           ") does not fit the base model's ", module, " ", shape_str(slot->shape), " (adapter for a different base model?)");
+    const double r_cfg = pattern_value(rank_pattern, module, cfg_path).value_or(double(a.r));
+    const double alpha = pattern_value(alpha_pattern, module, cfg_path).value_or(a.alpha);
+    if (double(rank) != r_cfg)
+      fail(wpath, ": rank mismatch in module '", module, "': the tensors have rank ", rank,
+           " but adapter_config.json gives r = ", r_cfg, " (r / rank_pattern)");
+    LoraWeight w;
+    w.target = slot->gguf;
+    w.source = wpath + ": " + A.name;
+    w.a = copy_rows(A.view(), 0, DType::F32);
+    w.b = copy_rows(B.view(), slot->heads, DType::F32);
+    w.scaling = float(a.rslora ? alpha / std::sqrt(r_cfg) : alpha / r_cfg);
+    a.weights.push_back(std::move(w));
+  }
+  if (a.weights.empty() && a.replaces.empty()) fail(wpath, ": the adapter holds no LoRA weights");
+
+  // LLaVA / ShareGPT4V runs: the trained projector (and anything else trained
+  // outside the LoRA) is in non_lora_trainables.bin, which LLaVA's loader
+  // applies after stripping "base_model." and then "model." from "model.model.".
+  const fs::path nlt = d / "non_lora_trainables.bin";
+  std::optional<Json> run;
+  if (fs::exists(d / "config.json")) run = Json::load((d / "config.json").string());
+  const bool llava = run && (run->find("mm_projector_type") || run->find("mm_vision_tower") ||
+                             run->get_or<std::string>("model_type", "") == "llava" ||
+                             run->get_or<std::string>("model_type", "") == "share4v");
+  if (fs::exists(nlt)) {
+    const Checkpoint extra = Checkpoint::open_file(nlt.string());
+    for (const SourceTensor& t : extra.tensors) {
+      std::string k = t.name;
+      if (starts_with(k, "base_model.")) k = k.substr(11);
+      if (starts_with(k, "model.model.")) k = k.substr(6);
+      add_replacement(k, t, nlt.string());
+    }
+    if (!a.replaces_projector() && llava)
+      a.notes.push_back("warning: " + nlt.string() + " holds no model.mm_projector.* weights: the base model's projector is used");
+  } else if (llava) {
+    std::string why;
+    if (run->get_or<bool>("tune_mm_mlp_adapter", false)) why = "tune_mm_mlp_adapter is true";
+    if (const Json* lr = run->find("mm_projector_lr"); lr && lr->is_number()) {
+      char num[32];
+      std::snprintf(num, sizeof num, "%g", lr->number());
+      why = std::string("mm_projector_lr is ") + num;
+    }
+    a.notes.push_back("warning: " + dir + " is a LLaVA LoRA run without non_lora_trainables.bin" +
+                      (why.empty() ? std::string(" (where LLaVA saves the projector it trains)")
+                                   : " although its config.json says the projector was trained (" + why + ")") +
+                      ": the base model's projector is used, so answers about images will differ from the fine-tune's");
+  }
+  return a;
+}
+
+inline LoraAdapter LoraAdapter::from_gguf(const GgufFile& f, const LlamaConfig& base, const GgufFile* replace_file) {
+  using namespace lora_detail;
+  const std::string type = f.get_str("general.type", "");
+  if (type != "adapter") fail(f.name(), ": not a LoRA adapter (general.type is '", type, "', expected 'adapter')");
+  const std::string atype = f.get_str("adapter.type", "");
+  if (atype != "lora") fail(f.name(), ": adapter.type is '", atype, "', expected 'lora'");
+  const std::string arch = f.get_str("general.architecture", "");
+  if (arch != "llama") fail(f.name(), ": adapter for architecture '", arch, "', the base model is llama");
+  LoraAdapter a;
+  a.name = name_of(f.name());  // the file's name, as for directories (general.name when there is none)
+  if (a.name.empty()) a.name = f.get_str("general.name", "lora");
+  a.source = f.name();
+  a.alpha = f.get_float("adapter.lora.alpha", 0.0);
+
+  const std::vector<Slot> linears = linear_slots(base), whole = replaceable_slots(base);
+  std::map<std::string, std::pair<const GgufTensor*, const GgufTensor*>> pairs;
+  for (const GgufTensor& t : f.tensors) {
+    if (ends_with(t.name, ".lora_a")) {
+      pairs[t.name.substr(0, t.name.size() - 7)].first = &t;
+    } else if (ends_with(t.name, ".lora_b")) {
+      pairs[t.name.substr(0, t.name.size() - 7)].second = &t;
+    } else if (ends_with(t.name, "_norm.weight")) {
+      // mergekit-extract-lora stores whole norm vectors (llama.cpp skips them; they are the fine-tune's norms).
+      const Slot* s = nullptr;
+      for (const Slot& x : whole)
+        if (x.gguf == t.name) s = &x;
+      if (!s || t.shape != s->shape)
+        fail(f.name(), ": tensor '", t.name, "' ", t.view.shape_str(), " does not fit the base model");
+      a.replaces[t.name] = replacement(t.view, 0, true);
+    } else {
+      fail(f.name(), ": LoRA tensor '", t.name, "' has an unexpected name (expected <base tensor>.lora_a / .lora_b)");
+    }
+  }
+  for (const auto& [target, pr] : pairs) {
+    const Slot* slot = nullptr;
+    for (const Slot& s : linears)
+      if (s.gguf == target) slot = &s;
+    if (!slot)
+      fail(f.name(), ": LoRA for '", target, "', which the base model ",
+           target == "token_embd.weight" ? "has, but embedding LoRAs are not supported" : "does not have (adapter for a different base model?)");
+    if (!pr.first || !pr.second) fail(f.name(), ": '", target, "' has ", pr.first ? "lora_a but no lora_b" : "lora_b but no lora_a");
+    const GgufTensor &A = *pr.first, &B = *pr.second;
+    for (const GgufTensor* t : {&A, &B})
+      if (t->dtype != DType::F32 && t->dtype != DType::F16 && t->dtype != DType::BF16 && t->dtype != DType::Q8_0)
+        fail(f.name(), ": tensor '", t->name, "' has unsupported adapter dtype ", dtype_name(t->dtype), " (F32, F16, BF16 or Q8_0 expected)");
+    if (A.shape.size() != 2 || B.shape.size() != 2) fail(f.name(), ": '", A.name, "' and '", B.name, "' must be matrices");
+    if (A.shape[0] != B.shape[1])
+      fail(f.name(), ": rank mismatch for '", target, "': lora_a ", A.view.shape_str(), " has rank ", A.shape[0], " but lora_b ",
+           B.view.shape_str(), " has rank ", B.shape[1]);
+    if (A.shape[1] != slot->shape[1] || B.shape[0] != slot->shape[0])
+      fail(f.name(), ": tensor '", A.shape[1] != slot->shape[1] ? A.name : B.name, "' (",
+           (A.shape[1] != slot->shape[1] ? A : B).view.shape_str(), ") does not fit the base model's ", target, " ",
+           shape_str(slot->shape), " (adapter for a different base model?)");
+    LoraWeight w;
+    w.target = target;
+    w.source = f.name() + ": " + A.name;
+    w.a = copy_rows(A.view, 0, DType::F32);
+    w.b = copy_rows(B.view, 0, DType::F32);  // already in llama.cpp's row order
+    // llama.cpp: scale = adapter_scale · alpha / rank, or adapter_scale when alpha is 0.
+    w.scaling = a.alpha != 0 ? float(a.alpha) / float(A.shape[0]) : 1.0f;
+    a.weights.push_back(std::move(w));
+  }
+  a.r = a.max_rank();
+
+  const std::string rf = f.get_str("loupe.adapter.replace_file", "");
+  if (!rf.empty() && !replace_file)
+    fail(f.name(), ": the adapter replaces whole tensors (e.g. the LLaVA projector) kept in '", rf, "': load that file too");
+  if (replace_file) {
+    const GgufFile& g = *replace_file;
+    if (g.get_str("general.type", "") != "adapter" || g.get_str("adapter.type", "") != "replace")
+      fail(g.name(), ": not a loupe replacement file (general.type 'adapter', adapter.type 'replace' expected)");
+    for (const GgufTensor& t : g.tensors) {
+      if (!is_projector_name(t.name)) {
+        const Slot* s = nullptr;
+        for (const Slot& x : whole)
+          if (x.gguf == t.name) s = &x;
+        if (!s) fail(g.name(), ": tensor '", t.name, "' is not a tensor of the base model");
+        if (t.shape != s->shape)
+          fail(g.name(), ": tensor '", t.name, "' has shape ", t.view.shape_str(), " but the base model's is ", shape_str(s->shape),
+               " (adapter for a different base model?)");
+      }
+      if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+        fail(g.name(), ": tensor '", t.name, "' has unsupported dtype ", dtype_name(t.dtype));
+      a.replaces[t.name] = replacement(t.view, 0, is_projector_name(t.name));
+    }
+  }
+  if (a.weights.empty() && a.replaces.empty()) fail(f.name(), ": the adapter holds no LoRA tensors");
+  return a;
+}
+
+inline LoraAdapter LoraAdapter::load(const std::string& path, const LlamaConfig& base) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) return from_peft_dir(path, base);
+  if (!fs::exists(path, ec)) fail(path, ": no such adapter (expected a PEFT / LLaVA LoRA directory or a LoRA GGUF)");
+  Blob head = Blob::open(path);
+  if (head.size < 4 || std::memcmp(head.data, "GGUF", 4) != 0) {
+    // adapter_config.json or adapter_model.* named directly: the directory is meant.
+    const fs::path dir = fs::path(path).parent_path();
+    if (fs::exists(dir / "adapter_config.json")) return from_peft_dir(dir.empty() ? "." : dir.string(), base);
+    fail(path, ": not a LoRA GGUF, and no adapter_config.json beside it (expected a PEFT / LLaVA LoRA directory or a LoRA GGUF)");
+  }
+  GgufFile f = GgufFile::parse(std::move(head));
+  const std::string rf = f.get_str("loupe.adapter.replace_file", "");
+  if (rf.empty()) return from_gguf(f, base);
+  if (rf.find('/') != std::string::npos || rf.find('\\') != std::string::npos)
+    fail(path, ": loupe.adapter.replace_file '", rf, "' is not a plain file name");
+  const std::string rpath = (fs::path(path).parent_path() / rf).string();
+  if (!fs::exists(rpath))
+    fail(path, ": the adapter's replacement tensors (e.g. the LLaVA projector) should be in ", rpath, ", which is missing");
+  GgufFile g = GgufFile::open(rpath);
+  return from_gguf(f, base, &g);
+}
+
+// Writes `a` as a llama.cpp LoRA GGUF at `path`, A and B in `type` (F32, F16 or
+// BF16). llama.cpp scales every weight by adapter_scale·alpha/rank with one
+// adapter.lora.alpha; a weight whose PEFT scaling differs (rslora,
+// rank/alpha patterns) gets the ratio folded into its B. Tensors the adapter
+// replaces outright have no place in llama.cpp's format: they go to
+// <stem>.replace.gguf beside it (general.type=adapter, adapter.type=replace,
+// GGUF tensor names), which the adapter names in loupe.adapter.replace_file;
+// llama.cpp ignores the key. Returns the replacement file's path, or "".
+inline std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType type = DType::F32) {
+  namespace fs = std::filesystem;
+  if (type != DType::F32 && type != DType::F16 && type != DType::BF16)
+    fail(path, ": LoRA GGUFs are written in f32, f16 or bf16, not ", dtype_name(type));
+  if (a.weights.empty()) fail(a.source, ": the adapter has no LoRA weights to write as a llama.cpp LoRA GGUF");
+  // One alpha: the config's when it gives every standard (non-rslora) weight its scaling, else the first weight's.
+  double alpha = a.rslora || a.alpha <= 0 ? double(a.weights[0].scaling) * double(a.weights[0].rank()) : a.alpha;
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::str("llama"));
+  w.set("general.type", GgufValue::str("adapter"));
+  w.set("general.name", GgufValue::str(a.name));
+  w.set("adapter.type", GgufValue::str("lora"));
+  w.set("adapter.lora.alpha", GgufValue::f32(float(alpha)));
+  std::string rpath;
+  if (!a.replaces.empty()) {
+    const std::string stem = fs::path(path).stem().string();
+    rpath = (fs::path(path).parent_path() / (stem + ".replace.gguf")).string();
+    w.set("loupe.adapter.replace_file", GgufValue::str(stem + ".replace.gguf"));
+  }
+  for (const LoraWeight& lw : a.weights) {
+    const float llama_scale = float(alpha) / float(lw.rank());
+    const double ratio = double(lw.scaling) / double(llama_scale);
+    w.add_tensor(lw.target + ".lora_a", convert(lw.a.view(), type));
+    if (std::fabs(ratio - 1.0) <= 1e-7) {
+      w.add_tensor(lw.target + ".lora_b", convert(lw.b.view(), type));
+    } else {
+      Tensor b = to_f32(lw.b.view());
+      for (int64_t i = 0; i < b.numel(); ++i) b.f32()[i] = float(double(b.f32()[i]) * ratio);
+      w.add_tensor(lw.target + ".lora_b", convert(b.view(), type));
+    }
+  }
+  if (!rpath.empty()) {
+    GgufWriter r;
+    r.set("general.architecture", GgufValue::str("llama"));
+    r.set("general.type", GgufValue::str("adapter"));
+    r.set("general.name", GgufValue::str(a.name));
+    r.set("adapter.type", GgufValue::str("replace"));
+    for (const auto& [name, t] : a.replaces) r.add_tensor(name, t);
+    r.write_file(rpath);
+  }
+  w.write_file(path);
+  return rpath;
+}
+
+}  // namespace loupe

@@ -1,0 +1,43 @@
+// LLaVA's multimodal projector, mm_projector_type "mlp2x_gelu":
+// Linear(vision → text) → GELU (exact erf) → Linear(text → text).
+// Weights mm.0.* and mm.2.* of an mmproj GGUF (the Sequential's indices).
+#pragma once
+#include "../io/gguf.hpp"
+#include "../ops/ops.hpp"
+
+namespace loupe {
+
+struct Projector {
+  TensorView w0, b0, w2, b2;
+  int64_t in_dim = 0, out_dim = 0;
+
+  static Projector from_gguf(const GgufFile& f) {
+    const std::string type = f.get_str("clip.projector_type", "mlp");
+    if (type != "mlp") fail(f.name(), ": projector type '", type, "' is not supported (only mlp = mlp2x_gelu)");
+    Projector p;
+    auto get = [&](const char* name) { return f.get_tensor(name).view; };
+    p.w0 = get("mm.0.weight");
+    p.b0 = get("mm.0.bias");
+    p.w2 = get("mm.2.weight");
+    p.b2 = get("mm.2.bias");
+    p.in_dim = p.w0.cols();
+    p.out_dim = p.w0.rows();
+    if (p.w0.ndim != 2 || p.w2.ndim != 2 || p.w2.cols() != p.out_dim || p.w2.rows() != p.out_dim)
+      fail(f.name(), ": projector shapes mm.0 ", p.w0.shape_str(), " / mm.2 ", p.w2.shape_str(), " are not an mlp2x_gelu");
+    if (p.b0.numel() != p.out_dim || p.b2.numel() != p.out_dim || p.b0.dtype != DType::F32 || p.b2.dtype != DType::F32)
+      fail(f.name(), ": projector biases must be F32 of length ", p.out_dim);
+    return p;
+  }
+
+  // features [n, in_dim] -> [n, out_dim]
+  std::vector<float> operator()(const std::vector<float>& x, ThreadPool* pool = nullptr) const {
+    const int64_t n = int64_t(x.size()) / in_dim;
+    std::vector<float> h(static_cast<size_t>(n * out_dim)), y(h.size());
+    linear(w0, static_cast<const float*>(b0.data), x.data(), n, h.data(), pool);
+    for (float& e : h) e = gelu_erf(e);
+    linear(w2, static_cast<const float*>(b2.data), h.data(), n, y.data(), pool);
+    return y;
+  }
+};
+
+}  // namespace loupe

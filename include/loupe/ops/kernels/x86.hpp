@@ -1,0 +1,920 @@
+// x86-64 kernels: AVX2 (+FMA, F16C) and AVX-512 (F/BW/VL/DQ + VNNI).
+//
+// Each function carries its own __attribute__((target)), so the whole project
+// can be built for baseline x86-64 (-DLOUPE_NATIVE=OFF) and still run these
+// where cpu_level() says the CPU has them (kernels.hpp picks).
+//
+// Quantised matmuls read the weights where they lie (the mmapped GGUF, ggml
+// block layout); activations come as QuantizedRows (kernels_scalar.hpp).
+// The u8×s8 dot instructions (vpmaddubsw, vpdpbusd) need one unsigned side:
+// Q4_0 nibbles are used as they are (q+8), Q8_0 bytes are flipped to q+128 for
+// VNNI, and QuantizedRows' corr tables subtract the bias exactly.
+//
+// * gemv (few activation rows: decode): ggml's block layout as loaded; int32
+//   lanes hold partial sums of one block, scaled per block and accumulated in
+//   f32 lanes, summed across lanes at the end of the row. Same values as the
+//   scalar kernel up to f32 rounding order. One activation row (decode proper)
+//   has its own AVX-512 kernel, gemv1_rows: see there for what profiling showed.
+// * gemm (many activation rows: prefill, CLIP, projector) with AVX-512 VNNI:
+//   a panel of 32 weight rows is repacked once per task into VNNI order
+//   ([block][4-value group][row][4 bytes]) and reused for every activation row;
+//   lanes are weight rows, so each output is accumulated block by block exactly
+//   like the scalar kernel: bit-identical results.
+#pragma once
+#include "scalar.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+// GCC 12 reports false -Wmaybe-uninitialized inside its own AVX-512 intrinsic
+// headers (the _mm512_undefined_* idiom) once they are inlined; only here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+#define LOUPE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LOUPE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
+namespace loupe {
+namespace x86 {
+
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// =============================================================== AVX2
+
+LOUPE_TARGET_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// round(v) with ties away from zero (std::round), exactly: trunc, then step
+// away from zero when the dropped fraction is at least one half.
+LOUPE_TARGET_AVX2 inline __m256i round_away_avx2(__m256 v) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+  const __m256 step = _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                    _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign)));
+  return _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+}
+
+LOUPE_TARGET_AVX2 inline void quantize_rows_avx2(const float* x, int64_t n, int64_t k, int32_t offset, QuantizedRows& q) {
+  q.resize(n, k, offset);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t b = 0; b < q.nb; ++b) {
+      const float* p = x + i * k + b * QK;
+      __m256 v[4], m = _mm256_setzero_ps();
+      for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(p + 8 * j), m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[j]));
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+      const float amax = _mm_cvtss_f32(m4);
+      const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      q.d.data()[i * q.nb + b] = fp16_to_f32(f32_to_fp16(d));
+      const __m256 vid = _mm256_set1_ps(id);
+      __m256i r[4];
+      for (int j = 0; j < 4; ++j) r[j] = round_away_avx2(_mm256_mul_ps(v[j], vid));
+      // int32 -> int8 with the element order kept (packs work within 128-bit lanes).
+      const __m256i w01 = _mm256_packs_epi32(r[0], r[1]), w23 = _mm256_packs_epi32(r[2], r[3]);
+      __m256i bytes = _mm256_packs_epi16(w01, w23);
+      bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q.qs.data() + i * k + b * QK), bytes);
+    }
+    scalar::finish_quantized_row(q, i);
+  }
+}
+
+// Q4_0 rows [r0, r1) × every activation row; NX activation rows at a time.
+template <int NX>
+LOUPE_TARGET_AVX2 inline void gemv_q4_0_avx2_nx(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x,
+                                                 int64_t i0, float* y, int64_t ldy) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const int64_t nb = x.nb;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = w + size_t(r) * ws;
+    __m256 acc[NX];
+    for (int i = 0; i < NX; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* wb = wr + b * 18;
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 2));
+      const __m256i z = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1), m4);
+      const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi16(short(load_u16(wb))));
+      for (int i = 0; i < NX; ++i) {
+        const int64_t xi = i0 + i;
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.row(xi) + b * QK));
+        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(z, xv), ones);
+        p = _mm256_add_epi32(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.corr4.data() + xi * (x.k / 4) + b * 8)));
+        const __m256 s = _mm256_mul_ps(dw, _mm256_loadu_ps(x.d8.data() + (xi * nb + b) * 8));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[i]);
+      }
+    }
+    for (int i = 0; i < NX; ++i) y[(i0 + i) * ldy + r] = hsum256(acc[i]);
+  }
+}
+
+// Q8_0: |w| × (x with w's sign), the classic AVX2 u8×s8 trick (no bias, offset 0).
+template <int NX>
+LOUPE_TARGET_AVX2 inline void gemv_q8_0_avx2_nx(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x,
+                                                 int64_t i0, float* y, int64_t ldy) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t nb = x.nb;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = w + size_t(r) * ws;
+    __m256 acc[NX];
+    for (int i = 0; i < NX; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* wb = wr + b * 34;
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2));
+      const __m256i aw = _mm256_abs_epi8(wv);
+      const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi16(short(load_u16(wb))));
+      for (int i = 0; i < NX; ++i) {
+        const int64_t xi = i0 + i;
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.row(xi) + b * QK));
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+        const __m256 s = _mm256_mul_ps(dw, _mm256_loadu_ps(x.d8.data() + (xi * nb + b) * 8));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[i]);
+      }
+    }
+    for (int i = 0; i < NX; ++i) y[(i0 + i) * ldy + r] = hsum256(acc[i]);
+  }
+}
+
+template <bool Q4>
+LOUPE_TARGET_AVX2 inline void matmul_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
+                                          int64_t ldy) {
+  int64_t i = 0;
+  for (; i + 4 <= x.n; i += 4) Q4 ? gemv_q4_0_avx2_nx<4>(w, ws, r0, r1, x, i, y, ldy) : gemv_q8_0_avx2_nx<4>(w, ws, r0, r1, x, i, y, ldy);
+  switch (x.n - i) {
+    case 3: Q4 ? gemv_q4_0_avx2_nx<3>(w, ws, r0, r1, x, i, y, ldy) : gemv_q8_0_avx2_nx<3>(w, ws, r0, r1, x, i, y, ldy); break;
+    case 2: Q4 ? gemv_q4_0_avx2_nx<2>(w, ws, r0, r1, x, i, y, ldy) : gemv_q8_0_avx2_nx<2>(w, ws, r0, r1, x, i, y, ldy); break;
+    case 1: Q4 ? gemv_q4_0_avx2_nx<1>(w, ws, r0, r1, x, i, y, ldy) : gemv_q8_0_avx2_nx<1>(w, ws, r0, r1, x, i, y, ldy); break;
+    default: break;
+  }
+}
+LOUPE_TARGET_AVX2 inline void matmul_q4_0_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
+  matmul_avx2<true>(w, ws, r0, r1, x, y, ldy);
+}
+LOUPE_TARGET_AVX2 inline void matmul_q8_0_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
+  matmul_avx2<false>(w, ws, r0, r1, x, y, ldy);
+}
+
+LOUPE_TARGET_AVX2 inline void f16_to_f32_row_avx2(const uint16_t* s, float* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
+  for (; i < n; ++i) d[i] = fp16_to_f32(s[i]);
+}
+LOUPE_TARGET_AVX2 inline void bf16_to_f32_row_avx2(const uint16_t* s, float* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), _mm256_slli_epi32(v, 16));
+  }
+  for (; i < n; ++i) d[i] = bf16_to_f32(s[i]);
+}
+
+
+// ---- f32 vector kernels (attention, activations).
+
+// exp(x) for x in [-87.3, 88.4] (outside: clamped; NaN not propagated), Cephes
+// expf: x = k·ln2 + r, degree-6 polynomial for e^r, within 2 ulp of std::exp.
+LOUPE_TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365402f)), _mm256_set1_ps(88.3762626647949f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+LOUPE_TARGET_AVX2 inline float dot_f32_avx2(const float* x, const float* y, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+  float s = hsum256(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+LOUPE_TARGET_AVX2 inline float dot_f16_avx2(const float* x, const uint16_t* y, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y + i))), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y + i + 8))), a1);
+  }
+  for (; i + 8 <= n; i += 8)
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y + i))), a0);
+  float s = hsum256(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) s += x[i] * fp16_to_f32(y[i]);
+  return s;
+}
+LOUPE_TARGET_AVX2 inline void axpy_f32_avx2(float a, const float* x, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+LOUPE_TARGET_AVX2 inline void axpy_f16_avx2(float a, const uint16_t* x, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))),
+                                            _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * fp16_to_f32(x[i]);
+}
+LOUPE_TARGET_AVX2 inline float exp_sum_avx2(float* x, int64_t n, float shift) {
+  const __m256 vs = _mm256_set1_ps(shift);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
+    _mm256_storeu_ps(x + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float s = hsum256(acc);
+  for (; i < n; ++i) s += (x[i] = std::exp(x[i] - shift));
+  return s;
+}
+LOUPE_TARGET_AVX2 inline void silu_mul_avx2(float* g, const float* u, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(g + i);
+    const __m256 sig = _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(zero, v))));
+    _mm256_storeu_ps(g + i, _mm256_mul_ps(sig, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+LOUPE_TARGET_AVX2 inline void quick_gelu_avx2(float* x, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f), c = _mm256_set1_ps(-1.702f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    _mm256_storeu_ps(x + i, _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_mul_ps(c, v)))));
+  }
+  for (; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-1.702f * x[i]));
+}
+LOUPE_TARGET_AVX2 inline void f32_to_f16_row_avx2(const float* s, uint16_t* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) d[i] = f32_to_fp16(s[i]);
+}
+
+// ============================================================= AVX-512
+
+LOUPE_TARGET_AVX512 inline __m512i round_away_avx512(__m512 v) {
+  const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+  const __m512 step = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, _mm512_set1_ps(-0.0f)));
+  return _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, step));
+}
+
+LOUPE_TARGET_AVX512 inline void quantize_rows_avx512(const float* x, int64_t n, int64_t k, int32_t offset, QuantizedRows& q) {
+  q.resize(n, k, offset);
+  const __m256i ones = _mm256_set1_epi8(1);
+  const __m256i neg_off = _mm256_set1_epi32(-offset);
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t* c4 = q.corr4.data() + i * (k / 4);
+    for (int64_t b = 0; b < q.nb; ++b) {
+      const float* p = x + i * k + b * QK;
+      const __m512 v0 = _mm512_loadu_ps(p), v1 = _mm512_loadu_ps(p + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+      const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      const float dq = fp16_to_f32(f32_to_fp16(d));
+      const __m512 vid = _mm512_set1_ps(id);
+      const __m128i b0 = _mm512_cvtepi32_epi8(round_away_avx512(_mm512_mul_ps(v0, vid)));
+      const __m128i b1 = _mm512_cvtepi32_epi8(round_away_avx512(_mm512_mul_ps(v1, vid)));
+      const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(b0), b1, 1);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q.qs.data() + i * k + b * QK), bytes);
+      const __m256i s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, bytes);  // sums of 4 consecutive q
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c4 + b * 8), _mm256_mullo_epi32(s4, neg_off));
+      __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+      q.corr.data()[i * q.nb + b] = -offset * _mm_cvtsi128_si32(s);
+      q.d.data()[i * q.nb + b] = dq;
+      _mm256_storeu_ps(q.d8.data() + (i * q.nb + b) * 8, _mm256_set1_ps(dq));
+    }
+  }
+}
+
+// ---- gemv: ggml layout, two blocks per zmm.
+
+// Q4_0 blocks b, b+1 (18 bytes each) -> 64 nibbles in activation order
+// [lo(b) | hi(b) | lo(b+1) | hi(b+1)] as unsigned bytes.
+LOUPE_TARGET_AVX512 inline __m512i q4_0_pair(const uint8_t* wb) {
+  const __m512i shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0, 0, 0x0004000400040004, 0x0004000400040004, 0, 0);
+  const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 2))),
+                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 20)), 1);
+  const __m512i z = _mm512_shuffle_i64x2(_mm512_castsi256_si512(raw), _mm512_castsi256_si512(raw), 0x50);  // lanes 0,0,1,1
+  return _mm512_and_si512(_mm512_srlv_epi16(z, shift), _mm512_set1_epi8(0x0f));
+}
+// The two blocks' fp16 scales, each repeated over its 8 int32 lanes, as f32.
+LOUPE_TARGET_AVX512 inline __m512 scale_pair(const uint8_t* d0, const uint8_t* d1) {
+  const __m256i dd = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(short(load_u16(d0)))),
+                                             _mm_set1_epi16(short(load_u16(d1))), 1);
+  return _mm512_cvtph_ps(dd);
+}
+
+// Blocks b, b+1 of one weight row against NX activation rows: acc[i] += the
+// 16 lanes' partial dot · scale (f32 rounding order differs from scalar).
+template <bool Q4, int NX>
+LOUPE_TARGET_AVX512 __attribute__((always_inline)) inline void gemv_pair(const uint8_t* wb, int64_t b, const int8_t* const* xq,
+                                                                         const int32_t* const* xc, const float* const* xd, __m512* acc) {
+  constexpr int64_t bs = Q4 ? 18 : 34;
+  __m512i z;
+  if (Q4) {
+    z = q4_0_pair(wb);
+  } else {
+    z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2))),
+                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 36)), 1);
+    z = _mm512_xor_si512(z, _mm512_set1_epi8(char(0x80)));
+  }
+  const __m512 dw = scale_pair(wb, wb + bs);
+  for (int i = 0; i < NX; ++i) {
+    const __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(xc[i] + b * 8), z, _mm512_loadu_si512(xq[i] + b * QK));
+    // [dx_b ×8 | dx_b+1 ×8]: two broadcast loads (load ports only) and one insert, rather than
+    // 64 bytes of pre-expanded scales per pair (with K = 11008 that overflowed L1).
+    const __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_broadcast_ss(xd[i] + b)), _mm256_broadcast_ss(xd[i] + b + 1), 1);
+    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dx), acc[i]);
+  }
+}
+
+template <bool Q4, int NX>
+LOUPE_TARGET_AVX512 inline void gemv_avx512_nx(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x,
+                                               int64_t i0, float* y, int64_t ldy) {
+  constexpr int64_t bs = Q4 ? 18 : 34;  // block bytes
+  const int64_t nb = x.nb;
+  const int8_t* xq[NX];
+  const int32_t* xc[NX];
+  const float* xd[NX];
+  for (int i = 0; i < NX; ++i) {
+    xq[i] = x.row(i0 + i);
+    xc[i] = x.corr4.data() + (i0 + i) * (x.k / 4);
+    xd[i] = x.d.data() + (i0 + i) * nb;
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = w + size_t(r) * ws;
+    // Two accumulators per activation row: the f32 adds are a dependency chain.
+    __m512 a0[NX], a1[NX];
+    for (int i = 0; i < NX; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+      gemv_pair<Q4, NX>(wr + b * bs, b, xq, xc, xd, a0);
+      gemv_pair<Q4, NX>(wr + (b + 2) * bs, b + 2, xq, xc, xd, a1);
+    }
+    if (b + 2 <= nb) gemv_pair<Q4, NX>(wr + b * bs, b, xq, xc, xd, a0), b += 2;
+    __m256 tail[NX];
+    for (int i = 0; i < NX; ++i) tail[i] = _mm256_setzero_ps();
+    if (b < nb) {  // odd block count: the last block alone, in ymm
+      const uint8_t* wb = wr + b * bs;
+      __m256i z;
+      if (Q4) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 2));
+        z = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1), _mm256_set1_epi8(0x0f));
+      } else {
+        z = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2)), _mm256_set1_epi8(char(0x80)));
+      }
+      const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi16(short(load_u16(wb))));
+      for (int i = 0; i < NX; ++i) {
+        const __m256i p = _mm256_dpbusd_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc[i] + b * 8)), z,
+                                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[i] + b * QK)));
+        tail[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw, _mm256_broadcast_ss(xd[i] + b)));
+      }
+    }
+    for (int i = 0; i < NX; ++i) {
+      const __m512 a = _mm512_add_ps(a0[i], a1[i]);
+      const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+      y[(i0 + i) * ldy + r] = hsum256(_mm256_add_ps(h, tail[i]));
+    }
+  }
+}
+
+// ---- decode gemv: one activation row.
+//
+// Profiling the 7B decode (perf: 94 % in the gemv) showed the per-lane kernel
+// above load-bound, and at K = 11008 (ffn_down) at half speed: its activation
+// tables (qs + corr4 + d = 23 KB) left no room in L1 for the weight stream.
+// Here the bias correction comes from corr (one int32 per block: −offset·S_b,
+// spread as −offset·S_b/8 over the block's 8 lanes, exact), and a Q4_0 pair
+// (36 bytes: d, qs, d, qs) is one 64-byte load (masked after a row's last
+// pair, not to read past the tensor) whose nibbles and scales vpermw puts in place.
+// Integer sums are exact; only the f32 accumulation order differs from scalar.
+
+// Word permutations of a loaded Q4_0 pair: quarters [qs_b | qs_b | qs_b+1 | qs_b+1]
+// (words 1..8 and 10..17), and the scales [d_b ×8 | d_b+1 ×8] (words 0 and 9).
+LOUPE_TARGET_AVX512 inline __m512i q4_pair_idx() {
+  return _mm512_set_epi16(17, 16, 15, 14, 13, 12, 11, 10, 17, 16, 15, 14, 13, 12, 11, 10,
+                          8, 7, 6, 5, 4, 3, 2, 1, 8, 7, 6, 5, 4, 3, 2, 1);
+}
+LOUPE_TARGET_AVX512 inline __m256i q4_scale_idx() { return _mm256_set_epi16(9, 9, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0); }
+
+template <bool Q4, int NR>
+LOUPE_TARGET_AVX512 inline void gemv1_rows(const uint8_t* w, size_t ws, int64_t r, const QuantizedRows& x, int64_t xi, float* y) {
+  constexpr int64_t bs = Q4 ? 18 : 34;
+  const int64_t nb = x.nb;
+  const int8_t* xq = x.row(xi);
+  const int32_t* xc = x.corr.data() + xi * nb;
+  const float* xd = x.d.data() + xi * nb;
+  const __m512i pidx = q4_pair_idx(), two = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m256i sidx = q4_scale_idx();
+  const __m512i shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0, 0, 0x0004000400040004, 0x0004000400040004, 0, 0),
+                m4 = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8(char(0x80));
+  const __mmask64 pair_mask = (__mmask64(1) << 36) - 1;
+  const uint8_t* wr[NR];
+  __m512 acc[NR];
+  for (int j = 0; j < NR; ++j) wr[j] = w + size_t(r + j) * ws, acc[j] = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const __m512i xv = _mm512_loadu_si512(xq + b * QK);
+    const __m512i c = _mm512_permutexvar_epi32(two, _mm512_castsi128_si512(_mm_srai_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(xc + b)), 3)));
+    const __m512 dx = _mm512_permutexvar_ps(two, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(xd + b)))));
+    for (int j = 0; j < NR; ++j) {
+      const uint8_t* wb = wr[j] + b * bs;
+      __m512i z;
+      __m512 dw;
+      if (Q4) {
+        // The 28 bytes past the pair belong to this row while 4 blocks are left;
+        // the last one or two pairs are masked, not to read past the tensor
+        // (masked loads cost more, so only there).
+        const __m512i raw = b + 4 <= nb ? _mm512_loadu_si512(wb) : _mm512_maskz_loadu_epi8(pair_mask, wb);
+        z = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi16(pidx, raw), shift), m4);
+        dw = _mm512_cvtph_ps(_mm256_permutexvar_epi16(sidx, _mm512_castsi512_si256(raw)));
+      } else {
+        z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2))),
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 36)), 1);
+        z = _mm512_xor_si512(z, flip);
+        dw = scale_pair(wb, wb + bs);
+      }
+      const __m512i p = _mm512_dpbusd_epi32(c, z, xv);
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dx), acc[j]);
+    }
+  }
+  for (int j = 0; j < NR; ++j) {
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)));
+    if (b < nb) {  // odd block count: the last block alone, in ymm
+      const uint8_t* wb = wr[j] + b * bs;
+      __m256i z;
+      if (Q4) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 2));
+        z = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1), _mm256_set1_epi8(0x0f));
+      } else {
+        z = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2)), _mm256_set1_epi8(char(0x80)));
+      }
+      const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi16(short(load_u16(wb))));
+      const __m256i p = _mm256_dpbusd_epi32(_mm256_set1_epi32(xc[b] >> 3), z, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * QK)));
+      h = _mm256_add_ps(h, _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + b))));
+    }
+    y[r + j] = hsum256(h);
+  }
+}
+
+template <bool Q4>
+LOUPE_TARGET_AVX512 inline void gemv1_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, int64_t xi,
+                                             float* y) {
+  // One row at a time: interleaving 2 or 4 rows (sharing the activation loads)
+  // was 2.5× faster with the weights in cache, but 2.5× slower from DRAM here
+  // (the hardware prefetchers lose several short interleaved streams);
+  // software prefetch did not recover it. Measured with loupe_bench kernels.
+  for (int64_t r = r0; r < r1; ++r) gemv1_rows<Q4, 1>(w, ws, r, x, xi, y);
+}
+
+// ---- gemm: VNNI panels.
+
+constexpr int kPanelRows = 32;                  // weight rows per panel (two zmm of int32 lanes)
+constexpr int kPanelBlockBytes = 8 * 4 * kPanelRows;  // one block: 8 groups × 32 rows × 4 bytes
+
+// 16 rows' 16-byte groups at p[r] + off -> 4 zmm: dword g of rows 0..15 in
+// lanes 0..15 (a 16×4 dword transpose: rows j, j+4, j+8, j+12 share a zmm, then
+// 32- and 64-bit unpacks; the unpacks leave the rows in lane order).
+LOUPE_TARGET_AVX512 inline void transpose16x4(const uint8_t* const* p, int64_t off, __m512i g[4]) {
+  __m512i a[4];
+  for (int j = 0; j < 4; ++j) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[j] + off)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p[j + 4] + off)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p[j + 8] + off)), 2);
+    a[j] = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p[j + 12] + off)), 3);
+  }
+  const __m512i t0 = _mm512_unpacklo_epi32(a[0], a[1]), t1 = _mm512_unpackhi_epi32(a[0], a[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(a[2], a[3]), t3 = _mm512_unpackhi_epi32(a[2], a[3]);
+  g[0] = _mm512_unpacklo_epi64(t0, t2), g[1] = _mm512_unpackhi_epi64(t0, t2);
+  g[2] = _mm512_unpacklo_epi64(t1, t3), g[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+inline const uint8_t* zero_row(size_t bytes) {
+  static thread_local std::vector<uint8_t> z;
+  if (z.size() < bytes) z.assign(bytes, 0);
+  return z.data();
+}
+
+// Repack rows [r0, r0 + rows) (rows <= 32; missing rows read as zeros) into
+// pq [nb][8][32][4] unsigned bytes and pd [nb][32] f32 scales, 16 rows × one
+// block per step, transposed in registers: full 64-byte stores.
+template <bool Q4>
+LOUPE_TARGET_AVX512 inline void repack_panel(const uint8_t* w, size_t ws, int64_t r0, int rows, int64_t nb, uint8_t* pq, float* pd) {
+  constexpr int64_t bs = Q4 ? 18 : 34;
+  const __m512i m4 = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8(char(0x80)), lo16 = _mm512_set1_epi32(0xffff);
+  const uint8_t* zeros = zero_row(ws);
+  for (int s = 0; s < 2; ++s) {
+    const uint8_t* p[16];
+    for (int r = 0; r < 16; ++r) p[r] = 16 * s + r < rows ? w + size_t(r0 + 16 * s + r) * ws : zeros;
+    int32_t idx[16];
+    for (int r = 0; r < 16; ++r) idx[r] = int32_t(p[r] - p[0]);  // same mapping (the zero row may lie anywhere)
+    const bool gatherable = [&] {
+      for (int r = 0; r < 16; ++r)
+        if (p[r] - p[0] != int64_t(idx[r])) return false;
+      return true;
+    }();
+    const __m512i vidx = _mm512_loadu_si512(idx);
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* out = pq + b * kPanelBlockBytes + 64 * s;
+      const int64_t off = b * bs;
+      __m512i g[4];
+      transpose16x4(p, off + 2, g);
+      if (Q4) {
+        for (int k = 0; k < 4; ++k) {
+          _mm512_store_si512(out + k * 128, _mm512_and_si512(g[k], m4));
+          _mm512_store_si512(out + (k + 4) * 128, _mm512_and_si512(_mm512_srli_epi16(g[k], 4), m4));
+        }
+      } else {
+        for (int k = 0; k < 4; ++k) _mm512_store_si512(out + k * 128, _mm512_xor_si512(g[k], flip));
+        transpose16x4(p, off + 18, g);
+        for (int k = 0; k < 4; ++k) _mm512_store_si512(out + (k + 4) * 128, _mm512_xor_si512(g[k], flip));
+      }
+      __m512i d;
+      if (gatherable) {
+        d = _mm512_and_si512(_mm512_i32gather_epi32(vidx, p[0] + off, 1), lo16);
+      } else {
+        alignas(64) int32_t dv[16];
+        for (int r = 0; r < 16; ++r) dv[r] = load_u16(p[r] + off);
+        d = _mm512_load_si512(dv);
+      }
+      _mm512_store_ps(pd + b * kPanelRows + 16 * s, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d)));
+    }
+  }
+}
+
+// NR activation rows × one 32-row panel. Per block: int32 dot in VNNI lanes
+// (one lane per weight row), then y += float(dot) · (dw · dx) as the scalar kernel.
+template <int NR>
+LOUPE_TARGET_AVX512 inline void gemm_tile(const uint8_t* pq, const float* pd, const QuantizedRows& x, int64_t i0, float* y,
+                                          int64_t ldy, int64_t r0, int rows) {
+  const int64_t nb = x.nb;
+  __m512 f[NR][2];
+  for (int i = 0; i < NR; ++i) f[i][0] = f[i][1] = _mm512_setzero_ps();
+  const int8_t* xq[NR];
+  const int32_t* xc[NR];
+  const float* xd[NR];
+  for (int i = 0; i < NR; ++i) {
+    xq[i] = x.row(i0 + i);
+    xc[i] = x.corr.data() + (i0 + i) * nb;
+    xd[i] = x.d.data() + (i0 + i) * nb;
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i a[NR][2];
+    for (int i = 0; i < NR; ++i) a[i][0] = a[i][1] = _mm512_set1_epi32(xc[i][b]);
+    const uint8_t* pb = pq + b * kPanelBlockBytes;
+    for (int g = 0; g < 8; ++g) {
+      const __m512i w0 = _mm512_load_si512(pb + g * 128), w1 = _mm512_load_si512(pb + g * 128 + 64);
+      for (int i = 0; i < NR; ++i) {
+        const __m512i xv = _mm512_set1_epi32(load_i32(xq[i] + b * QK + 4 * g));
+        a[i][0] = _mm512_dpbusd_epi32(a[i][0], w0, xv);
+        a[i][1] = _mm512_dpbusd_epi32(a[i][1], w1, xv);
+      }
+    }
+    const __m512 d0 = _mm512_load_ps(pd + b * kPanelRows), d1 = _mm512_load_ps(pd + b * kPanelRows + 16);
+    for (int i = 0; i < NR; ++i) {
+      const __m512 dx = _mm512_set1_ps(xd[i][b]);
+      f[i][0] = _mm512_add_ps(f[i][0], _mm512_mul_ps(_mm512_cvtepi32_ps(a[i][0]), _mm512_mul_ps(d0, dx)));
+      f[i][1] = _mm512_add_ps(f[i][1], _mm512_mul_ps(_mm512_cvtepi32_ps(a[i][1]), _mm512_mul_ps(d1, dx)));
+    }
+  }
+  const __mmask16 m0 = __mmask16((1u << std::min(16, rows)) - 1), m1 = __mmask16((1u << std::max(0, rows - 16)) - 1);
+  for (int i = 0; i < NR; ++i) {
+    float* yr = y + (i0 + i) * ldy + r0;
+    _mm512_mask_storeu_ps(yr, m0, f[i][0]);
+    _mm512_mask_storeu_ps(yr + 16, m1, f[i][1]);
+  }
+}
+
+struct PanelScratch {
+  AlignedBuffer<uint8_t> q;
+  AlignedBuffer<float> d;
+};
+inline PanelScratch& panel_scratch() {
+  static thread_local PanelScratch s;
+  return s;
+}
+
+constexpr int kGemmNR = 4;
+
+template <bool Q4>
+LOUPE_TARGET_AVX512 inline void gemm_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
+                                            int64_t ldy) {
+  PanelScratch& ps = panel_scratch();
+  ps.q.resize(size_t(x.nb * kPanelBlockBytes));
+  ps.d.resize(size_t(x.nb * kPanelRows));
+  for (int64_t p = r0; p < r1; p += kPanelRows) {
+    const int rows = int(std::min<int64_t>(kPanelRows, r1 - p));
+    repack_panel<Q4>(w, ws, p, rows, x.nb, ps.q.data(), ps.d.data());
+    // While this panel computes, pull the next one into L2 a slice per tile:
+    // the repack then reads cache, not DRAM.
+    const uint8_t* next = w + size_t(p + rows) * ws;
+    const size_t next_bytes = size_t(std::min<int64_t>(kPanelRows, std::max<int64_t>(0, r1 - p - rows))) * ws;
+    const int64_t tiles = (x.n + kGemmNR - 1) / kGemmNR;
+    const size_t slice = (next_bytes / size_t(tiles) + 64) & ~size_t(63);
+    size_t fetched = 0;
+    auto prefetch_slice = [&]() {
+      for (size_t e = std::min(next_bytes, fetched + slice); fetched < e; fetched += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(next + fetched), _MM_HINT_T1);
+    };
+    int64_t i = 0;
+    for (; i + kGemmNR <= x.n; i += kGemmNR) prefetch_slice(), gemm_tile<kGemmNR>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows);
+    prefetch_slice();
+    switch (x.n - i) {
+      case 3: gemm_tile<3>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
+      case 2: gemm_tile<2>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
+      case 1: gemm_tile<1>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
+      default: break;
+    }
+  }
+}
+
+// Activation rows from which the repacked-panel gemm beats the gemv (whose
+// passes of 4 rows re-read the task's weight rows from L2). Measured with
+// `loupe_bench kernels --n ...`.
+inline int64_t& gemm_min_rows() {
+  static int64_t n = [] {
+    const char* e = std::getenv("LOUPE_GEMM_MIN_ROWS");  // for tuning only
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(4);
+  }();
+  return n;
+}
+
+template <bool Q4>
+LOUPE_TARGET_AVX512 inline void matmul_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
+                                              int64_t ldy) {
+  if (x.n >= gemm_min_rows()) return gemm_avx512<Q4>(w, ws, r0, r1, x, y, ldy);
+  if (x.n == 1) return gemv1_avx512<Q4>(w, ws, r0, r1, x, 0, y);
+  int64_t i = 0;
+  for (; i + 4 <= x.n; i += 4) gemv_avx512_nx<Q4, 4>(w, ws, r0, r1, x, i, y, ldy);
+  switch (x.n - i) {
+    case 3: return gemv_avx512_nx<Q4, 3>(w, ws, r0, r1, x, i, y, ldy);
+    case 2: return gemv_avx512_nx<Q4, 2>(w, ws, r0, r1, x, i, y, ldy);
+    case 1: return gemv_avx512_nx<Q4, 1>(w, ws, r0, r1, x, i, y, ldy);
+    default: return;
+  }
+}
+LOUPE_TARGET_AVX512 inline void matmul_q4_0_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
+  matmul_avx512<true>(w, ws, r0, r1, x, y, ldy);
+}
+LOUPE_TARGET_AVX512 inline void matmul_q8_0_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
+  matmul_avx512<false>(w, ws, r0, r1, x, y, ldy);
+}
+
+LOUPE_TARGET_AVX512 inline void f16_to_f32_row_avx512(const uint16_t* s, float* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i))));
+  for (; i < n; ++i) d[i] = fp16_to_f32(s[i]);
+}
+LOUPE_TARGET_AVX512 inline void bf16_to_f32_row_avx512(const uint16_t* s, float* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+    _mm512_storeu_si512(d + i, _mm512_slli_epi32(v, 16));
+  }
+  for (; i < n; ++i) d[i] = bf16_to_f32(s[i]);
+}
+
+
+// ---- f32 vector kernels (attention, activations).
+
+// exp(x): as exp_avx2, with the 2^k scaling by vscalefps (so down to 0 at −104).
+LOUPE_TARGET_AVX512 inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.3762626647949f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);
+}
+
+inline __mmask16 tail_mask(int64_t left) { return __mmask16(left >= 16 ? 0xffff : (1u << left) - 1); }
+
+LOUPE_TARGET_AVX512 inline float dot_f32_avx512(const float* x, const float* y, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i), a0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+LOUPE_TARGET_AVX512 inline float dot_f16_avx512(const float* x, const uint16_t* y, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i))), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i + 16))), a1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, y + i)), a0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+LOUPE_TARGET_AVX512 inline void axpy_f32_avx512(float a, const float* x, float* y, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+LOUPE_TARGET_AVX512 inline void axpy_f16_avx512(float a, const uint16_t* x, float* y, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i)), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+LOUPE_TARGET_AVX512 inline float exp_sum_avx512(float* x, int64_t n, float shift) {
+  const __m512 vs = _mm512_set1_ps(shift);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 e = _mm512_maskz_mov_ps(m, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vs)));
+    _mm512_mask_storeu_ps(x + i, m, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+LOUPE_TARGET_AVX512 inline void silu_mul_avx512(float* g, const float* u, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, g + i);
+    const __m512 sig = _mm512_div_ps(v, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(zero, v))));
+    _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(sig, _mm512_maskz_loadu_ps(m, u + i)));
+  }
+}
+LOUPE_TARGET_AVX512 inline void quick_gelu_avx512(float* x, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f), c = _mm512_set1_ps(-1.702f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_div_ps(v, _mm512_add_ps(one, exp_avx512(_mm512_mul_ps(c, v)))));
+  }
+}
+LOUPE_TARGET_AVX512 inline void f32_to_f16_row_avx512(const float* s, uint16_t* d, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm256_mask_storeu_epi16(d + i, m, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+}
+
+// ---- f32 gemm (F32/F16/BF16 weights: CLIP, the projector, unquantised LLaMA).
+//
+// y[i, r] = Σ_c x[i, c] · w[r, c]. Lanes are activation rows: x is packed once
+// per matmul into blocks of 32 rows, column-major within the block
+// ([block][c][32], pack_rows_f32), and shared by every task; each task widens
+// its weight rows to f32 (a padded tile, so the 12 rows a microkernel reads do
+// not alias in L1) and runs 12 weight rows × 32 activation rows of FMAs per
+// column (24 accumulators), the columns in blocks of kGemmKc so the tile's
+// slice stays in L1. Results are summed in a fixed order: independent of the
+// thread count, close to (not bit-equal with) the scalar dot product.
+
+constexpr int64_t kPackRows = 32, kGemmKc = 256, kGemmNW = 12;
+
+LOUPE_TARGET_AVX512 inline void pack_rows_f32(const float* x, int64_t n, int64_t k, float* xp) {
+  for (int64_t b = 0; b * kPackRows < n; ++b) {
+    float* out = xp + b * k * kPackRows;
+    const int64_t rows = std::min<int64_t>(kPackRows, n - b * kPackRows);
+    for (int64_t c0 = 0; c0 < k; c0 += 16) {
+      const int64_t cols = std::min<int64_t>(16, k - c0);
+      // 16 columns × up to 32 rows, transposed through a small buffer.
+      alignas(64) float t[16][kPackRows];
+      for (int64_t r = 0; r < kPackRows; ++r)
+        for (int64_t c = 0; c < 16; ++c) t[c][r] = (r < rows && c < cols) ? x[(b * kPackRows + r) * k + c0 + c] : 0.0f;
+      for (int64_t c = 0; c < cols; ++c) {
+        _mm512_store_ps(out + (c0 + c) * kPackRows, _mm512_load_ps(t[c]));
+        _mm512_store_ps(out + (c0 + c) * kPackRows + 16, _mm512_load_ps(t[c] + 16));
+      }
+    }
+  }
+}
+
+// NW weight rows × NZ·16 activation rows over columns [0, kc) of the current block.
+template <int NW, int NZ>
+LOUPE_TARGET_AVX512 inline void gemm_f32_tile(const float* xp, const float* wt, int64_t wst, int64_t kc, float* yt, int64_t ytst,
+                                              bool first) {
+  __m512 acc[NW][NZ];
+  for (int r = 0; r < NW; ++r)
+    for (int z = 0; z < NZ; ++z) acc[r][z] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(yt + r * ytst + 16 * z);
+  for (int64_t c = 0; c < kc; ++c) {
+    __m512 xv[NZ];
+    for (int z = 0; z < NZ; ++z) xv[z] = _mm512_load_ps(xp + c * kPackRows + 16 * z);
+    for (int r = 0; r < NW; ++r) {
+      const __m512 w = _mm512_set1_ps(wt[r * wst + c]);
+      for (int z = 0; z < NZ; ++z) acc[r][z] = _mm512_fmadd_ps(xv[z], w, acc[r][z]);
+    }
+  }
+  for (int r = 0; r < NW; ++r)
+    for (int z = 0; z < NZ; ++z) _mm512_storeu_ps(yt + r * ytst + 16 * z, acc[r][z]);
+}
+
+template <int NZ>
+LOUPE_TARGET_AVX512 inline void gemm_f32_rows(int nw, const float* xp, const float* wt, int64_t wst, int64_t kc, float* yt,
+                                              int64_t ytst, bool first) {
+  switch (nw) {
+#define LOUPE_CASE(N) \
+  case N: return gemm_f32_tile<N, NZ>(xp, wt, wst, kc, yt, ytst, first);
+    LOUPE_CASE(1) LOUPE_CASE(2) LOUPE_CASE(3) LOUPE_CASE(4) LOUPE_CASE(5) LOUPE_CASE(6)
+    LOUPE_CASE(7) LOUPE_CASE(8) LOUPE_CASE(9) LOUPE_CASE(10) LOUPE_CASE(11) LOUPE_CASE(12)
+#undef LOUPE_CASE
+    default: return;
+  }
+}
+
+struct F32GemmScratch {
+  AlignedBuffer<float> wt, yt;
+};
+inline F32GemmScratch& f32_gemm_scratch() {
+  static thread_local F32GemmScratch s;
+  return s;
+}
+
+// Rows [r0, r1) of w (dtype t: F32, F16 or BF16; rows ws bytes apart) against
+// x packed by pack_rows_f32 (n rows of k).
+LOUPE_TARGET_AVX512 inline void gemm_f32_avx512(const float* xp, int64_t n, int64_t k, const uint8_t* w, DType t, size_t ws,
+                                                int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  F32GemmScratch& s = f32_gemm_scratch();
+  const int64_t rows = r1 - r0, wst = k + 16;  // padded: rows a multiple of 4 KB apart would share L1 sets
+  const int64_t nblk = (n + kPackRows - 1) / kPackRows, ytst = nblk * kPackRows;
+  s.wt.resize(size_t(rows * wst));
+  s.yt.resize(size_t(rows * ytst));
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* src = w + size_t(r0 + r) * ws;
+    float* dst = s.wt.data() + r * wst;
+    if (t == DType::F16) f16_to_f32_row_avx512(reinterpret_cast<const uint16_t*>(src), dst, k);
+    else if (t == DType::BF16) bf16_to_f32_row_avx512(reinterpret_cast<const uint16_t*>(src), dst, k);
+    else std::memcpy(dst, src, size_t(k) * 4);
+  }
+  for (int64_t c0 = 0; c0 < k; c0 += kGemmKc) {
+    const int64_t kc = std::min(kGemmKc, k - c0);
+    for (int64_t g = 0; g < rows; g += kGemmNW) {
+      const int nw = int(std::min(kGemmNW, rows - g));
+      for (int64_t b = 0; b < nblk; ++b) {
+        const float* xpb = xp + b * k * kPackRows + c0 * kPackRows;
+        const float* wtg = s.wt.data() + g * wst + c0;
+        float* ytg = s.yt.data() + g * ytst + b * kPackRows;
+        if (n - b * kPackRows > 16) gemm_f32_rows<2>(nw, xpb, wtg, wst, kc, ytg, ytst, c0 == 0);
+        else gemm_f32_rows<1>(nw, xpb, wtg, wst, kc, ytg, ytst, c0 == 0);
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) y[i * ldy + r0 + r] = s.yt.data()[r * ytst + i];
+}
+
+}  // namespace x86
+}  // namespace loupe
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // x86-64
