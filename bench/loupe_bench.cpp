@@ -8,6 +8,8 @@
 //   loupe_bench kernels -t N [--n 1,128] [--gen REPS] [--rows R --cols C --mats M] [--level avx512] [--type q4_0]
 //                                              quantised matmul kernels, every level
 //   loupe_bench llm MODEL.gguf -t N [--prompt 128] [--gen 32]
+//   loupe_bench batch MODEL.gguf -t N [--n 1,2,4,8,16] [--prompt 32] [--gen 32]
+//                                              aggregate decode tok/s of B sessions in one batch
 //   loupe_bench clip MMPROJ.gguf -t N          one ViT encode of a random image
 //   loupe_bench ttft MODEL.gguf MMPROJ.gguf -t N [--prompt 32]
 //
@@ -15,7 +17,6 @@
 // speed does not depend on the values, only on the shapes and types. Quantised
 // blocks are written directly (random nibbles/bytes, a fixed-range scale), in
 // a stream, so making a 3.8 GB file needs little memory.
-#include <loupe/pipeline/generate.hpp>
 #include <loupe/pipeline/pipeline.hpp>
 
 #include <sys/resource.h>
@@ -108,97 +109,40 @@ void write_with_progress(const GgufWriter& w, const std::string& path) {
 // the LLaMA tokenizer (tokenizer.model) in its metadata so llama.cpp loads it too.
 void make_llama(const std::string& out, DType type, const std::string& vocab_path, int64_t layers) {
   const Tokenizer tok = Tokenizer::load(vocab_path);
-  const int64_t V = 32000, D = 4096, F = 11008, H = 32;
+  LlamaConfig c;
+  c.n_vocab = 32000, c.dim = 4096, c.n_layers = layers, c.n_heads = c.n_kv_heads = 32, c.head_dim = 128;
+  c.ffn_dim = 11008, c.n_ctx = 4096, c.rms_eps = 1e-5f, c.rope_base = 10000.0f;
   GgufWriter w;
-  w.set("general.architecture", GgufValue::str("llama"));
+  write_llama_config(w, c);
   w.set("general.name", GgufValue::str("synthetic-llama-7b"));
-  w.set("general.file_type", GgufValue::u32(type == DType::Q4_0 ? 2 : 7));
+  w.set("general.file_type", GgufValue::u32(gguf_file_type(type)));
   w.set("general.quantization_version", GgufValue::u32(2));
-  w.set("llama.vocab_size", GgufValue::u32(uint32_t(V)));
-  w.set("llama.context_length", GgufValue::u32(4096));
-  w.set("llama.embedding_length", GgufValue::u32(uint32_t(D)));
-  w.set("llama.block_count", GgufValue::u32(uint32_t(layers)));
-  w.set("llama.feed_forward_length", GgufValue::u32(uint32_t(F)));
-  w.set("llama.rope.dimension_count", GgufValue::u32(uint32_t(D / H)));
-  w.set("llama.attention.head_count", GgufValue::u32(uint32_t(H)));
-  w.set("llama.attention.head_count_kv", GgufValue::u32(uint32_t(H)));
-  w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(1e-5f));
-  w.set("llama.rope.freq_base", GgufValue::f32(10000.0f));
-  write_vocab(w, tok, V);
+  write_vocab(w, tok, c.n_vocab);
   uint64_t seed = 1;
-  w.add_tensor("token_embd.weight", type, {V, D}, random_tensor(type, {V, D}, 0.02f, seed++));
-  for (int64_t l = 0; l < layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    w.add_tensor(p + "attn_norm.weight", DType::F32, {D}, constant_f32(D, 1.0f));
-    for (const char* n : {"attn_q", "attn_k", "attn_v", "attn_output"})
-      w.add_tensor(p + n + ".weight", type, {D, D}, random_tensor(type, {D, D}, 0.02f, seed++));
-    w.add_tensor(p + "ffn_norm.weight", DType::F32, {D}, constant_f32(D, 1.0f));
-    w.add_tensor(p + "ffn_gate.weight", type, {F, D}, random_tensor(type, {F, D}, 0.02f, seed++));
-    w.add_tensor(p + "ffn_up.weight", type, {F, D}, random_tensor(type, {F, D}, 0.02f, seed++));
-    w.add_tensor(p + "ffn_down.weight", type, {D, F}, random_tensor(type, {D, F}, 0.02f, seed++));
+  for (const LlamaTensor& t : llama_tensors(c)) {
+    if (t.shape.size() == 1) w.add_tensor(t.gguf, DType::F32, t.shape, constant_f32(t.shape[0], 1.0f));  // norms
+    else w.add_tensor(t.gguf, type, t.shape, random_tensor(type, t.shape, 0.02f, seed++));
   }
-  w.add_tensor("output_norm.weight", DType::F32, {D}, constant_f32(D, 1.0f));
-  w.add_tensor("output.weight", type, {V, D}, random_tensor(type, {V, D}, 0.02f, seed++));
   write_with_progress(w, out);
 }
 
 // CLIP ViT-L/14-336 (23 blocks: LLaVA's feature layer -2) + mlp2x_gelu 1024 -> 4096 -> 4096,
 // matrices in F16 like llama.cpp's mmproj-model-f16.gguf.
 void make_mmproj(const std::string& out) {
-  const int64_t D = 1024, F = 4096, P = 14, S = 336, G = S / P, L = 23, T = 4096;
+  ClipConfig c;
+  c.image_size = 336, c.patch_size = 14, c.dim = 1024, c.ffn_dim = 4096, c.n_heads = 16, c.n_layers_run = 23;
+  c.projection_dim = 768, c.aspect_ratio = "pad";
   GgufWriter w;
-  w.set("general.architecture", GgufValue::str("clip"));
+  write_clip_config(w, c);
   w.set("general.name", GgufValue::str("synthetic-clip-vit-large-patch14-336"));
-  w.set("general.file_type", GgufValue::u32(1));
-  w.set("clip.has_text_encoder", GgufValue::boolean(false));
-  w.set("clip.has_vision_encoder", GgufValue::boolean(true));
-  w.set("clip.has_llava_projector", GgufValue::boolean(true));
-  w.set("clip.projector_type", GgufValue::str("mlp"));
-  w.set("clip.vision.image_size", GgufValue::u32(uint32_t(S)));
-  w.set("clip.vision.patch_size", GgufValue::u32(uint32_t(P)));
-  w.set("clip.vision.embedding_length", GgufValue::u32(uint32_t(D)));
-  w.set("clip.vision.feed_forward_length", GgufValue::u32(uint32_t(F)));
-  w.set("clip.vision.projection_dim", GgufValue::u32(768));
-  w.set("clip.vision.attention.head_count", GgufValue::u32(16));
-  w.set("clip.vision.attention.layer_norm_epsilon", GgufValue::f32(1e-5f));
-  w.set("clip.vision.block_count", GgufValue::u32(uint32_t(L)));
-  w.set("clip.vision.feature_layer", GgufValue::array(GgufType::I32, std::vector<int32_t>{int32_t(L)}));
-  w.set("clip.vision.image_mean", GgufValue::array(GgufType::F32, std::vector<float>{0.48145466f, 0.4578275f, 0.40821073f}));
-  w.set("clip.vision.image_std", GgufValue::array(GgufType::F32, std::vector<float>{0.26862954f, 0.26130258f, 0.27577711f}));
-  w.set("clip.vision.image_aspect_ratio", GgufValue::str("pad"));
-  w.set("clip.vision.mm_projector_type", GgufValue::str("mlp2x_gelu"));
-  w.set("clip.use_gelu", GgufValue::boolean(false));
+  w.set("general.file_type", GgufValue::u32(gguf_file_type(DType::F16)));
   uint64_t seed = 1000;
-  auto f32 = [&](const std::string& n, std::vector<int64_t> s, float scale) {
-    w.add_tensor(n, DType::F32, s, random_tensor(DType::F32, s, scale, seed++));
-  };
-  auto f16 = [&](const std::string& n, std::vector<int64_t> s, float scale) {
-    w.add_tensor(n, DType::F16, s, random_tensor(DType::F16, s, scale, seed++));
-  };
-  f32("v.class_embd", {D}, 0.02f);
-  f16("v.patch_embd.weight", {D, 3, P, P}, 0.02f);
-  f32("v.position_embd.weight", {G * G + 1, D}, 0.02f);
-  w.add_tensor("v.pre_ln.weight", DType::F32, {D}, constant_f32(D, 1.0f));
-  w.add_tensor("v.pre_ln.bias", DType::F32, {D}, constant_f32(D, 0.0f));
-  for (int64_t l = 0; l < L; ++l) {
-    const std::string p = "v.blk." + std::to_string(l) + ".";
-    for (const char* n : {"attn_q", "attn_k", "attn_v", "attn_out"}) {
-      f16(p + n + ".weight", {D, D}, 0.02f);
-      f32(p + n + ".bias", {D}, 0.01f);
-    }
-    w.add_tensor(p + "ln1.weight", DType::F32, {D}, constant_f32(D, 1.0f));
-    w.add_tensor(p + "ln1.bias", DType::F32, {D}, constant_f32(D, 0.0f));
-    f16(p + "ffn_up.weight", {F, D}, 0.02f);
-    f32(p + "ffn_up.bias", {F}, 0.01f);
-    f16(p + "ffn_down.weight", {D, F}, 0.02f);
-    f32(p + "ffn_down.bias", {D}, 0.01f);
-    w.add_tensor(p + "ln2.weight", DType::F32, {D}, constant_f32(D, 1.0f));
-    w.add_tensor(p + "ln2.bias", DType::F32, {D}, constant_f32(D, 0.0f));
+  for (const ClipTensor& t : clip_tensors(c, 4096)) {
+    const bool ln = t.gguf.find("ln") != std::string::npos;  // LayerNorms: weight 1, bias 0
+    if (t.storage != Storage::F32) w.add_tensor(t.gguf, DType::F16, t.shape, random_tensor(DType::F16, t.shape, 0.02f, seed++));
+    else if (ln) w.add_tensor(t.gguf, DType::F32, t.shape, constant_f32(t.shape[0], t.gguf.find("weight") != std::string::npos ? 1.0f : 0.0f));
+    else w.add_tensor(t.gguf, DType::F32, t.shape, random_tensor(DType::F32, t.shape, 0.01f, seed++));
   }
-  f16("mm.0.weight", {T, D}, 0.02f);
-  f32("mm.0.bias", {T}, 0.01f);
-  f16("mm.2.weight", {T, T}, 0.02f);
-  f32("mm.2.bias", {T}, 0.01f);
   write_with_progress(w, out);
 }
 
@@ -235,10 +179,6 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
-int argmax(const std::vector<float>& v) {
-  return int(std::max_element(v.begin(), v.end()) - v.begin());
-}
-
 // Touch every page of a mapped file so the timed parts run on resident memory,
 // as llama.cpp's do (it reads every weight while loading to repack them). On
 // this machine the host pages out memory left idle for ~30 s (DAMON), so an
@@ -253,41 +193,74 @@ double warm(const GgufFile& f) {
   return ms_since(t0);
 }
 
+// Greedy with EOS ignored: `gen` decode passes after the prefill (llama-bench's tg).
+GenerateOptions decode_only(int64_t gen) {
+  GenerateOptions o;
+  o.stop_at_eos = false;
+  o.max_tokens = int(gen) + 1;  // the last sampled token is not fed
+  return o;
+}
+
+// Bytes a decode step must read: every weight but the embedding table (one row of it).
+double decode_bytes(const LanguageModel& lm) {
+  double b = 0;
+  for (const GgufTensor& t : lm.file.tensors)
+    if (t.name != "token_embd.weight" || !lm.file.tensor("output.weight")) b += double(t.view.nbytes());
+  return b;
+}
+
 // Prefill `prompt` tokens, then decode `gen` tokens greedily (EOS ignored).
 void bench_llm(const std::string& path, int threads, int64_t prompt, int64_t gen, int64_t ctx) {
   auto t0 = Clock::now();
   LanguageModel lm = LanguageModel::open(path);
   const double load_ms = ms_since(t0), warm_ms = warm(lm.file);
   ThreadPool pool(threads);
-  const LlamaConfig& c = lm.model.cfg;
-  KVCache kv(c, ctx, DType::F16);
-  std::vector<int32_t> ids = random_tokens(prompt, c.n_vocab, 7);
-  std::vector<float> x(size_t(prompt * c.dim)), logits(size_t(c.n_vocab));
-  embed(lm.model, ids.data(), prompt, x.data());
-  t0 = Clock::now();
-  forward(lm.model, kv, x.data(), prompt, logits.data(), false, &pool);
-  const double prefill_ms = ms_since(t0);
-  std::vector<int32_t> out;
-  t0 = Clock::now();
-  for (int64_t i = 0; i < gen; ++i) {
-    const int32_t id = argmax(logits);
-    out.push_back(id);
-    embed(lm.model, &id, 1, x.data());
-    forward(lm.model, kv, x.data(), 1, logits.data(), false, &pool);
-  }
-  const double decode_ms = ms_since(t0);
+  SessionOptions so;
+  so.n_ctx = ctx;
+  Session s(lm, so);
+  const Generation g = generate(s, random_tokens(prompt, lm.model.cfg.n_vocab, 7), {}, decode_only(gen), nullptr, &pool);
   uint64_t h = 0;
-  for (int32_t id : out) h = h * 1000003u + uint64_t(id);
-  // Bytes a decode step must read: every weight but the embedding table (one row of it).
-  double weight_bytes = 0;
-  for (const GgufTensor& t : lm.file.tensors)
-    if (t.name != "token_embd.weight" || !lm.file.tensor("output.weight")) weight_bytes += double(t.view.nbytes());
+  for (size_t i = 0; i < size_t(gen); ++i) h = h * 1000003u + uint64_t(g.tokens[i]);
   std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"load_ms\":%.1f,\"warm_ms\":%.1f,\"prefill_tokens\":%lld,\"prefill_tok_s\":%.3f,"
               "\"decode_tokens\":%lld,\"decode_tok_s\":%.3f,\"decode_bytes_per_token\":%.0f,\"peak_rss_mb\":%.0f,"
               "\"kernels\":\"%s\",\"tokens_hash\":%llu,\"pool_serial_jobs\":%lld}\n",
-              threads, load_ms, warm_ms, (long long)prompt, 1000.0 * double(prompt) / prefill_ms, (long long)gen,
-              1000.0 * double(gen) / decode_ms, weight_bytes, peak_rss_mb(), kernels().name, (unsigned long long)h,
+              threads, load_ms, warm_ms, (long long)prompt, 1000.0 * double(prompt) / g.stats.prefill_ms, (long long)gen,
+              1000.0 * double(gen) / g.stats.decode_ms, decode_bytes(lm), peak_rss_mb(), kernels().name, (unsigned long long)h,
               (long long)pool.serial_jobs());
+}
+
+// Aggregate decode speed of B sessions decoding together (one forward pass per
+// step for all of them, Generator's continuous batching): B prompts of `prompt`
+// random tokens are read in the first steps, then `gen` decode steps are timed.
+void bench_batch(const std::string& path, int threads, const std::vector<int64_t>& sizes, int64_t prompt, int64_t gen) {
+  LanguageModel lm = LanguageModel::open(path);
+  warm(lm.file);
+  ThreadPool pool(threads);
+  for (int64_t B : sizes) {
+    SessionOptions so;
+    so.n_ctx = prompt + gen + 8;
+    std::vector<Session> sessions;
+    for (int64_t b = 0; b < B; ++b) sessions.emplace_back(lm, so);
+    Batch batch(lm, 512);
+    Generator gen_all(batch);
+    for (int64_t b = 0; b < B; ++b)
+      gen_all.submit(sessions[size_t(b)], random_tokens(prompt, lm.model.cfg.n_vocab, 100 + uint64_t(b)), {}, decode_only(gen));
+    while (gen_all.busy()) {  // the prompts (and each first token)
+      bool prompts_read = true;
+      for (const Session& s : sessions) prompts_read &= s.n_past() >= prompt;
+      if (prompts_read) break;
+      gen_all.step(&pool);
+    }
+    const auto t0 = Clock::now();
+    int64_t steps = 0;
+    for (; gen_all.busy(); ++steps) gen_all.step(&pool);
+    const double ms = ms_since(t0);
+    std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"batch\":%lld,\"prompt\":%lld,\"steps\":%lld,\"step_ms\":%.1f,"
+                "\"aggregate_tok_s\":%.3f,\"per_sequence_tok_s\":%.3f,\"peak_rss_mb\":%.0f,\"kernels\":\"%s\"}\n",
+                threads, (long long)B, (long long)prompt, (long long)steps, ms / double(steps), 1000.0 * double(B * steps) / ms,
+                1000.0 * double(steps) / ms, peak_rss_mb(), kernels().name);
+    std::fflush(stdout);
+  }
 }
 
 Tensor random_pixels(int64_t S) {
@@ -313,7 +286,7 @@ void bench_clip(const std::string& path, int threads) {
 }
 
 // Image + text prompt to the first generated token: CLIP, projector, prefill of
-// BOS + image positions + `prompt` text tokens, first argmax.
+// BOS + image positions + `prompt` text tokens, first token.
 void bench_ttft(const std::string& llm_path, const std::string& mmproj_path, int threads, int64_t prompt) {
   LanguageModel lm = LanguageModel::open(llm_path);
   VisionModel vm = VisionModel::open(mmproj_path);
@@ -325,19 +298,24 @@ void bench_ttft(const std::string& llm_path, const std::string& mmproj_path, int
   std::vector<float> img = vm.projector(clip_encode(vm.clip, px.f32(), &pool), &pool);
   const double vision_ms = ms_since(t0);
   const int64_t n_img = int64_t(img.size()) / c.dim, n = 1 + n_img + prompt;
-  std::vector<int32_t> ids = random_tokens(1 + prompt, c.n_vocab, 11);
-  std::vector<float> x(size_t(n * c.dim)), logits(size_t(c.n_vocab));
+  const std::vector<int32_t> text = random_tokens(1 + prompt, c.n_vocab, 11);
+  std::vector<int32_t> ids(size_t(n), kImageTokenIndex);  // BOS, the image's positions, the prompt
+  ids[0] = text[0];
+  std::copy(text.begin() + 1, text.end(), ids.begin() + 1 + n_img);
+  std::vector<float> x(size_t(n * c.dim));
   embed(lm.model, ids.data(), 1, x.data());
   std::copy(img.begin(), img.end(), x.begin() + c.dim);
-  embed(lm.model, ids.data() + 1, prompt, x.data() + (1 + n_img) * c.dim);
-  KVCache kv(c, n + 64, DType::F16);
-  auto t1 = Clock::now();
-  forward(lm.model, kv, x.data(), n, logits.data(), false, &pool);
-  const int first = argmax(logits);
-  const double prefill_ms = ms_since(t1);
+  embed(lm.model, ids.data() + 1 + n_img, prompt, x.data() + (1 + n_img) * c.dim);
+  SessionOptions so;
+  so.n_ctx = n + 64;
+  Session s(lm, so);
+  GenerateOptions o;
+  o.max_tokens = 1;
+  const Generation g = generate(s, ids, std::move(x), o, nullptr, &pool);
   std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"ttft_ms\":%.1f,\"vision_ms\":%.1f,\"prefill_ms\":%.1f,"
               "\"positions\":%lld,\"first_token\":%d,\"peak_rss_mb\":%.0f}\n",
-              threads, vision_ms + prefill_ms, vision_ms, prefill_ms, (long long)n, first, peak_rss_mb());
+              threads, vision_ms + g.stats.prefill_ms, vision_ms, g.stats.prefill_ms, (long long)n,
+              g.tokens.empty() ? -1 : g.tokens[0], peak_rss_mb());
 }
 
 // Kernel throughput on LLaMA-7B-sized matrices (random bytes in the blocks):
@@ -440,7 +418,7 @@ Opts parse(int argc, char** argv) {
 int main(int argc, char** argv) {
   try {
     if (argc < 2) {
-      std::fputs("usage: loupe_bench make-llama|make-mmproj|bandwidth|llm|clip|ttft ... (see bench/README.md)\n", stderr);
+      std::fputs("usage: loupe_bench make-llama|make-mmproj|bandwidth|kernels|llm|batch|clip|ttft ... (see bench/README.md)\n", stderr);
       return 2;
     }
     const std::string cmd = argv[1];
@@ -463,6 +441,9 @@ int main(int argc, char** argv) {
     } else if (cmd == "llm") {
       need(1);
       bench_llm(o.pos[0], o.threads, o.prompt < 0 ? 128 : o.prompt, o.gen, o.ctx);
+    } else if (cmd == "batch") {
+      need(1);
+      bench_batch(o.pos[0], o.threads, o.ns.empty() ? std::vector<int64_t>{1, 2, 4, 8, 16} : o.ns, o.prompt < 0 ? 32 : o.prompt, o.gen);
     } else if (cmd == "clip") {
       need(1);
       bench_clip(o.pos[0], o.threads);

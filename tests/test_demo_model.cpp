@@ -2,7 +2,6 @@
 // scenes (demo/scenes, held-out seed 1000, never trained on): English captions from the
 // base, Lithuanian ones with the LoRA adapter, for the English prompts — the
 // captions come from the scene grammar, not from the model.
-#include <loupe/pipeline/lora.hpp>
 #include <loupe/pipeline/pipeline.hpp>
 
 #include "../apps/common/eval_metrics.hpp"
@@ -17,13 +16,13 @@ TEST_CASE("demo model: English captions, Lithuanian with the adapter, switched p
   const fs::path demo = loupe_test::source_dir() / "demo";
   LanguageModel lm = LanguageModel::open((demo / "shapes-q4_0.gguf").string());
   VisionModel vm = VisionModel::open((demo / "mmproj-shapes-q4_0.gguf").string());
-  LoraSet loras(lm.model, &vm.projector);
-  loras.add(LoraAdapter::load((demo / "shapes-lt-lora.gguf").string(), lm.model.cfg), 0.0f);
-  const std::string name = loras.entries()[0].adapter->name;
   ThreadPool pool(2);
   DescribeOptions opt;
   opt.gen.max_tokens = 64;
   VisionChat chat(lm, vm, opt, &pool);
+  Session& session = chat.session();
+  session.add_lora(std::make_shared<LoraAdapter>(LoraAdapter::load((demo / "shapes-lt-lora.gguf").string(), lm.model.cfg)), 0.0f);
+  const std::string name = session.loras().entries()[0].adapter->name;
 
   const Json caps = Json::load((demo / "scenes" / "captions.json").string());
   std::vector<std::string> en_refs, lt_refs;
@@ -36,13 +35,13 @@ TEST_CASE("demo model: English captions, Lithuanian with the adapter, switched p
     const Image img = load_image((demo / "scenes" / caps.keys()[i]).string());
     const std::string prompt = v.at("prompt").str();
     INFO(caps.keys()[i] << " '" << prompt << "'");
-    loras.set_scale(name, 0.0f);
+    session.set_lora_scale(name, 0.0f);
     chat.set_image(img);
     const std::string en = chat.ask(prompt).text;
-    loras.set_scale(name, 1.0f);
+    session.set_lora_scale(name, 1.0f);
     chat.set_image(img);
     const std::string lt = chat.ask(prompt).text;
-    loras.set_scale(name, 0.0f);  // off again: the base's answer comes back
+    session.set_lora_scale(name, 0.0f);  // off again: the base's answer comes back
     chat.set_image(img);
     CHECK(chat.ask(prompt).text == en);
     MESSAGE(en << " | " << lt);

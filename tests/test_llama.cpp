@@ -23,24 +23,27 @@ std::string convert_dir(const fs::path& model, const fs::path& out, DType t, con
   return convert_model(model.string(), out.string(), o).text_path;
 }
 
+SessionOptions exact(int64_t n_ctx, DType kv_type = DType::F32) {
+  SessionOptions o;
+  o.n_ctx = n_ctx, o.kv_type = kv_type;
+  return o;
+}
+
 // All-position logits [n, vocab] for `ids`, by one prefill.
-std::vector<float> prefill_logits(const LlamaModel& m, const std::vector<int32_t>& ids, ThreadPool* pool = nullptr,
+std::vector<float> prefill_logits(const LanguageModel& lm, const std::vector<int32_t>& ids, ThreadPool* pool = nullptr,
                                   DType kv_type = DType::F32) {
-  KVCache kv(m.cfg, int64_t(ids.size()), kv_type);
-  std::vector<float> x(ids.size() * size_t(m.cfg.dim)), logits(ids.size() * size_t(m.cfg.n_vocab));
-  embed(m, ids.data(), int64_t(ids.size()), x.data());
-  forward(m, kv, x.data(), int64_t(ids.size()), logits.data(), true, pool);
-  return logits;
+  Session s(lm, exact(int64_t(ids.size()), kv_type));
+  s.feed(ids, pool, /*all_logits=*/true);
+  return s.logits();
 }
 
 // The same, one token at a time through the KV cache.
-std::vector<float> decode_logits(const LlamaModel& m, const std::vector<int32_t>& ids, DType kv_type = DType::F32) {
-  KVCache kv(m.cfg, int64_t(ids.size()), kv_type);
-  const size_t V = size_t(m.cfg.n_vocab);
-  std::vector<float> x(size_t(m.cfg.dim)), logits(ids.size() * V);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    embed(m, &ids[i], 1, x.data());
-    forward(m, kv, x.data(), 1, logits.data() + i * V, false);
+std::vector<float> decode_logits(const LanguageModel& lm, const std::vector<int32_t>& ids, DType kv_type = DType::F32) {
+  Session s(lm, exact(int64_t(ids.size()), kv_type));
+  std::vector<float> logits;
+  for (int32_t id : ids) {
+    s.feed({id});
+    logits.insert(logits.end(), s.logits().begin(), s.logits().end());
   }
   return logits;
 }
@@ -58,13 +61,10 @@ Expected expected(const std::string& file) {
 
 // Greedy continuation until EOS/BOS or n tokens, as the expected files define it.
 std::vector<int32_t> greedy(const LanguageModel& lm, const std::vector<int32_t>& prompt, size_t n) {
-  KVCache kv(lm.model.cfg, int64_t(prompt.size() + n));
+  Session s(lm, exact(int64_t(prompt.size() + n)));
   GenerateOptions o;
   o.max_tokens = int(n);
-  std::vector<float> x(prompt.size() * size_t(lm.model.cfg.dim));
-  embed(lm.model, prompt.data(), int64_t(prompt.size()), x.data());
-  Generation g = generate_from_embeddings(lm.model, lm.tokenizer, kv, x, prompt, o);
-  return g.tokens;
+  return generate(s, prompt, {}, o).tokens;
 }
 
 // The random models use the 512-piece stories260K tokenizer (the converter embeds it).
@@ -130,10 +130,10 @@ TEST_CASE("llama: Q8_0 and Q4_0 agreement with F32 on real weights") {
     const fs::path src = loupe_test::shared_dir() / "models" / dir;
     Expected e = expected(std::string(dir) == "stories260K-hf" ? "stories260K-greedy.jsonl" : "llama2xs-bf16-greedy.jsonl");
     LanguageModel f32 = LanguageModel::open(convert_dir(src, out, DType::F32, std::string(dir) + "-f32"));
-    std::vector<float> ref = prefill_logits(f32.model, e.prompt_ids);
+    std::vector<float> ref = prefill_logits(f32, e.prompt_ids);
     for (DType t : {DType::Q8_0, DType::Q4_0}) {
       LanguageModel q = LanguageModel::open(convert_dir(src, out, t, std::string(dir) + "-" + dtype_name(t)));
-      const double err = rel_err(prefill_logits(q.model, e.prompt_ids), ref.data(), ref.size());
+      const double err = rel_err(prefill_logits(q, e.prompt_ids), ref.data(), ref.size());
       const size_t k = agree_prefix(greedy(q, e.prompt_ids, e.greedy_ids.size()), e.greedy_ids);
       MESSAGE(std::string(dir), " ", std::string(dtype_name(t)), ": prompt logits rel. error ", err, "; first ", k, " of ", e.greedy_ids.size(),
               " greedy tokens equal F32's");
@@ -157,12 +157,12 @@ TEST_CASE("llama: logits equal the PyTorch reference (tiny random configs)") {
       Tensor ref = read_npy((m / "ref/logits.npy").string());
       std::vector<int32_t> ids = ints(Json::parse(loupe_test::slurp(m / "ref/tokens.json"), "tokens.json"));
       REQUIRE(ref.numel() == int64_t(ids.size()) * lm.model.cfg.n_vocab);
-      const double e_prefill = rel_err(prefill_logits(lm.model, ids), ref.f32(), size_t(ref.numel()));
-      const double e_decode = rel_err(decode_logits(lm.model, ids), ref.f32(), size_t(ref.numel()));
+      const double e_prefill = rel_err(prefill_logits(lm, ids), ref.f32(), size_t(ref.numel()));
+      const double e_decode = rel_err(decode_logits(lm, ids), ref.f32(), size_t(ref.numel()));
       CHECK(e_prefill < 1e-4);
       CHECK(e_decode < 1e-4);
       // F16 KV cache: storage rounding only.
-      CHECK(rel_err(decode_logits(lm.model, ids, DType::F16), ref.f32(), size_t(ref.numel())) < 3e-3);
+      CHECK(rel_err(decode_logits(lm, ids, DType::F16), ref.f32(), size_t(ref.numel())) < 3e-3);
     }
   }
 }
@@ -174,25 +174,25 @@ TEST_CASE("llama: RoPE conventions — HF rotate_half on HF-ordered q/k equals l
   loupe_test::run_python("llama_ref.py", "--make " + m.string() + " --config gqa48 --seed 5 --tokens 1,2,3,4,5,6,7,8" + tokenizer_arg() + " > /dev/null");
   LanguageModel lm = LanguageModel::open(convert_dir(m, dir, DType::F32, "gqa48"));
   std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6, 7, 8};
-  std::vector<float> adjacent = prefill_logits(lm.model, ids);
+  std::vector<float> adjacent = prefill_logits(lm, ids);
 
   // Build HF-ordered q/k straight from the checkpoint (no permutation) and rotate halves.
   Checkpoint ck = Checkpoint::open(m.string());
-  LlamaModel hf = lm.model;
-  hf.rope_style = RopeStyle::HalfSplit;
+  LanguageModel hf = lm;  // a variant of the model: HF's q/k rows, rotate_half
+  hf.model.rope_style = RopeStyle::HalfSplit;
   std::vector<Tensor> keep;
-  for (size_t l = 0; l < hf.layers.size(); ++l) {
+  for (size_t l = 0; l < hf.model.weights.layers.size(); ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
     keep.push_back(to_f32(ck.get(p + "q_proj.weight").view()));
-    hf.layers[l].wq = keep.back().view();
+    hf.model.weights.layers[l].w[kAttnQ] = keep.back().view();
     keep.push_back(to_f32(ck.get(p + "k_proj.weight").view()));
-    hf.layers[l].wk = keep.back().view();
+    hf.model.weights.layers[l].w[kAttnK] = keep.back().view();
   }
   // Different weights rows, same math: must agree to rounding.
   std::vector<float> half = prefill_logits(hf, ids);
   CHECK(rel_err(half.data(), adjacent.data(), adjacent.size()) < 1e-6);
   // And the wrong pairing is caught: HF-ordered weights with adjacent rotation differ.
-  hf.rope_style = RopeStyle::Adjacent;
+  hf.model.rope_style = RopeStyle::Adjacent;
   CHECK(rel_err(prefill_logits(hf, ids), adjacent.data(), adjacent.size()) > 1e-2);
 }
 
@@ -204,9 +204,9 @@ TEST_CASE("llama: results do not depend on the thread count") {
   for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
     LanguageModel lm = LanguageModel::open(convert_dir(m, dir, t, std::string("mha128-") + dtype_name(t)));
     std::vector<int32_t> ids = {1, 5, 9, 200, 3, 3, 77};
-    std::vector<float> one = prefill_logits(lm.model, ids);
+    std::vector<float> one = prefill_logits(lm, ids);
     ThreadPool pool(3);
-    std::vector<float> three = prefill_logits(lm.model, ids, &pool);
+    std::vector<float> three = prefill_logits(lm, ids, &pool);
     CHECK(std::memcmp(one.data(), three.data(), one.size() * 4) == 0);
   }
 }
@@ -215,10 +215,10 @@ TEST_CASE("llama: a prompt longer than the context is refused") {
   LOUPE_REQUIRE_SHARED();
   auto out = loupe_test::scratch("llama_ctx");
   LanguageModel lm = LanguageModel::open(convert_dir(loupe_test::shared_dir() / "models/stories260K-hf", out, DType::F32, "s"));
-  KVCache kv(lm.model.cfg, 8);
+  Session s(lm, exact(8));
   std::string msg;
   try {
-    generate_text(lm, kv, "Once upon a time there was a very long prompt", GenerateOptions{});
+    generate_text(s, "Once upon a time there was a very long prompt", GenerateOptions{});
   } catch (const Error& e) {
     msg = e.what();
   }

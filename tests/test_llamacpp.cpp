@@ -47,12 +47,13 @@ std::string convert(const fs::path& src, const fs::path& out, DType t, const std
 
 std::vector<int32_t> loupe_greedy(const std::string& path, const std::vector<int32_t>& prompt, int n) {
   LanguageModel lm = LanguageModel::open(path);
-  KVCache kv(lm.model.cfg, int64_t(prompt.size()) + n);
-  std::vector<float> x(prompt.size() * size_t(lm.model.cfg.dim));
-  embed(lm.model, prompt.data(), int64_t(prompt.size()), x.data());
+  SessionOptions so;
+  so.n_ctx = int64_t(prompt.size()) + n;
+  so.kv_type = DType::F32;  // as the figures in README were measured
+  Session s(lm, so);
   GenerateOptions o;
   o.max_tokens = n;
-  return generate_from_embeddings(lm.model, lm.tokenizer, kv, x, prompt, o).tokens;
+  return generate(s, prompt, {}, o).tokens;
 }
 
 }  // namespace

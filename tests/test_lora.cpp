@@ -66,21 +66,31 @@ std::string convert(const fs::path& model, const fs::path& out, DType t, const s
   return convert_model(model.string(), out.string(), o).text_path;
 }
 
-std::vector<float> prefill(const LlamaModel& m, const std::vector<int32_t>& ids, ThreadPool* pool = nullptr) {
-  KVCache kv(m.cfg, int64_t(ids.size()));
-  std::vector<float> x(ids.size() * size_t(m.cfg.dim)), logits(ids.size() * size_t(m.cfg.n_vocab));
-  embed(m, ids.data(), int64_t(ids.size()), x.data());
-  forward(m, kv, x.data(), int64_t(ids.size()), logits.data(), true, pool);
-  return logits;
+SessionOptions exact(int64_t n_ctx) {
+  SessionOptions o;
+  o.n_ctx = n_ctx, o.kv_type = DType::F32;  // the references are compared at 1e-4
+  return o;
 }
 
-std::vector<float> decode(const LlamaModel& m, const std::vector<int32_t>& ids) {
-  KVCache kv(m.cfg, int64_t(ids.size()));
-  const size_t V = size_t(m.cfg.n_vocab);
-  std::vector<float> x(size_t(m.cfg.dim)), logits(ids.size() * V);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    embed(m, &ids[i], 1, x.data());
-    forward(m, kv, x.data(), 1, logits.data() + i * V, false);
+// All-position logits of `ids` on a fresh session with the adapters of `set` (none: the base model).
+std::vector<float> prefill(const LanguageModel& lm, const LoraSet& set, const std::vector<int32_t>& ids, ThreadPool* pool = nullptr) {
+  Session s(lm, exact(int64_t(ids.size())));
+  s.set_loras(set);
+  s.feed(ids, pool, /*all_logits=*/true);
+  return s.logits();
+}
+std::vector<float> prefill(const LanguageModel& lm, const std::vector<int32_t>& ids, ThreadPool* pool = nullptr) {
+  return prefill(lm, LoraSet(lm.model), ids, pool);
+}
+
+// The same, one token at a time through the KV cache.
+std::vector<float> decode(const LanguageModel& lm, const LoraSet& set, const std::vector<int32_t>& ids) {
+  Session s(lm, exact(int64_t(ids.size())));
+  s.set_loras(set);
+  std::vector<float> logits;
+  for (int32_t id : ids) {
+    s.feed({id});
+    logits.insert(logits.end(), s.logits().begin(), s.logits().end());
   }
   return logits;
 }
@@ -156,7 +166,7 @@ TEST_CASE("lora: unmerged adapters equal PEFT's forward; 1 and 2 at once, scales
   LOUPE_REQUIRE_SHARED();
   const TextFixture& f = text_fixture();
   LanguageModel lm = LanguageModel::open(f.gguf);
-  const std::vector<float> base = prefill(lm.model, kIds);
+  const std::vector<float> base = prefill(lm, kIds);
   CHECK(rel_err(base, read_npy(f.ref("base").string())) < 1e-4);
   // The adapters matter (so agreeing with them means something).
   CHECK(rel_err(base, read_npy(f.ref("a1").string())) > 1e-2);
@@ -164,21 +174,21 @@ TEST_CASE("lora: unmerged adapters equal PEFT's forward; 1 and 2 at once, scales
   LoraSet set(lm.model);
   const LoraAdapter& a1 = set.add(LoraAdapter::load(f.a1.string(), lm.model.cfg));
   CHECK(a1.weights.size() == 2 * 7 + 1);
-  const double e1 = rel_err(prefill(lm.model, kIds), read_npy(f.ref("a1").string()));
+  const double e1 = rel_err(prefill(lm, set, kIds), read_npy(f.ref("a1").string()));
   MESSAGE("a1 (safetensors, all linears + lm_head): rel. error ", e1);
   CHECK(e1 < 1e-4);
-  CHECK(rel_err(decode(lm.model, kIds), read_npy(f.ref("a1").string())) < 1e-4);
+  CHECK(rel_err(decode(lm, set, kIds), read_npy(f.ref("a1").string())) < 1e-4);
   // Thread count does not change results.
   ThreadPool pool(3);
-  CHECK(same_bits(prefill(lm.model, kIds, &pool), prefill(lm.model, kIds)));
+  CHECK(same_bits(prefill(lm, set, kIds, &pool), prefill(lm, set, kIds)));
 
   // Removing it gives the base back, bit for bit.
   set.remove("a1");
-  CHECK(same_bits(prefill(lm.model, kIds), base));
+  CHECK(same_bits(prefill(lm, set, kIds), base));
 
   const LoraAdapter& a2 = set.add(LoraAdapter::load(f.a2.string(), lm.model.cfg));
   CHECK(a2.rslora);
-  const double e2 = rel_err(prefill(lm.model, kIds), read_npy(f.ref("a2").string()));
+  const double e2 = rel_err(prefill(lm, set, kIds), read_npy(f.ref("a2").string()));
   MESSAGE("a2 (bf16 pickle, rslora, rank/alpha patterns): rel. error ", e2);
   CHECK(e2 < 1e-4);
   // Scaling per module as PEFT: rank_pattern "q_proj" -> r 2, alpha_pattern full path for layer 0's o_proj.
@@ -192,28 +202,28 @@ TEST_CASE("lora: unmerged adapters equal PEFT's forward; 1 and 2 at once, scales
   // Two at once with their own scales, then switched and rescaled between requests.
   set.add(LoraAdapter::load(f.a1.string(), lm.model.cfg), 0.7f);
   set.set_scale("a2", 1.3f);
-  const double e12 = rel_err(prefill(lm.model, kIds), read_npy(f.ref("a1a2").string()));
+  const double e12 = rel_err(prefill(lm, set, kIds), read_npy(f.ref("a1a2").string()));
   MESSAGE("a1 at 0.7 + a2 at 1.3: rel. error ", e12);
   CHECK(e12 < 1e-4);
   set.set_scale("a1", 0);  // off, still loaded
   set.set_scale("a2", 1);
-  CHECK(rel_err(prefill(lm.model, kIds), read_npy(f.ref("a2").string())) < 1e-4);
+  CHECK(rel_err(prefill(lm, set, kIds), read_npy(f.ref("a2").string())) < 1e-4);
   set.set_scale("a1", 1);
   set.set_scale("a2", 0);
-  CHECK(rel_err(prefill(lm.model, kIds), read_npy(f.ref("a1").string())) < 1e-4);
+  CHECK(rel_err(prefill(lm, set, kIds), read_npy(f.ref("a1").string())) < 1e-4);
   set.clear();
-  CHECK(same_bits(prefill(lm.model, kIds), base));
+  CHECK(same_bits(prefill(lm, set, kIds), base));
 
   // modules_to_save: lm_head replaced while active.
   const LoraAdapter& a3 = set.add(LoraAdapter::load(f.a3.string(), lm.model.cfg));
   CHECK(a3.replaces.count("output.weight") == 1);
-  CHECK(rel_err(prefill(lm.model, kIds), read_npy(f.ref("a3").string())) < 1e-4);
+  CHECK(rel_err(prefill(lm, set, kIds), read_npy(f.ref("a3").string())) < 1e-4);
   LoraAdapter again = LoraAdapter::load(f.a3.string(), lm.model.cfg);
   again.name = "a3-again";
   CHECK(error_of([&] { set.add(std::move(again)); }).find("both replace 'output.weight'") != std::string::npos);
-  CHECK(rel_err(prefill(lm.model, kIds), read_npy(f.ref("a3").string())) < 1e-4);  // the failed add changed nothing
+  CHECK(rel_err(prefill(lm, set, kIds), read_npy(f.ref("a3").string())) < 1e-4);  // the failed add changed nothing
   set.remove("a3");
-  CHECK(same_bits(prefill(lm.model, kIds), base));
+  CHECK(same_bits(prefill(lm, set, kIds), base));
   CHECK(error_of([&] { set.set_scale("nope", 1); }).find("no adapter named 'nope'") != std::string::npos);
 }
 
@@ -227,7 +237,7 @@ TEST_CASE("lora: merged at conversion (f32) equals PEFT's unmerged forward; the 
   const std::string merged = convert(f.base, f.dir / "merged", DType::F32, "merged",
                                      {{f.a1.string(), 0.7f}, {f.a2.string(), 1.3f}}, &log);
   LanguageModel lm = LanguageModel::open(merged);
-  const double e = rel_err(prefill(lm.model, kIds), ref);
+  const double e = rel_err(prefill(lm, kIds), ref);
   MESSAGE("merged a1 at 0.7 + a2 at 1.3: rel. error ", e);
   CHECK(e < 1e-4);
   bool said = false;
@@ -269,7 +279,7 @@ TEST_CASE("lora: llama.cpp LoRA GGUF written by loupe-convert reads back to the 
     if (refname == "a3") CHECK(fs::exists(r.replace_path));
     LoraSet set(lm.model);
     set.add(LoraAdapter::load(r.lora_path, lm.model.cfg));
-    const double e = rel_err(prefill(lm.model, kIds), read_npy(f.ref(refname).string()));
+    const double e = rel_err(prefill(lm, set, kIds), read_npy(f.ref(refname).string()));
     MESSAGE(refname, " through the LoRA GGUF: rel. error ", e);
     CHECK(e < 1e-4);
   }
@@ -283,7 +293,7 @@ TEST_CASE("lora: llama.cpp LoRA GGUF written by loupe-convert reads back to the 
   CHECK(error_of([&] { LoraAdapter::from_gguf(lg, lm.model.cfg); }).find("a3.replace.gguf") != std::string::npos);
   LoraSet set(lm.model);
   set.add(LoraAdapter::from_gguf(lg, lm.model.cfg, &rg));
-  CHECK(rel_err(prefill(lm.model, kIds), read_npy(f.ref("a3").string())) < 1e-4);
+  CHECK(rel_err(prefill(lm, set, kIds), read_npy(f.ref("a3").string())) < 1e-4);
 }
 
 TEST_CASE("lora: clear errors for broken adapters and adapters of another base") {
@@ -337,14 +347,14 @@ TEST_CASE("lora: QLoRA — an adapter on a Q4_0 base equals PEFT's forward on th
                  {"logits", "--base", b, "--out", d + "/ref_q4_base", "--tokens", kTokens, "--base-quant", "q4_0"},
                  {"logits", "--base", b, "--out", d + "/ref_f32", "--tokens", kTokens, "--lora", ad.string()}});
   LanguageModel lm = LanguageModel::open(convert(base, dir, DType::Q4_0, "mha128-q4"));
-  REQUIRE(lm.model.layers[0].wq.dtype == DType::Q4_0);
+  REQUIRE(lm.model.weights.layers[0].w[kAttnQ].dtype == DType::Q4_0);
   const Tensor ref_q4 = read_npy(d + "/ref_q4/logits.npy"), ref_f32 = read_npy(d + "/ref_f32/logits.npy");
-  const std::vector<float> base_logits = prefill(lm.model, kIds);
+  const std::vector<float> base_logits = prefill(lm, kIds);
   // loupe's Q4_0 matmul quantises activations to Q8_0 (as llama.cpp does); that is all that separates it from the reference.
   const double e_base = rel_err(base_logits, read_npy(d + "/ref_q4_base/logits.npy"));
   LoraSet set(lm.model);
   set.add(LoraAdapter::load(ad.string(), lm.model.cfg));
-  const std::vector<float> ours = prefill(lm.model, kIds);
+  const std::vector<float> ours = prefill(lm, set, kIds);
   const double e_q4 = rel_err(ours, ref_q4), e_f32 = rel_err(ours, ref_f32);
   MESSAGE("QLoRA: rel. error vs the reference on the dequantised Q4_0 base ", e_q4, " (base alone: ", e_base,
           "); vs the reference on the f32 base ", e_f32);
@@ -352,7 +362,7 @@ TEST_CASE("lora: QLoRA — an adapter on a Q4_0 base equals PEFT's forward on th
   CHECK(e_q4 < 1.5 * e_base + 1e-3);  // the adapter adds no error of its own
   CHECK(e_f32 > 3 * e_q4);            // and the comparison can tell Q4_0 from f32 weights
   set.clear();
-  CHECK(same_bits(prefill(lm.model, kIds), base_logits));
+  CHECK(same_bits(prefill(lm, set, kIds), base_logits));
 }
 
 TEST_CASE("lora: LLaVA LoRA run (pickle + non_lora_trainables.bin) on a ShareGPT4V model: projector replaced") {
@@ -377,10 +387,13 @@ TEST_CASE("lora: LLaVA LoRA run (pickle + non_lora_trainables.bin) on a ShareGPT
   const Tensor px = read_npy(d + "/ref/pixel_values.npy");
   const Tensor ref = read_npy(d + "/ref_l1/logits.npy"), ref_feat = read_npy(d + "/ref_l1/image_features.npy");
   const std::string q = "Describe the image in detail.";
+  LoraSet set(lm.model, &vm.projector);
   auto first_logits = [&](std::vector<float>* feats = nullptr) {
     DescribeOptions opt;
     opt.gen.max_tokens = 1;
+    opt.session.kv_type = DType::F32;
     VisionChat chat(lm, vm, opt);
+    chat.session().set_loras(set);
     chat.set_pixels(px);
     Generation g = chat.ask(q);
     if (feats) *feats = chat.image_features;
@@ -389,7 +402,6 @@ TEST_CASE("lora: LLaVA LoRA run (pickle + non_lora_trainables.bin) on a ShareGPT
   const std::vector<float> base_logits = first_logits();
   CHECK(rel_err(base_logits, read_npy(d + "/ref/logits.npy")) < 1e-4);
 
-  LoraSet set(lm.model, &vm.projector);
   const LoraAdapter& a = set.add(LoraAdapter::load(l1.string(), lm.model.cfg));
   CHECK(a.replaces_projector());
   CHECK(a.notes.empty());
@@ -405,9 +417,11 @@ TEST_CASE("lora: LLaVA LoRA run (pickle + non_lora_trainables.bin) on a ShareGPT
   {
     DescribeOptions opt;
     opt.gen.max_tokens = 1;
+    opt.session.kv_type = DType::F32;
     VisionChat chat(lm, vm, opt);
+    chat.session().set_loras(set);
     chat.set_pixels(px);
-    set.set_scale("l1", 1);
+    chat.session().set_lora_scale("l1", 1);
     CHECK(rel_err(chat.ask(q).first_logits, ref) < 1e-4);
   }
   set.remove("l1");
@@ -429,6 +443,7 @@ TEST_CASE("lora: LLaVA LoRA run (pickle + non_lora_trainables.bin) on a ShareGPT
     VisionModel mvm = VisionModel::open(merged.mmproj_path);
     DescribeOptions opt;
     opt.gen.max_tokens = 1;
+    opt.session.kv_type = DType::F32;
     VisionChat chat(mlm, mvm, opt);
     chat.set_pixels(px);
     const double em = rel_err(chat.ask(q).first_logits, ref);
@@ -468,13 +483,12 @@ std::vector<int32_t> llama_cpp_greedy(const std::string& model, const std::vecto
   return v;
 }
 
-std::vector<int32_t> loupe_greedy(const LanguageModel& lm, const std::vector<int32_t>& prompt, int n) {
-  KVCache kv(lm.model.cfg, int64_t(prompt.size()) + n);
-  std::vector<float> x(prompt.size() * size_t(lm.model.cfg.dim));
-  embed(lm.model, prompt.data(), int64_t(prompt.size()), x.data());
+std::vector<int32_t> loupe_greedy(const LanguageModel& lm, const LoraSet& set, const std::vector<int32_t>& prompt, int n) {
+  Session s(lm, exact(int64_t(prompt.size()) + n));
+  s.set_loras(set);
   GenerateOptions o;
   o.max_tokens = n;
-  return generate_from_embeddings(lm.model, lm.tokenizer, kv, x, prompt, o).tokens;
+  return generate(s, prompt, {}, o).tokens;
 }
 
 }  // namespace
@@ -501,13 +515,13 @@ TEST_CASE("lora: llama.cpp and loupe agree on greedy tokens with loupe's LoRA GG
   const std::string g2 = convert_lora(s2.string(), dir.string(), o, base.string()).lora_path;
   const std::vector<int32_t> prompt = {1, 403, 407, 261, 378};  // "Once upon a time"
   LanguageModel lm = LanguageModel::open(model);
-  const std::vector<int32_t> plain = loupe_greedy(lm, prompt, 64);
   LoraSet set(lm.model);
+  const std::vector<int32_t> plain = loupe_greedy(lm, set, prompt, 64);
   set.add(LoraAdapter::load(s1.string(), lm.model.cfg));  // the PEFT directory
-  const std::vector<int32_t> ours = loupe_greedy(lm, prompt, 64);
+  const std::vector<int32_t> ours = loupe_greedy(lm, set, prompt, 64);
   set.clear();
   set.add(LoraAdapter::load(g1, lm.model.cfg));  // the GGUF loupe wrote
-  CHECK(loupe_greedy(lm, prompt, 64) == ours);
+  CHECK(loupe_greedy(lm, set, prompt, 64) == ours);
   size_t diverge = 0;
   while (diverge < plain.size() && diverge < ours.size() && plain[diverge] == ours[diverge]) ++diverge;
   MESSAGE("the adapter changes the continuation from token ", diverge);
@@ -519,7 +533,7 @@ TEST_CASE("lora: llama.cpp and loupe agree on greedy tokens with loupe's LoRA GG
   set.clear();
   set.add(LoraAdapter::load(s1.string(), lm.model.cfg), 0.6f);
   set.add(LoraAdapter::load(s2.string(), lm.model.cfg), 1.5f);
-  const std::vector<int32_t> ours2 = loupe_greedy(lm, prompt, 64);
+  const std::vector<int32_t> ours2 = loupe_greedy(lm, set, prompt, 64);
   CHECK(ours2 != ours);
   CHECK(llama_cpp_greedy(model, prompt, 64, g1 + "," + g2, "0.6,1.5") == ours2);
 
@@ -527,7 +541,7 @@ TEST_CASE("lora: llama.cpp and loupe agree on greedy tokens with loupe's LoRA GG
   // lm_head, the embedding lookup keeps the base weights) ...
   set.clear();
   set.add(LoraAdapter::load((dir / "s3").string(), lm.model.cfg));
-  const double e3 = rel_err(prefill(lm.model, prompt), read_npy((dir / "ref_s3/logits.npy").string()));
+  const double e3 = rel_err(prefill(lm, set, prompt), read_npy((dir / "ref_s3/logits.npy").string()));
   MESSAGE("lm_head LoRA on tied embeddings: rel. error ", e3);
   CHECK(e3 < 1e-4);
   // ... which a merged GGUF cannot express without untying them: refused, not dropped.

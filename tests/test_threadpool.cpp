@@ -114,8 +114,10 @@ TEST_CASE("threadpool: greedy generation is identical with 1 and 2 threads") {
     g.stop_at_eos = false;
     std::vector<int32_t> out[2];
     for (int k = 0; k < 2; ++k) {
-      KVCache kv(lm.model.cfg, 64, DType::F16);
-      out[k] = generate_text(lm, kv, "Once upon a time, there was a little girl named", g, nullptr, k ? &two : nullptr).tokens;
+      SessionOptions so;
+      so.n_ctx = 64;
+      Session s(lm, so);
+      out[k] = generate_text(s, "Once upon a time, there was a little girl named", g, nullptr, k ? &two : nullptr).tokens;
     }
     INFO(dtype_name(t));
     CHECK(out[0].size() == 40);

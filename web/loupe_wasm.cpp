@@ -14,7 +14,6 @@
 #include <emscripten/heap.h>
 #include <emscripten/val.h>
 
-#include <loupe/pipeline/lora.hpp>
 #include <loupe/pipeline/pipeline.hpp>
 
 #include <algorithm>
@@ -124,11 +123,10 @@ class Engine {
 
   // Free the current model (before loading another: both need not fit at once).
   void unload() {
-    loras_.reset();  // puts the base weights back; must go before the models
-    clip_.clear();
-    features_.clear();
+    chat_.reset();  // the sessions before the models they run on
+    text_.reset();
     image_.clear();
-    pixels_ = loupe::Tensor();
+    decoded_ = loupe::Image();
     vm_.reset();
     lm_.reset();
   }
@@ -140,13 +138,11 @@ class Engine {
       auto lm = std::make_unique<loupe::LanguageModel>(
           loupe::LanguageModel::from_file(loupe::GgufFile::parse(take(text_slot).blob())));
       auto vm = std::make_unique<loupe::VisionModel>(loupe::VisionModel::from_file(loupe::GgufFile::parse(take(mmproj_slot).blob())));
-      if (vm->projector.out_dim != lm->model.cfg.dim)
-        loupe::fail(vm->file.name(), ": the projector outputs width ", vm->projector.out_dim,
-                    " but the language model's width is ", lm->model.cfg.dim, " (mmproj from a different model?)");
       lm_ = std::move(lm);
       vm_ = std::move(vm);
-      loras_ = std::make_unique<loupe::LoraSet>(lm_->model, &vm_->projector);
-      choose_context();
+      loupe::DescribeOptions opt;
+      opt.session = session_options();
+      chat_ = std::make_unique<loupe::VisionChat>(*lm_, *vm_, opt, &pool_);  // checks that the two halves fit together
       return info();
     });
   }
@@ -163,14 +159,14 @@ class Engine {
     o.set("vocab", double(c.n_vocab));
     o.set("contextLength", double(c.n_ctx));
     o.set("context", double(n_ctx_));
-    o.set("kvType", std::string(loupe::dtype_name(kv_type_)));
+    o.set("kvType", std::string(loupe::dtype_name(loupe::SessionOptions().kv_type)));
     if (vm_) {
       o.set("visionLayers", double(vm_->clip.cfg.n_layers_run));
       o.set("imageSize", double(vm_->clip.cfg.image_size));
       o.set("patches", double(vm_->clip.cfg.n_patches()));
     }
-    o.set("weightType", std::string(loupe::dtype_name(lm_->model.layers.empty() ? lm_->model.tok_embd.dtype
-                                                                                  : lm_->model.layers[0].wq.dtype)));
+    const auto& w = lm_->model.weights;
+    o.set("weightType", std::string(loupe::dtype_name(w.layers.empty() ? w.tok_embd.dtype : w.layers[0].w[loupe::kAttnQ].dtype)));
     o.set("threads", threads_);
     o.set("heapBytes", heapSize());
     o.set("heapMaxBytes", heapMax());
@@ -191,7 +187,7 @@ class Engine {
   // A llama.cpp LoRA GGUF (+ loupe's replacement GGUF when it names one), loaded switched off (scale 0).
   val loadAdapter(const std::string& name, const std::string& slot, const std::string& replace_slot) {
     return guarded([&] {
-      if (!lm_ || !loras_) loupe::fail("load a model before an adapter");
+      if (!lm_) loupe::fail("load a model before an adapter");
       loupe::GgufFile f = loupe::GgufFile::parse(take(slot).blob());
       std::unique_ptr<loupe::GgufFile> r;
       if (!replace_slot.empty()) r = std::make_unique<loupe::GgufFile>(loupe::GgufFile::parse(take(replace_slot).blob()));
@@ -201,17 +197,17 @@ class Engine {
       for (const std::string& n : a.notes) notes.call<void>("push", n);
       val o = val::object();
       o.set("summary", a.summary());
-      loras_->add(std::move(a), 0.0f);
-      for (const std::string& n : loras_->notes) notes.call<void>("push", n);
-      loras_->notes.clear();
+      session().add_lora(std::make_shared<const loupe::LoraAdapter>(std::move(a)), 0.0f);
+      for (const std::string& n : session().take_lora_notes()) notes.call<void>("push", n);
       o.set("notes", notes);
       return o;
     });
   }
   val adapters() const {
     val a = val::array();
-    if (!loras_) return a;
-    for (const auto& e : loras_->entries()) {
+    const loupe::Session* s = chat_ ? &chat_->session() : text_.get();
+    if (!s) return a;
+    for (const auto& e : s->loras().entries()) {
       val o = val::object();
       o.set("name", e.adapter->name);
       o.set("scale", e.scale);
@@ -223,10 +219,7 @@ class Engine {
   // Scale an adapter between requests (0 switches it off, its projector replacement too).
   void setLora(const std::string& name, double scale) {
     guarded([&] {
-      if (!loras_) loupe::fail("no model loaded");
-      const auto* e = loras_->find(name);
-      if (!e) loupe::fail("no adapter named '", name, "' is loaded");
-      if (e->scale != float(scale)) loras_->set_scale(name, float(scale));  // bumps adapter_revision
+      session().set_lora_scale(name, float(scale));
       return 0;
     });
   }
@@ -235,66 +228,45 @@ class Engine {
   // Returns {cached, width, height}.
   val setImage(const std::string& slot) {
     return guarded([&] {
-      if (!lm_ || !vm_) loupe::fail("no vision model loaded");
+      if (!chat_) loupe::fail("no vision model loaded");
       Buffer b = take(slot);
       std::string bytes(reinterpret_cast<const char*>(b.bytes.get()), b.size);
       val o = val::object();
-      const bool same = bytes == image_ && !clip_.empty();
+      const bool same = bytes == image_;
       if (!same) {
-        loupe::Image img = loupe::decode_image(b.bytes.get(), b.size, b.name);
+        decoded_ = loupe::decode_image(b.bytes.get(), b.size, b.name);
         image_ = std::move(bytes);
-        width_ = img.width, height_ = img.height;
-        clip_.clear();
-        features_.clear();
-        pixels_ = loupe::preprocess(img, vm_->preprocess_config());
       }
       o.set("cached", same);
-      o.set("width", width_);
-      o.set("height", height_);
+      o.set("width", decoded_.width);
+      o.set("height", decoded_.height);
       return o;
     });
   }
 
   // One-shot description of the current image: streams UTF-8 pieces (Uint8Array)
   // to on_text (return false to stop). Returns {text, tokens, stats}.
-  // The CLIP output is kept per image and re-projected when the adapters change
-  // (an adapter may bring its own projector), as VisionChat does across turns.
+  // The pipeline keeps the image's CLIP output and re-runs only the projector when
+  // the adapters change (an adapter may bring its own projector).
   val describe(const std::string& prompt, int max_tokens, double temperature, double seed, const std::string& conv,
                val on_text) {
     return guarded([&] {
-      if (!lm_ || !vm_) loupe::fail("no vision model loaded");
+      if (!chat_) loupe::fail("no vision model loaded");
       if (image_.empty()) loupe::fail("no image set");
-      loupe::DescribeOptions opt;
-      if (!conv.empty()) opt.conv = conv;
+      loupe::DescribeOptions& opt = chat_->options();
+      opt.conv = conv.empty() ? loupe::DescribeOptions().conv : conv;
       opt.gen.max_tokens = max_tokens;
       opt.gen.sampling.temperature = float(temperature);
       opt.gen.sampling.seed = uint64_t(seed);
-      opt.n_ctx = n_ctx_;
-      opt.kv_type = kv_type_;
-      loupe::VisionChat chat(*lm_, *vm_, opt, &pool_);
-      using clock = std::chrono::steady_clock;
-      const bool cached = !clip_.empty();
-      double encode_ms = 0, project_ms = 0;
-      if (!cached) {
-        auto t0 = clock::now();
-        clip_ = loupe::clip_encode(vm_->clip, pixels_.f32(), &pool_);
-        encode_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-      }
-      if (features_.empty() || features_rev_ != lm_->model.adapter_revision) {
-        auto t0 = clock::now();
-        features_ = vm_->projector(clip_, &pool_);
-        features_rev_ = lm_->model.adapter_revision;
-        project_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-      }
-      chat.image_features = features_;
-      loupe::Generation g = chat.ask(prompt, stream_to(on_text));
+      chat_->set_image(decoded_);  // a new conversation; the same image keeps its encoding
+      loupe::Generation g = chat_->ask(prompt, stream_to(on_text));
       val o = val::object();
       o.set("text", to_bytes(g.text));
       o.set("tokens", val::array(g.tokens.begin(), g.tokens.end()));
       val st = val::object();
-      st.set("encodeMs", encode_ms + project_ms);
-      st.set("projectMs", project_ms);
-      st.set("imageCached", cached);
+      st.set("encodeMs", chat_->encode_ms + chat_->project_ms);
+      st.set("projectMs", chat_->project_ms);
+      st.set("imageCached", chat_->image_cached);
       set_timings(st, g.stats);
       st.set("threads", threads_);
       st.set("heapBytes", heapSize());
@@ -306,12 +278,12 @@ class Engine {
   // Plain text generation (benchmarks): prompt -> text, same loop as `loupe generate`.
   val generate(const std::string& prompt, int max_tokens, double temperature, val on_text) {
     return guarded([&] {
-      if (!lm_) loupe::fail("no model loaded");
+      loupe::Session& s = session();
+      s.clear();
       loupe::GenerateOptions opt;
       opt.max_tokens = max_tokens;
       opt.sampling.temperature = float(temperature);
-      loupe::KVCache kv(lm_->model.cfg, n_ctx_, kv_type_);
-      loupe::Generation g = loupe::generate_text(*lm_, kv, prompt, opt, stream_to(on_text), &pool_);
+      loupe::Generation g = loupe::generate_text(s, prompt, opt, stream_to(on_text), &pool_);
       val o = val::object();
       o.set("text", to_bytes(g.text));
       set_timings(o, g.stats);
@@ -325,8 +297,7 @@ class Engine {
       unload();
       lm_ = std::make_unique<loupe::LanguageModel>(
           loupe::LanguageModel::from_file(loupe::GgufFile::parse(take(text_slot).blob())));
-      loras_ = std::make_unique<loupe::LoraSet>(lm_->model);
-      choose_context();
+      text_ = std::make_unique<loupe::Session>(*lm_, session_options());
       val o = val::object();
       o.set("dim", double(lm_->model.cfg.dim));
       o.set("layers", double(lm_->model.cfg.n_layers));
@@ -341,38 +312,27 @@ class Engine {
   // `llm` (and llama-bench's pp/tg), so WASM and native figures compare directly.
   val bench(int n_prompt, int n_gen) {
     return guarded([&] {
-      if (!lm_) loupe::fail("no model loaded");
       if (n_prompt < 1 || n_gen < 0) loupe::fail("bench: need at least one prompt token");
-      const auto& m = lm_->model;
-      const int64_t V = m.cfg.n_vocab, D = m.cfg.dim;
-      loupe::KVCache kv(m.cfg, n_prompt + n_gen + 1, loupe::DType::F16);
+      loupe::Session& s = session();
+      s.clear();
+      const int64_t V = lm_->model.cfg.n_vocab;
       std::vector<int32_t> ids(static_cast<size_t>(n_prompt));
       uint64_t r = 7;
       for (int i = 0; i < n_prompt; ++i) {
         r = r * 6364136223846793005ull + 1442695040888963407ull;
         ids[size_t(i)] = i == 0 ? 1 : int32_t(3 + (r >> 33) % uint64_t(V - 3));
       }
-      std::vector<float> x(static_cast<size_t>(n_prompt * D)), logits(static_cast<size_t>(V));
-      loupe::embed(m, ids.data(), n_prompt, x.data());
-      using clock = std::chrono::steady_clock;
-      auto t0 = clock::now();
-      loupe::forward(m, kv, x.data(), n_prompt, logits.data(), false, &pool_);
-      auto t1 = clock::now();
-      for (int i = 0; i < n_gen; ++i) {
-        const int32_t id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-        loupe::embed(m, &id, 1, x.data());
-        loupe::forward(m, kv, x.data(), 1, logits.data(), false, &pool_);
-      }
-      auto t2 = clock::now();
+      loupe::GenerateOptions opt;  // greedy
+      opt.stop_at_eos = false;
+      opt.max_tokens = n_gen + 1;  // n_gen decode passes after the prefill
+      const loupe::Generation g = loupe::generate(s, ids, {}, opt, nullptr, &pool_);
       val o = val::object();
-      const double pms = std::chrono::duration<double, std::milli>(t1 - t0).count();
-      const double dms = std::chrono::duration<double, std::milli>(t2 - t1).count();
       o.set("promptTokens", n_prompt);
       o.set("genTokens", n_gen);
-      o.set("prefillMs", pms);
-      o.set("decodeMs", dms);
-      o.set("prefillTokS", 1000.0 * n_prompt / pms);
-      o.set("decodeTokS", n_gen ? 1000.0 * n_gen / dms : 0.0);
+      o.set("prefillMs", g.stats.prefill_ms);
+      o.set("decodeMs", g.stats.decode_ms);
+      o.set("prefillTokS", 1000.0 * n_prompt / g.stats.prefill_ms);
+      o.set("decodeTokS", n_gen ? 1000.0 * n_gen / g.stats.decode_ms : 0.0);
       o.set("threads", threads_);
       return o;
     });
@@ -387,22 +347,29 @@ class Engine {
     return b;
   }
 
-  // Context and KV cache type: the model's context (at most 4096, as the CLI)
-  // with an F32 cache (as the CLI) when that fits in what is left of the 4 GB;
-  // otherwise an F16 cache, then a shorter context.
-  void choose_context() {
+  // The session requests run on: the vision chat's, or the text model's.
+  loupe::Session& session() {
+    if (chat_) return chat_->session();
+    if (text_) return *text_;
+    loupe::fail("no model loaded");
+  }
+
+  // The model's context (at most 4096, as the CLI), shorter when even an F16
+  // cache filled to it would not fit in what is left of the 4 GB (the cache
+  // grows with the positions used, so this is a bound, not an allocation).
+  loupe::SessionOptions session_options() {
     const auto& c = lm_->model.cfg;
     const double left = heapMax() - heapSize() - 256 * kMiB;  // activations, image features, slack
     int64_t ctx = std::min<int64_t>(c.n_ctx, 4096);
-    auto kv_bytes = [&](int64_t n, int bytes) { return 2.0 * double(c.n_layers) * double(n) * double(c.n_kv_heads * c.head_dim) * bytes; };
-    kv_type_ = loupe::DType::F32;
-    if (kv_bytes(ctx, 4) > left) kv_type_ = loupe::DType::F16;
-    while (kv_type_ == loupe::DType::F16 && ctx > 1024 && kv_bytes(ctx, 2) > left) ctx /= 2;
-    if (kv_bytes(ctx, kv_type_ == loupe::DType::F32 ? 4 : 2) > left)
-      loupe::fail("the model's weights fit, but not even a ", ctx, "-position KV cache (",
-                  int(kv_bytes(ctx, 2) / kMiB), " MiB) fits in what is left of WebAssembly's ", int(heapMax() / kMiB),
-                  " MiB: the model is too big for the browser's memory");
+    auto kv_bytes = [&](int64_t n) { return 2.0 * double(c.n_layers) * double(n) * double(c.n_kv_heads * c.head_dim) * 2; };
+    while (ctx > 1024 && kv_bytes(ctx) > left) ctx /= 2;
+    if (kv_bytes(ctx) > left)
+      loupe::fail("the model's weights fit, but not even a ", ctx, "-position KV cache (", int(kv_bytes(ctx) / kMiB),
+                  " MiB) fits in what is left of WebAssembly's ", int(heapMax() / kMiB), " MiB: the model is too big for the browser's memory");
     n_ctx_ = ctx;
+    loupe::SessionOptions o;
+    o.n_ctx = ctx;
+    return o;
   }
 
   int threads_;
@@ -410,15 +377,11 @@ class Engine {
   std::map<std::string, Buffer> buffers_;
   std::unique_ptr<loupe::LanguageModel> lm_;
   std::unique_ptr<loupe::VisionModel> vm_;
-  std::unique_ptr<loupe::LoraSet> loras_;
+  std::unique_ptr<loupe::VisionChat> chat_;  // vision model: the conversation, its session and image cache
+  std::unique_ptr<loupe::Session> text_;     // text-only model
   int64_t n_ctx_ = 0;
-  loupe::DType kv_type_ = loupe::DType::F32;
-  std::string image_;
-  int width_ = 0, height_ = 0;
-  loupe::Tensor pixels_;
-  std::vector<float> clip_;       // the current image through CLIP (before the projector)
-  std::vector<float> features_;   // ... and through the projector, for adapter revision features_rev_
-  uint64_t features_rev_ = 0;
+  std::string image_;      // the current image file's bytes
+  loupe::Image decoded_;   // ... decoded
 };
 
 }  // namespace

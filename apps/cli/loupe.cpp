@@ -5,7 +5,6 @@
 //   eval       caption a set of images, score against references (exact, BLEU, ROUGE-L)
 //   tokenize   print a prompt's token ids as JSON
 // Streamed text goes to stdout; diagnostics and timings to stderr.
-#include <loupe/pipeline/lora.hpp>
 #include <loupe/io/npy.hpp>
 #include <loupe/pipeline/pipeline.hpp>
 #include "../common/progress.hpp"
@@ -73,7 +72,8 @@ generation options (names as in llama.cpp):
   --repeat-last-n N       tokens the penalty looks back (default 64)
   -s, --seed N            sampling seed (default 42)
   -r, --reverse-prompt S  stop when S is generated (repeatable)
-  --kv-f16                keep the KV cache in f16 (default f32)
+  --kv-type TYPE          KV cache element type: f16 (default, as llama.cpp) or f32; the cache
+                          grows with the positions used, up to -c
   -h, --help              this text
 )";
 
@@ -81,9 +81,19 @@ const std::vector<std::string> kValueFlags = {"-m", "--model", "-p", "--prompt",
                                               "-t", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
                                               "--repeat-penalty", "--repeat-last-n", "-s", "--seed", "-r",
                                               "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump", "--lora",
-                                              "--set", "--limit", "--jsonl"};
+                                              "--set", "--limit", "--jsonl", "--kv-type"};
 const std::vector<std::string> kTwoValueFlags = {"--lora-scaled"};
-const std::vector<std::string> kBoolFlags = {"-h", "--help", "--kv-f16"};
+const std::vector<std::string> kBoolFlags = {"-h", "--help"};
+
+// --kv-type, -c and the model's context -> the session's options.
+loupe::SessionOptions session_options(const loupe_cli::Args& a) {
+  loupe::SessionOptions o;
+  o.n_ctx = a.integer({"-c", "--ctx-size"}, 0);
+  const std::string t = a.get({"--kv-type"}, "f16");
+  if (t != "f16" && t != "f32") loupe::fail("--kv-type ", t, ": expected f16 or f32");
+  o.kv_type = t == "f32" ? loupe::DType::F32 : loupe::DType::F16;
+  return o;
+}
 
 loupe::GenerateOptions generate_options(const loupe_cli::Args& a) {
   loupe::GenerateOptions o;
@@ -114,15 +124,15 @@ std::vector<std::pair<std::string, float>> lora_flags(const loupe_cli::Args& a) 
   return out;
 }
 
-// Loads the adapters into `set` and says what they are on stderr.
-void load_loras(loupe::LoraSet& set, const loupe::LlamaModel& m, const std::vector<std::pair<std::string, float>>& flags) {
+// Loads the adapters into the session and says what they are on stderr.
+void load_loras(loupe::Session& session, const std::vector<std::pair<std::string, float>>& flags) {
   for (const auto& [path, scale] : flags) {
-    loupe::LoraAdapter ad = loupe::LoraAdapter::load(path, m.cfg);
-    for (const std::string& n : ad.notes) std::fprintf(stderr, "%s\n", n.c_str());
-    const loupe::LoraAdapter& added = set.add(std::move(ad), scale);
-    std::fprintf(stderr, "lora %s at scale %g\n", added.summary().c_str(), double(scale));
+    auto ad = std::make_shared<const loupe::LoraAdapter>(loupe::LoraAdapter::load(path, session.model().model.cfg));
+    for (const std::string& n : ad->notes) std::fprintf(stderr, "%s\n", n.c_str());
+    session.add_lora(ad, scale);
+    std::fprintf(stderr, "lora %s at scale %g\n", ad->summary().c_str(), double(scale));
   }
-  for (const std::string& n : set.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
+  for (const std::string& n : session.take_lora_notes()) std::fprintf(stderr, "note: %s\n", n.c_str());
 }
 
 int cmd_generate(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
@@ -131,17 +141,15 @@ int cmd_generate(const loupe_cli::Args& a, const std::vector<std::pair<std::stri
   if (!a.has("-p") && !a.has("--prompt")) loupe::fail("generate: -p PROMPT is required");
   auto t0 = std::chrono::steady_clock::now();
   loupe::LanguageModel lm = loupe::LanguageModel::open(path);
-  loupe::LoraSet lora_set(lm.model);
-  load_loras(lora_set, lm.model, loras);
+  loupe::Session session(lm, session_options(a));
+  load_loras(session, loras);
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   const int threads = a.integer({"-t", "--threads"}, 2);
   loupe::ThreadPool pool(threads);
-  const int64_t ctx = a.integer({"-c", "--ctx-size"}, int(std::min<int64_t>(lm.model.cfg.n_ctx, 4096)));
-  loupe::KVCache kv(lm.model.cfg, ctx, a.has("--kv-f16") ? loupe::DType::F16 : loupe::DType::F32);
   const std::string prompt = a.get({"-p", "--prompt"});
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
-  loupe::Generation g = loupe::generate_text(lm, kv, prompt, generate_options(a), [](std::string_view s) {
+  loupe::Generation g = loupe::generate_text(session, prompt, generate_options(a), [](std::string_view s) {
     std::fwrite(s.data(), 1, s.size(), stdout);
     std::fflush(stdout);
     return true;
@@ -158,7 +166,6 @@ struct VisionSession {
   loupe::LanguageModel lm;
   loupe::VisionModel vm;
   std::unique_ptr<loupe::ThreadPool> pool;
-  std::unique_ptr<loupe::LoraSet> loras;  // after lm and vm: put back before they go
   std::unique_ptr<loupe::VisionChat> chat;
   double load_ms = 0;
 };
@@ -174,16 +181,14 @@ std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a, const std::
   auto t0 = std::chrono::steady_clock::now();
   s->lm = loupe::LanguageModel::open(model);
   s->vm = loupe::VisionModel::open(mmproj);
-  s->loras = std::make_unique<loupe::LoraSet>(s->lm.model, &s->vm.projector);
-  load_loras(*s->loras, s->lm.model, loras);
-  s->load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   s->pool = std::make_unique<loupe::ThreadPool>(a.integer({"-t", "--threads"}, 2));
   loupe::DescribeOptions opt;
   opt.conv = a.get({"--conv"}, "vicuna_v1");
   opt.gen = generate_options(a);
-  opt.n_ctx = a.integer({"-c", "--ctx-size"}, 0);
-  opt.kv_type = a.has("--kv-f16") ? loupe::DType::F16 : loupe::DType::F32;
+  opt.session = session_options(a);
   s->chat = std::make_unique<loupe::VisionChat>(s->lm, s->vm, opt, s->pool.get());
+  load_loras(s->chat->session(), loras);
+  s->load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   if (with_image) s->chat->set_image(loupe::load_image(image));
   return s;
 }
@@ -237,10 +242,11 @@ void lora_command(VisionSession& s, const std::string& line) {
     char* end = nullptr;
     const double v = std::strtod(scale.c_str(), &end);
     if (scale.empty() || !end || *end) loupe::fail("usage: /lora NAME SCALE");
-    s.loras->set_scale(name, float(v));
+    s.chat->session().set_lora_scale(name, float(v));
   }
-  for (const auto& e : s.loras->entries()) std::fprintf(stderr, "lora %s: scale %g\n", e.adapter->name.c_str(), double(e.scale));
-  if (s.loras->entries().empty()) std::fprintf(stderr, "no adapters loaded (--lora PATH)\n");
+  const loupe::LoraSet& set = s.chat->session().loras();
+  for (const auto& e : set.entries()) std::fprintf(stderr, "lora %s: scale %g\n", e.adapter->name.c_str(), double(e.scale));
+  if (set.entries().empty()) std::fprintf(stderr, "no adapters loaded (--lora PATH)\n");
 }
 
 int cmd_chat(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
@@ -338,9 +344,10 @@ int cmd_eval(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
   std::printf("\n");
   std::fflush(stdout);
   for (const auto& [cond, on] : conditions) {
+    loupe::Session& session = s->chat->session();
     for (size_t k = 0; k < loras.size(); ++k) {  // off: every adapter at 0; on: as asked
-      const auto& e = s->loras->entries()[k];
-      s->loras->set_scale(e.adapter->name, on * loras[k].second);
+      const std::string name = session.loras().entries()[k].adapter->name;
+      session.set_lora_scale(name, on * loras[k].second);
     }
     std::vector<std::string> hyps;
     loupe::ProgressBar bar("eval " + cond, items.size(), 0);

@@ -23,6 +23,8 @@
 #include "../text/gguf_vocab.hpp"
 #include "../io/json.hpp"
 #include "../models/lora_adapter.hpp"
+#include "../models/tensors.hpp"
+#include "../ops/ops.hpp"
 #include "../core/log.hpp"
 
 namespace loupe {
@@ -39,18 +41,6 @@ struct ConvertOptions {
 struct ConvertResult {
   std::string text_path, mmproj_path;  // mmproj_path empty for a text-only model
 };
-
-// general.file_type values (llama.cpp's LLAMA_FTYPE_*).
-inline uint32_t gguf_file_type(DType t) {
-  switch (t) {
-    case DType::F32: return 0;
-    case DType::F16: return 1;
-    case DType::Q4_0: return 2;
-    case DType::Q8_0: return 7;
-    case DType::BF16: return 32;
-    default: fail("cannot write ", dtype_name(t), " files");
-  }
-}
 
 // LlamaConfig keys of a HF config.json.
 struct HfTextConfig {
@@ -98,13 +88,6 @@ struct Plan {
   std::vector<std::pair<const LoraWeight*, float>> lora;  // LoRA updates merged in, with their scales
 };
 
-// Row r of the output takes HF row src_row(r): within each head, HF keeps the
-// two rotation halves apart (i, i + d/2); llama.cpp interleaves them (2i, 2i+1).
-inline int64_t permuted_source_row(int64_t r, int64_t head_dim) {
-  const int64_t h = r / head_dim, j = r % head_dim, i = j / 2, half = j % 2;
-  return h * head_dim + half * (head_dim / 2) + i;
-}
-
 inline void produce(const Plan& p, std::vector<uint8_t>& out) {
   // (4-D conv kernels are treated as [out, everything else] rows.)
   const TensorView v = p.src->view();
@@ -130,7 +113,7 @@ inline void produce(const Plan& p, std::vector<uint8_t>& out) {
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t m = std::min(kBlock, rows - r0);
     for (int64_t i = 0; i < m; ++i) {
-      const int64_t s = p.permute_heads ? permuted_source_row(r0 + i, head_dim) : r0 + i;
+      const int64_t s = p.permute_heads ? qk_source_row(r0 + i, head_dim) : r0 + i;
       to_f32(v.dtype, v.row(s), blk.data() + i * cols, cols);
     }
     for (size_t k = 0; k < p.lora.size(); ++k) {
@@ -241,16 +224,19 @@ struct TensorPlanner {
   std::vector<convert_detail::Plan> plans;
   std::map<std::string, bool> used;  // source names taken
 
-  // `type`: the storage type, or nullopt for choose_type's rule.
+  // `storage`: F32, the patch convolution's type, or choose_type's rule for a matrix (1-D: F32).
   void add(const Checkpoint& ck, const std::string& where, const std::string& src, const std::string& out,
-           std::vector<int64_t> shape, std::optional<DType> type = std::nullopt, int64_t permute = 0) {
+           std::vector<int64_t> shape, Storage storage = Storage::Matrix, int64_t permute = 0) {
     const SourceTensor* s = ck.find(src);
     if (!s) fail(where, ": tensor '", src, "' is missing from the checkpoint");
     if (s->shape != shape)
       fail(where, ": tensor '", src, "' has shape ", s->shape_str(), " but the config implies ", convert_detail::shape_str(shape));
     if (s->dtype != DType::F32 && s->dtype != DType::F16 && s->dtype != DType::BF16)
       fail(where, ": tensor '", src, "' has unsupported dtype ", dtype_name(s->dtype), " (F32, F16 or BF16 expected)");
-    plans.push_back({out, s, shape, type ? *type : choose_type(out, shape, opt.outtype, opt.log), permute, {}});
+    const DType type = storage == Storage::F32    ? DType::F32
+                       : storage == Storage::Conv ? (opt.outtype == DType::F32 ? DType::F32 : DType::F16)
+                                                  : choose_type(out, shape, opt.outtype, opt.log);
+    plans.push_back({out, s, shape, type, permute, {}});
     used[s->name] = true;
   }
 
@@ -275,27 +261,10 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
   if (!fs::exists(tok_path)) fail(dir, ": tokenizer.model is missing (the text model needs its SentencePiece tokenizer)");
   const Tokenizer tok = Tokenizer::load(tok_path);
 
-  const int64_t hd = c.dim / c.n_heads, q = c.n_heads * hd, kv = c.n_kv_heads * hd;
+  const LlamaConfig lc = llama_config(c);
   TensorPlanner tp{opt, {}, {}};
-  auto need = [&](const std::string& hf, const std::string& out, std::vector<int64_t> shape, int64_t permute = 0) {
-    tp.add(ck, dir, hf, out, std::move(shape), std::nullopt, permute);
-  };
-  need("model.embed_tokens.weight", "token_embd.weight", {c.n_vocab, c.dim});
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string hf = "model.layers." + std::to_string(l) + ".", g = "blk." + std::to_string(l) + ".";
-    need(hf + "input_layernorm.weight", g + "attn_norm.weight", {c.dim});
-    need(hf + "self_attn.q_proj.weight", g + "attn_q.weight", {q, c.dim}, c.n_heads);
-    need(hf + "self_attn.k_proj.weight", g + "attn_k.weight", {kv, c.dim}, c.n_kv_heads);
-    need(hf + "self_attn.v_proj.weight", g + "attn_v.weight", {kv, c.dim});
-    need(hf + "self_attn.o_proj.weight", g + "attn_output.weight", {c.dim, q});
-    need(hf + "post_attention_layernorm.weight", g + "ffn_norm.weight", {c.dim});
-    need(hf + "mlp.gate_proj.weight", g + "ffn_gate.weight", {c.ffn_dim, c.dim});
-    need(hf + "mlp.up_proj.weight", g + "ffn_up.weight", {c.ffn_dim, c.dim});
-    need(hf + "mlp.down_proj.weight", g + "ffn_down.weight", {c.dim, c.ffn_dim});
-  }
-  need("model.norm.weight", "output_norm.weight", {c.dim});
-  if (!c.tied) need("lm_head.weight", "output.weight", {c.n_vocab, c.dim});
-  else if (tp.plans.front().type == DType::Q4_0) tp.plans.front().type = DType::Q8_0;  // tied: token_embd is the output too
+  for (const LlamaTensor& t : llama_tensors(lc, !c.tied)) tp.add(ck, dir, t.hf, t.gguf, t.shape, Storage::Matrix, t.permute_heads);
+  if (c.tied && tp.plans.front().type == DType::Q4_0) tp.plans.front().type = DType::Q8_0;  // tied: token_embd is the output too
 
   // Everything else must be accounted for: vision / projector tensors belong to
   // the mmproj, rotary caches are recomputed; anything unknown is an error.
@@ -306,20 +275,10 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
       fail(dir, ": unknown tensor '", t.name, "' ", t.shape_str(), " (not part of a LLaMA / LLaVA checkpoint)");
 
   GgufWriter w;
-  w.set("general.architecture", GgufValue::str("llama"));
+  write_llama_config(w, lc);
   w.set("general.name", GgufValue::str(name));
   w.set("general.file_type", GgufValue::u32(gguf_file_type(opt.outtype)));
   if (is_quantized(opt.outtype)) w.set("general.quantization_version", GgufValue::u32(2));
-  w.set("llama.vocab_size", GgufValue::u32(uint32_t(c.n_vocab)));
-  w.set("llama.context_length", GgufValue::u32(uint32_t(c.n_ctx)));
-  w.set("llama.embedding_length", GgufValue::u32(uint32_t(c.dim)));
-  w.set("llama.block_count", GgufValue::u32(uint32_t(c.n_layers)));
-  w.set("llama.feed_forward_length", GgufValue::u32(uint32_t(c.ffn_dim)));
-  w.set("llama.rope.dimension_count", GgufValue::u32(uint32_t(hd)));
-  w.set("llama.attention.head_count", GgufValue::u32(uint32_t(c.n_heads)));
-  w.set("llama.attention.head_count_kv", GgufValue::u32(uint32_t(c.n_kv_heads)));
-  w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(float(c.rms_eps)));
-  w.set("llama.rope.freq_base", GgufValue::f32(float(c.rope_theta)));
   write_vocab(w, tok, c.n_vocab);
   if (merge) merge->apply(tp.plans, true);
   tp.write(w, out_path);
@@ -432,58 +391,23 @@ inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const 
   const int64_t mm_hidden = config.get_or<int64_t>("mm_hidden_size", v.dim);
   if (mm_hidden != v.dim) fail(dir, "/config.json: mm_hidden_size ", mm_hidden, " does not match the tower's width ", v.dim);
 
+  ClipConfig cc;
+  cc.image_size = v.image_size, cc.patch_size = v.patch_size, cc.dim = v.dim, cc.ffn_dim = v.ffn_dim, cc.n_heads = v.n_heads;
+  cc.n_layers_run = feature_layer, cc.projection_dim = v.projection_dim, cc.eps = float(v.eps), cc.gelu = v.act == "gelu";
+  for (size_t i = 0; i < 3; ++i) cc.mean[i] = float(v.mean[i]), cc.std[i] = float(v.std[i]);
+  cc.aspect_ratio = aspect == "pad" ? "pad" : "none";
   TensorPlanner tp{opt, {}, {}};
-  const int64_t D = v.dim, G = v.image_size / v.patch_size;
-  const DType conv_type = opt.outtype == DType::F32 ? DType::F32 : DType::F16;
-  tp.add(vck, vwhere, P + "embeddings.class_embedding", "v.class_embd", {D}, DType::F32);
-  tp.add(vck, vwhere, P + "embeddings.patch_embedding.weight", "v.patch_embd.weight", {D, 3, v.patch_size, v.patch_size}, conv_type);
-  tp.add(vck, vwhere, P + "embeddings.position_embedding.weight", "v.position_embd.weight", {G * G + 1, D}, DType::F32);
-  tp.add(vck, vwhere, P + "pre_layrnorm.weight", "v.pre_ln.weight", {D});
-  tp.add(vck, vwhere, P + "pre_layrnorm.bias", "v.pre_ln.bias", {D});
-  for (int64_t l = 0; l < feature_layer; ++l) {
-    const std::string s = P + "encoder.layers." + std::to_string(l) + ".", g = "v.blk." + std::to_string(l) + ".";
-    for (auto [hf, out] : {std::pair{"q_proj", "attn_q"}, {"k_proj", "attn_k"}, {"v_proj", "attn_v"}, {"out_proj", "attn_out"}}) {
-      tp.add(vck, vwhere, s + "self_attn." + hf + ".weight", g + out + ".weight", {D, D});
-      tp.add(vck, vwhere, s + "self_attn." + hf + ".bias", g + out + ".bias", {D});
-    }
-    tp.add(vck, vwhere, s + "layer_norm1.weight", g + "ln1.weight", {D});
-    tp.add(vck, vwhere, s + "layer_norm1.bias", g + "ln1.bias", {D});
-    tp.add(vck, vwhere, s + "mlp.fc1.weight", g + "ffn_up.weight", {v.ffn_dim, D});
-    tp.add(vck, vwhere, s + "mlp.fc1.bias", g + "ffn_up.bias", {v.ffn_dim});
-    tp.add(vck, vwhere, s + "mlp.fc2.weight", g + "ffn_down.weight", {D, v.ffn_dim});
-    tp.add(vck, vwhere, s + "mlp.fc2.bias", g + "ffn_down.bias", {D});
-    tp.add(vck, vwhere, s + "layer_norm2.weight", g + "ln2.weight", {D});
-    tp.add(vck, vwhere, s + "layer_norm2.bias", g + "ln2.bias", {D});
+  for (const ClipTensor& t : clip_tensors(cc, tc.dim)) {
+    if (t.projector()) tp.add(llm, dir, t.hf, t.gguf, t.shape, t.storage);
+    else tp.add(vck, vwhere, P + t.hf, t.gguf, t.shape, t.storage);
   }
-  tp.add(llm, dir, "model.mm_projector.0.weight", "mm.0.weight", {tc.dim, D});
-  tp.add(llm, dir, "model.mm_projector.0.bias", "mm.0.bias", {tc.dim});
-  tp.add(llm, dir, "model.mm_projector.2.weight", "mm.2.weight", {tc.dim, tc.dim});
-  tp.add(llm, dir, "model.mm_projector.2.bias", "mm.2.bias", {tc.dim});
 
   GgufWriter w;
-  w.set("general.architecture", GgufValue::str("clip"));
+  write_clip_config(w, cc);
   w.set("general.name", GgufValue::str(name));
   w.set("general.description", GgufValue::str("image encoder for LLaVA"));
   w.set("general.file_type", GgufValue::u32(gguf_file_type(opt.outtype)));
   if (is_quantized(opt.outtype)) w.set("general.quantization_version", GgufValue::u32(2));
-  w.set("clip.has_text_encoder", GgufValue::boolean(false));
-  w.set("clip.has_vision_encoder", GgufValue::boolean(true));
-  w.set("clip.has_llava_projector", GgufValue::boolean(true));
-  w.set("clip.projector_type", GgufValue::str("mlp"));
-  w.set("clip.vision.image_size", GgufValue::u32(uint32_t(v.image_size)));
-  w.set("clip.vision.patch_size", GgufValue::u32(uint32_t(v.patch_size)));
-  w.set("clip.vision.embedding_length", GgufValue::u32(uint32_t(D)));
-  w.set("clip.vision.feed_forward_length", GgufValue::u32(uint32_t(v.ffn_dim)));
-  w.set("clip.vision.projection_dim", GgufValue::u32(uint32_t(v.projection_dim)));
-  w.set("clip.vision.attention.head_count", GgufValue::u32(uint32_t(v.n_heads)));
-  w.set("clip.vision.attention.layer_norm_epsilon", GgufValue::f32(float(v.eps)));
-  w.set("clip.vision.block_count", GgufValue::u32(uint32_t(feature_layer)));
-  w.set("clip.vision.feature_layer", GgufValue::array(GgufType::I32, std::vector<int32_t>{int32_t(feature_layer)}));
-  w.set("clip.vision.image_mean", GgufValue::array(GgufType::F32, std::vector<float>(v.mean.begin(), v.mean.end())));
-  w.set("clip.vision.image_std", GgufValue::array(GgufType::F32, std::vector<float>(v.std.begin(), v.std.end())));
-  w.set("clip.vision.image_aspect_ratio", GgufValue::str(aspect == "pad" ? "pad" : "none"));
-  w.set("clip.vision.mm_projector_type", GgufValue::str(proj_type));
-  w.set("clip.use_gelu", GgufValue::boolean(v.act == "gelu"));
   if (merge) merge->apply(tp.plans, false);
   tp.write(w, out_path);
 }

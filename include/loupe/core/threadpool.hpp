@@ -24,7 +24,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
+#include <memory>
+#include <type_traits>
+#include <utility>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -34,6 +36,25 @@
 #endif
 
 namespace loupe {
+
+// A non-owning reference to a callable (C++26's std::function_ref): what the
+// pool runs. Unlike std::function it never allocates, so a decode step's
+// hundreds of parallel jobs cost no heap traffic. The callable must outlive it.
+template <class Sig>
+class FunctionRef;
+template <class R, class... A>
+class FunctionRef<R(A...)> {
+ public:
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, FunctionRef>>>
+  FunctionRef(F&& f)  // NOLINT: implicit, like std::function
+      : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_([](void* o, A... a) -> R { return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<A>(a)...); }) {}
+  R operator()(A... a) const { return call_(obj_, std::forward<A>(a)...); }
+
+ private:
+  void* obj_;
+  R (*call_)(void*, A...);
+};
 
 namespace detail {
 inline void cpu_relax() {
@@ -83,7 +104,7 @@ class ThreadPool {
 
   int size() const { return int(workers_.size()) + 1; }
 
-  void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
+  void parallel_for(int64_t n, FunctionRef<void(int64_t)> fn) {
     if (n <= 0) return;
     if (workers_.empty() || n == 1) {
       for (int64_t i = 0; i < n; ++i) fn(i);
@@ -98,7 +119,7 @@ class ThreadPool {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
     Job job;
-    job.fn = &fn;
+    job.fn = &fn;  // fn lives on this frame until every worker has left the job
     job.n = n;
     job_.store(&job);
     gen_.fetch_add(1);  // publish
@@ -136,7 +157,7 @@ class ThreadPool {
 
  private:
   struct Job {
-    const std::function<void(int64_t)>* fn = nullptr;
+    const FunctionRef<void(int64_t)>* fn = nullptr;
     int64_t n = 0;
     std::atomic<int64_t> next{0};
   };
@@ -190,8 +211,7 @@ class ThreadPool {
 };
 
 // Run fn over [0, n) in tasks of `grain` items; serial when pool is null.
-inline void parallel_chunks(ThreadPool* pool, int64_t n, int64_t grain,
-                            const std::function<void(int64_t, int64_t)>& fn) {
+inline void parallel_chunks(ThreadPool* pool, int64_t n, int64_t grain, FunctionRef<void(int64_t, int64_t)> fn) {
   const int64_t tasks = (n + grain - 1) / grain;
   auto task = [&](int64_t t) { fn(t * grain, std::min(n, (t + 1) * grain)); };
   if (pool) pool->parallel_for(tasks, task);

@@ -10,18 +10,9 @@
 
 #include "../io/gguf.hpp"
 #include "../ops/ops.hpp"
+#include "tensors.hpp"
 
 namespace loupe {
-
-struct ClipConfig {
-  int64_t image_size = 336, patch_size = 14, dim = 0, ffn_dim = 0, n_heads = 0;
-  int64_t n_layers_run = 0;  // blocks to run: hidden_states[n_layers_run] is the feature layer
-  float eps = 1e-5f;
-  bool gelu = false;  // clip.use_gelu: exact GELU instead of quick_gelu
-  std::array<float, 3> mean{}, std{};
-  std::string aspect_ratio = "pad";  // LLaVA's image_aspect_ratio: "pad" or "none"
-  int64_t n_patches() const { return (image_size / patch_size) * (image_size / patch_size); }
-};
 
 struct ClipLayer {
   TensorView ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
@@ -35,6 +26,7 @@ struct ClipModel {
   std::vector<ClipLayer> layers;
 
   static ClipModel from_gguf(const GgufFile& f);
+  TensorView& at(const ClipTensor& t);  // the view a registry entry (tensors.hpp) names
 };
 
 namespace clip_detail {
@@ -42,89 +34,61 @@ inline const float* f32(const TensorView& v) { return static_cast<const float*>(
 }  // namespace clip_detail
 
 inline ClipModel ClipModel::from_gguf(const GgufFile& f) {
-  if (f.get_str("general.architecture") != "clip") fail(f.name(), ": not an mmproj file (general.architecture is '", f.get_str("general.architecture"), "', expected clip)");
-  if (!f.get_bool("clip.has_vision_encoder", false)) fail(f.name(), ": the file has no vision encoder");
   ClipModel m;
-  ClipConfig& c = m.cfg;
-  c.image_size = f.get_int("clip.vision.image_size");
-  c.patch_size = f.get_int("clip.vision.patch_size");
-  c.dim = f.get_int("clip.vision.embedding_length");
-  c.ffn_dim = f.get_int("clip.vision.feed_forward_length");
-  c.n_heads = f.get_int("clip.vision.attention.head_count");
-  c.eps = float(f.get_float("clip.vision.attention.layer_norm_epsilon", 1e-5));
-  c.gelu = f.get_bool("clip.use_gelu", false);
-  c.aspect_ratio = f.get_str("clip.vision.image_aspect_ratio", "pad");
-  if (c.aspect_ratio != "pad" && c.aspect_ratio != "none" && c.aspect_ratio != "square")
-    fail(f.name(), ": image_aspect_ratio '", c.aspect_ratio, "' is not supported (pad or none)");
-  const GgufValue& mean = f.get_array("clip.vision.image_mean", GgufType::F32);
-  const GgufValue& sd = f.get_array("clip.vision.image_std", GgufType::F32);
-  if (mean.arr.size() != 3 || sd.arr.size() != 3) fail(f.name(), ": image_mean / image_std must have 3 values");
-  for (int i = 0; i < 3; ++i) c.mean[size_t(i)] = float(mean.arr[size_t(i)].f), c.std[size_t(i)] = float(sd.arr[size_t(i)].f);
-  if (c.dim <= 0 || c.n_heads <= 0 || c.dim % c.n_heads || c.patch_size <= 0 || c.image_size % c.patch_size)
-    fail(f.name(), ": inconsistent clip.vision metadata (width ", c.dim, ", heads ", c.n_heads, ", image ", c.image_size,
-         ", patch ", c.patch_size, ")");
-
-  // Blocks present in the file; legacy converters drop the unused last block.
-  int64_t present = 0;
-  while (f.tensor("v.blk." + std::to_string(present) + ".attn_q.weight")) ++present;
-  const int64_t block_count = f.get_int("clip.vision.block_count");
-  int64_t run = std::min(block_count, present);
-  // clip.vision.feature_layer: indices into hidden_states (0 = embeddings); LLaVA uses one.
-  if (const GgufValue* fl = f.find("clip.vision.feature_layer")) {
-    if (fl->type != GgufType::ARRAY || fl->arr.empty()) fail(f.name(), ": clip.vision.feature_layer must be a non-empty array");
-    if (fl->arr.size() > 1) fail(f.name(), ": several feature layers (", fl->arr.size(), ") are not supported");
-    run = fl->arr[0].i;
-    if (run < 1 || run > present)
-      fail(f.name(), ": feature layer ", run, " needs ", run, " blocks, the file has ", present);
+  const ClipConfig& c = m.cfg = read_clip_config(f);
+  m.layers.resize(size_t(c.n_layers_run));
+  for (const ClipTensor& t : clip_tensors(c, 0)) {
+    if (t.projector()) continue;
+    std::string name = t.gguf;
+    if (t.field == ClipField::Fc1W || t.field == ClipField::Fc1B || t.field == ClipField::Fc2W || t.field == ClipField::Fc2B) {
+      // llama.cpp's legacy converter stored fc1 as "ffn_down" and fc2 as "ffn_up";
+      // tell them apart by shape, as llama.cpp does.
+      const GgufTensor& up = f.get_tensor("v.blk." + std::to_string(t.layer) + ".ffn_up.weight");
+      const bool legacy = up.shape.size() == 2 && up.shape[1] == c.ffn_dim && c.ffn_dim != c.dim;
+      if (legacy) name = name.find("ffn_up") != std::string::npos ? name.replace(name.find("ffn_up"), 6, "ffn_down")
+                                                                  : name.replace(name.find("ffn_down"), 8, "ffn_up");
+    }
+    const GgufTensor& g = f.get_tensor(name);
+    if (g.shape != t.shape)
+      fail(f.name(), ": tensor '", name, "' has shape ", g.view.shape_str(), ", expected ", make_view(DType::F32, t.shape, nullptr).shape_str());
+    if (t.storage == Storage::F32 && g.dtype != DType::F32) fail(f.name(), ": tensor '", name, "' must be F32, is ", dtype_name(g.dtype));
+    m.at(t) = g.view;
   }
-  c.n_layers_run = run;
-
-  auto get = [&](const std::string& name, std::vector<int64_t> shape) {
-    const GgufTensor& t = f.get_tensor(name);
-    if (t.shape != shape)
-      fail(f.name(), ": tensor '", name, "' has shape ", t.view.shape_str(), ", expected ", make_view(DType::F32, shape, nullptr).shape_str());
-    return t.view;
-  };
-  auto get_f32 = [&](const std::string& name, std::vector<int64_t> shape) {
-    TensorView v = get(name, std::move(shape));
-    if (v.dtype != DType::F32) fail(f.name(), ": tensor '", name, "' must be F32, is ", dtype_name(v.dtype));
-    return v;
-  };
-  const int64_t D = c.dim, P = c.patch_size;
-  TensorView pw = get("v.patch_embd.weight", {D, 3, P, P});
-  m.patch_w = make_view(pw.dtype, {D, 3 * P * P}, pw.data);
   if (f.tensor("v.patch_embd.bias")) fail(f.name(), ": a patch embedding bias is not expected in a CLIP tower");
-  m.class_embd = get_f32("v.class_embd", {D});
-  m.pos_embd = get_f32("v.position_embd.weight", {c.n_patches() + 1, D});
-  m.pre_ln_w = get_f32("v.pre_ln.weight", {D});
-  m.pre_ln_b = get_f32("v.pre_ln.bias", {D});
-  for (int64_t l = 0; l < run; ++l) {
-    const std::string p = "v.blk." + std::to_string(l) + ".";
-    ClipLayer L;
-    L.ln1_w = get_f32(p + "ln1.weight", {D});
-    L.ln1_b = get_f32(p + "ln1.bias", {D});
-    L.q_w = get(p + "attn_q.weight", {D, D});
-    L.q_b = get_f32(p + "attn_q.bias", {D});
-    L.k_w = get(p + "attn_k.weight", {D, D});
-    L.k_b = get_f32(p + "attn_k.bias", {D});
-    L.v_w = get(p + "attn_v.weight", {D, D});
-    L.v_b = get_f32(p + "attn_v.bias", {D});
-    L.o_w = get(p + "attn_out.weight", {D, D});
-    L.o_b = get_f32(p + "attn_out.bias", {D});
-    L.ln2_w = get_f32(p + "ln2.weight", {D});
-    L.ln2_b = get_f32(p + "ln2.bias", {D});
-    // fc1 maps dim -> ffn. llama.cpp's legacy converter stored fc1 as "ffn_down"
-    // and fc2 as "ffn_up"; tell them apart by shape, as llama.cpp does.
-    const GgufTensor& up = f.get_tensor(p + "ffn_up.weight");
-    const bool legacy = up.shape.size() == 2 && up.shape[1] == c.ffn_dim && c.ffn_dim != D;
-    const std::string fc1 = legacy ? "ffn_down" : "ffn_up", fc2 = legacy ? "ffn_up" : "ffn_down";
-    L.fc1_w = get(p + fc1 + ".weight", {c.ffn_dim, D});
-    L.fc1_b = get_f32(p + fc1 + ".bias", {c.ffn_dim});
-    L.fc2_w = get(p + fc2 + ".weight", {D, c.ffn_dim});
-    L.fc2_b = get_f32(p + fc2 + ".bias", {D});
-    m.layers.push_back(L);
-  }
+  m.patch_w = make_view(m.patch_w.dtype, {c.dim, 3 * c.patch_size * c.patch_size}, m.patch_w.data);  // the conv kernel as a matrix
   return m;
+}
+
+inline TensorView& ClipModel::at(const ClipTensor& t) {
+  using F = ClipField;
+  switch (t.field) {
+    case F::ClassEmbd: return class_embd;
+    case F::PatchEmbd: return patch_w;
+    case F::PosEmbd: return pos_embd;
+    case F::PreLnW: return pre_ln_w;
+    case F::PreLnB: return pre_ln_b;
+    default: break;
+  }
+  ClipLayer& L = layers[size_t(t.layer)];
+  switch (t.field) {
+    case F::QW: return L.q_w;
+    case F::QB: return L.q_b;
+    case F::KW: return L.k_w;
+    case F::KB: return L.k_b;
+    case F::VW: return L.v_w;
+    case F::VB: return L.v_b;
+    case F::OW: return L.o_w;
+    case F::OB: return L.o_b;
+    case F::Ln1W: return L.ln1_w;
+    case F::Ln1B: return L.ln1_b;
+    case F::Fc1W: return L.fc1_w;
+    case F::Fc1B: return L.fc1_b;
+    case F::Fc2W: return L.fc2_w;
+    case F::Fc2B: return L.fc2_b;
+    case F::Ln2W: return L.ln2_w;
+    case F::Ln2B: return L.ln2_b;
+    default: fail("clip: tensor '", t.gguf, "' is not part of the tower");
+  }
 }
 
 // Bidirectional multi-head attention over n positions: q, k, v, out [n, heads·hd].

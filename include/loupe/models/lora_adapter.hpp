@@ -36,7 +36,7 @@
 #include "../io/checkpoint.hpp"
 #include "../io/gguf.hpp"
 #include "../io/json.hpp"
-#include "llama.hpp"
+#include "tensors.hpp"
 
 namespace loupe {
 
@@ -95,36 +95,16 @@ struct Slot {
 
 // The linear modules a LoRA may target (PEFT names without ".weight").
 inline std::vector<Slot> linear_slots(const LlamaConfig& c) {
-  const int64_t q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
   std::vector<Slot> s;
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".", g = "blk." + std::to_string(l) + ".";
-    s.push_back({p + "self_attn.q_proj", g + "attn_q.weight", {q, c.dim}, c.n_heads});
-    s.push_back({p + "self_attn.k_proj", g + "attn_k.weight", {kv, c.dim}, c.n_kv_heads});
-    s.push_back({p + "self_attn.v_proj", g + "attn_v.weight", {kv, c.dim}, 0});
-    s.push_back({p + "self_attn.o_proj", g + "attn_output.weight", {c.dim, q}, 0});
-    s.push_back({p + "mlp.gate_proj", g + "ffn_gate.weight", {c.ffn_dim, c.dim}, 0});
-    s.push_back({p + "mlp.up_proj", g + "ffn_up.weight", {c.ffn_dim, c.dim}, 0});
-    s.push_back({p + "mlp.down_proj", g + "ffn_down.weight", {c.dim, c.ffn_dim}, 0});
-  }
-  s.push_back({"lm_head", "output.weight", {c.n_vocab, c.dim}, 0});
+  for (const LlamaTensor& t : llama_tensors(c))
+    if (t.slot == LlamaSlot::Linear || t.slot == LlamaSlot::Output) s.push_back({t.hf_module(), t.gguf, t.shape, t.permute_heads});
   return s;
 }
 
 // Whole tensors an adapter may replace (PEFT names with ".weight").
 inline std::vector<Slot> replaceable_slots(const LlamaConfig& c) {
   std::vector<Slot> s;
-  s.push_back({"model.embed_tokens.weight", "token_embd.weight", {c.n_vocab, c.dim}, 0});
-  s.push_back({"model.norm.weight", "output_norm.weight", {c.dim}, 0});
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".", g = "blk." + std::to_string(l) + ".";
-    s.push_back({p + "input_layernorm.weight", g + "attn_norm.weight", {c.dim}, 0});
-    s.push_back({p + "post_attention_layernorm.weight", g + "ffn_norm.weight", {c.dim}, 0});
-  }
-  for (Slot x : linear_slots(c)) {
-    x.hf += ".weight";
-    s.push_back(x);
-  }
+  for (const LlamaTensor& t : llama_tensors(c)) s.push_back({t.hf, t.gguf, t.shape, t.permute_heads});
   return s;
 }
 
@@ -136,14 +116,6 @@ inline std::string projector_gguf_name(const std::string& hf) {
   return std::regex_match(hf, m, re) ? "mm." + m[1].str() + "." + m[2].str() : std::string();
 }
 inline bool is_projector_name(const std::string& gguf) { return gguf.rfind("mm.", 0) == 0; }
-
-// Row r of llama.cpp's q/k layout is row src(r) of HF's: HF keeps a head's two
-// rotation halves apart (i, i + d/2), llama.cpp interleaves them (2i, 2i+1).
-// (The converter's convert_detail::permuted_source_row.)
-inline int64_t qk_source_row(int64_t r, int64_t head_dim) {
-  const int64_t h = r / head_dim, j = r % head_dim;
-  return h * head_dim + (j % 2) * (head_dim / 2) + j / 2;
-}
 
 // An owned copy of `v` with its rows permuted per head (heads > 0), in `to`
 // (or the source's dtype when `to` is null).

@@ -4,6 +4,7 @@
 #pragma once
 #include "../io/gguf.hpp"
 #include "../ops/ops.hpp"
+#include "tensors.hpp"
 
 namespace loupe {
 
@@ -15,11 +16,7 @@ struct Projector {
     const std::string type = f.get_str("clip.projector_type", "mlp");
     if (type != "mlp") fail(f.name(), ": projector type '", type, "' is not supported (only mlp = mlp2x_gelu)");
     Projector p;
-    auto get = [&](const char* name) { return f.get_tensor(name).view; };
-    p.w0 = get("mm.0.weight");
-    p.b0 = get("mm.0.bias");
-    p.w2 = get("mm.2.weight");
-    p.b2 = get("mm.2.bias");
+    for (const ClipTensor& t : projector_tensors(0, 0)) p.at(t.field) = f.get_tensor(t.gguf).view;
     p.in_dim = p.w0.cols();
     p.out_dim = p.w0.rows();
     if (p.w0.ndim != 2 || p.w2.ndim != 2 || p.w2.cols() != p.out_dim || p.w2.rows() != p.out_dim)
@@ -28,6 +25,8 @@ struct Projector {
       fail(f.name(), ": projector biases must be F32 of length ", p.out_dim);
     return p;
   }
+
+  TensorView& at(ClipField f) { return f == ClipField::Mm0W ? w0 : f == ClipField::Mm0B ? b0 : f == ClipField::Mm2W ? w2 : b2; }
 
   // features [n, in_dim] -> [n, out_dim]
   std::vector<float> operator()(const std::vector<float>& x, ThreadPool* pool = nullptr) const {

@@ -40,8 +40,10 @@ inline QuantizedRows& act_scratch() {
   static thread_local QuantizedRows q;  // the caller's; workers only read it
   return q;
 }
-inline std::vector<float>& f32_scratch(int which) {  // attention scores
-  static thread_local std::vector<float> s[2];
+// Per-thread scratch, grown and kept: attention scores (0, 1), an F16 cache
+// widened (2, 3), a tile of F16/BF16 weight rows widened for Eigen (4).
+inline std::vector<float>& f32_scratch(int which) {
+  static thread_local std::vector<float> s[5];
   return s[which];
 }
 inline AlignedBuffer<float>& packed_scratch() {  // the caller's packed matmul input; workers only read it
@@ -85,12 +87,12 @@ inline void matmul(const KernelTable& kt, const TensorView& w, const float* x, i
   }
   parallel_chunks(pool, out, kGrain, [&](int64_t r0, int64_t r1) {
     const int64_t m = r1 - r0;
-    std::vector<float> tile;
+    std::vector<float>& tile = ops_detail::f32_scratch(4);
     const float* wt;
     if (w.dtype == DType::F32 && w.row_stride() == size_t(in) * 4) {
       wt = reinterpret_cast<const float*>(w.row(r0));
     } else {
-      tile.resize(size_t(m * in));
+      if (tile.size() < size_t(m * in)) tile.resize(size_t(m * in));
       for (int64_t r = r0; r < r1; ++r) {
         const auto* src = reinterpret_cast<const uint16_t*>(w.row(r));
         float* dst = tile.data() + (r - r0) * in;
@@ -212,7 +214,7 @@ inline void multi_head_attention(const KernelTable& kt, const AttentionShape& a,
     // Few queries (decode): dot products and weighted sums straight from the cache.
     parallel_chunks(pool, a.n * a.n_heads, 1, [&](int64_t t0, int64_t t1) {
       std::vector<float>& s = ops_detail::f32_scratch(0);
-      s.resize(size_t(a.m));
+      if (s.size() < size_t(a.m)) s.resize(size_t(a.m + 1023) / 1024 * 1024);  // grown by 1024 positions, not per token
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t i = t / a.n_heads, h = t % a.n_heads, off = (h / group) * hd, len = visible(i);
         const float* qi = q + i * a.q_stride + h * hd;
@@ -236,10 +238,11 @@ inline void multi_head_attention(const KernelTable& kt, const AttentionShape& a,
   // to f32 once for the call.
   const float *K = static_cast<const float*>(k), *V = static_cast<const float*>(v);
   int64_t ks = a.kv_stride;
-  std::vector<float> kf, vf;
+  std::vector<float>& kf = ops_detail::f32_scratch(2);
+  std::vector<float>& vf = ops_detail::f32_scratch(3);
   if (f16) {
     const int64_t w = a.n_kv_heads * hd;
-    kf.resize(size_t(a.m * w)), vf.resize(size_t(a.m * w));
+    if (kf.size() < size_t(a.m * w)) kf.resize(size_t(a.m * w)), vf.resize(size_t(a.m * w));
     parallel_chunks(pool, a.m, 64, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         kt.f16_to_f32(static_cast<const uint16_t*>(k) + p * a.kv_stride, kf.data() + p * w, w);

@@ -1,38 +1,23 @@
-// Text generation: a LLaMA GGUF with its embedded tokenizer, and the
-// prefill + decode loop with sampling, stop strings and per-token streaming.
+// Generation: prefill + decode with sampling, stop strings and per-token
+// streaming, for one session or many at once.
+//
+// A Generator runs any number of requests (each on its own session) by
+// continuous batching: every step() is one forward pass holding the next token
+// of every decoding request and, in the rows left, chunks of the prompts still
+// being read. generate() is the same machinery with one request: there is one
+// generation loop in loupe.
 #pragma once
 #include <chrono>
 #include <functional>
+#include <list>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "../text/gguf_vocab.hpp"
-#include "../models/llama.hpp"
-#include "../text/sampler.hpp"
 #include "../text/stop.hpp"
+#include "session.hpp"
 
 namespace loupe {
-
-// A text model file: the mapping, the model views into it and its tokenizer.
-struct LanguageModel {
-  GgufFile file;
-  LlamaModel model;
-  Tokenizer tokenizer;
-
-  static LanguageModel open(const std::string& path) { return from_file(GgufFile::open(path)); }
-  // From a parsed file (e.g. bytes already in memory: GgufFile::parse(Blob::from_bytes(...))).
-  static LanguageModel from_file(GgufFile file) {
-    LanguageModel lm;
-    lm.file = std::move(file);
-    lm.model = LlamaModel::from_gguf(lm.file);
-    lm.tokenizer = read_vocab(lm.file);
-    if (int64_t(lm.tokenizer.size()) != lm.model.cfg.n_vocab)
-      fail(lm.file.name(), ": tokenizer has ", lm.tokenizer.size(), " tokens, the model ", lm.model.cfg.n_vocab);
-    return lm;
-  }
-  // GgufFile owns the mapping through a shared_ptr, so moving keeps views valid.
-};
 
 struct GenerateOptions {
   int max_tokens = 128;
@@ -51,71 +36,169 @@ struct GenerateStats {
   double decode_tok_s() const { return decode_ms > 0 ? 1000.0 * double(generated) / decode_ms : 0; }
 };
 
+enum class FinishReason { Stop, Length, Cancelled };  // EOS or a stop string; max_tokens or the context; the callback
+
 struct Generation {
   std::vector<int32_t> tokens;  // generated ids (without the prompt; EOS not included)
   std::string text;
   GenerateStats stats;
+  FinishReason finish = FinishReason::Stop;
   std::vector<float> first_logits;  // logits the first token was sampled from (for --dump)
 };
 
 // Called with each newly decoded piece of text; return false to stop.
 using TokenCallback = std::function<bool(std::string_view text)>;
 
-// Prefills `prompt` embeddings [n, dim] (positions kv.n_past...) and then
-// samples up to max_tokens tokens. `history` holds the prompt's token ids for the
-// repetition penalty (image positions have none).
-inline Generation generate_from_embeddings(const LlamaModel& m, const Tokenizer& tok, KVCache& kv,
-                                           const std::vector<float>& prompt, std::vector<int32_t> history,
-                                           const GenerateOptions& opt, const TokenCallback& on_text = nullptr,
-                                           ThreadPool* pool = nullptr) {
-  using clock = std::chrono::steady_clock;
-  const int64_t dim = m.cfg.dim, n = int64_t(prompt.size()) / dim, V = m.cfg.n_vocab;
-  if (n <= 0) fail("generate: empty prompt");
-  if (kv.n_past + n > kv.n_ctx)
-    fail("prompt of ", n, " positions does not fit in the context (", kv.n_ctx - kv.n_past, " positions left of ", kv.n_ctx, ")");
-  Generation g;
-  std::vector<float> logits(static_cast<size_t>(V)), x(static_cast<size_t>(dim));
-  auto t0 = clock::now();
-  forward(m, kv, prompt.data(), n, logits.data(), false, pool);
-  auto t1 = clock::now();
-  g.stats.prompt_tokens = n;
-  g.stats.prefill_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+class Generator {
+ public:
+  // Passes run on `batch` (its max_rows bounds the rows of one step).
+  explicit Generator(Batch& batch) : batch_(&batch) {}
 
-  g.first_logits = logits;
-  Sampler sampler(opt.sampling);
-  StreamDecoder dec(tok, opt.answer_starts_text);
-  StopMatcher stops(opt.stop);
-  auto emit = [&](const std::string& s) {
-    g.text += s;
-    return s.empty() || !on_text || on_text(s);
-  };
-  for (int i = 0; i < opt.max_tokens; ++i) {
-    const int32_t id = sampler.sample(logits.data(), int32_t(V), history);
-    if (opt.stop_at_eos && id == tok.eos()) break;
-    g.tokens.push_back(id);
-    history.push_back(id);
-    bool go = emit(stops.push(dec.push(id)));
-    if (stops.stopped() || !go) break;
-    if (i + 1 == opt.max_tokens) break;
-    if (kv.n_past >= kv.n_ctx) break;  // context full: stop cleanly
-    embed(m, &id, 1, x.data());
-    forward(m, kv, x.data(), 1, logits.data(), false, pool);
+  // Starts a request on session `s`: the prompt `ids` (or embeddings x [ids.size(), dim]
+  // with each position's id or marker, as Session::feed), then up to opt.max_tokens
+  // tokens. `done` is called with the result when it finishes. The session must
+  // not be used elsewhere until then.
+  void submit(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,
+              TokenCallback on_text = nullptr, std::function<void(Generation&&)> done = nullptr) {
+    if (ids.empty()) fail("generate: empty prompt");
+    if (!x.empty() && x.size() != ids.size() * size_t(s.model().model.cfg.dim)) fail("generate: embeddings do not match the prompt's positions");
+    if (s.n_past() + int64_t(ids.size()) > s.n_ctx())
+      fail("prompt of ", ids.size(), " positions does not fit in the context (", s.n_ctx() - s.n_past(), " positions left of ",
+           s.n_ctx(), ")");
+    for (const Request& r : running_)
+      if (r.s == &s) fail("generate: the session is already generating");
+    running_.emplace_back(s, std::move(ids), std::move(x), opt, std::move(on_text), std::move(done));
   }
-  if (!stops.stopped()) emit(stops.push(dec.flush())), emit(stops.flush());
-  g.stats.generated = int64_t(g.tokens.size());
-  g.stats.decode_ms = std::chrono::duration<double, std::milli>(clock::now() - t1).count();
-  return g;
+
+  bool busy() const { return !running_.empty(); }
+  size_t running() const { return running_.size(); }
+
+  // One forward pass: a token for every decoding request, prompt chunks for
+  // the others in the rows left. Finished requests are handed to their `done`.
+  void step(ThreadPool* pool = nullptr) {
+    int64_t budget = batch_->max_rows();
+    std::vector<Request*>& fed = fed_;
+    fed.clear();
+    for (int pass = 0; pass < 2; ++pass)  // decode steps first: a long prompt must not stall them
+      for (Request& r : running_) {
+        const bool decoding = r.fed == int64_t(r.ids.size());
+        if ((pass == 0) != decoding || budget == 0) continue;
+        if (decoding) {
+          batch_->add(*r.s, r.next);
+          --budget;
+        } else {
+          const int64_t n = std::min<int64_t>(budget, int64_t(r.ids.size()) - r.fed);
+          const std::vector<int32_t> part(r.ids.begin() + r.fed, r.ids.begin() + r.fed + n);
+          const int64_t D = r.s->model().model.cfg.dim;
+          if (r.x.empty()) batch_->add(*r.s, part);
+          else batch_->add(*r.s, r.x.data() + r.fed * D, part);
+          r.fed += n;
+          budget -= n;
+        }
+        fed.push_back(&r);
+      }
+    if (fed.empty()) return;
+    batch_->run(pool);
+    for (Request* r : fed)
+      if (r->fed == int64_t(r->ids.size())) r->sample_next();
+    for (auto it = running_.begin(); it != running_.end();) {
+      if (!it->finished) {
+        ++it;
+        continue;
+      }
+      Request r = std::move(*it);
+      it = running_.erase(it);
+      if (r.done) r.done(std::move(r.g));
+    }
+  }
+
+  // Steps until every request has finished.
+  void run(ThreadPool* pool = nullptr) {
+    while (busy()) step(pool);
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  struct Request {
+    Session* s;
+    std::vector<int32_t> ids;
+    std::vector<float> x;
+    GenerateOptions opt;
+    TokenCallback on_text;
+    std::function<void(Generation&&)> done;
+    Sampler sampler;
+    StreamDecoder dec;
+    StopMatcher stops;
+    Generation g;
+    int64_t fed = 0;   // prompt positions queued so far
+    int32_t next = 0;  // the sampled token to feed next
+    bool finished = false;
+    clock::time_point t0 = clock::now(), t1;
+
+    Request(Session& s_, std::vector<int32_t> ids_, std::vector<float> x_, const GenerateOptions& o, TokenCallback cb,
+            std::function<void(Generation&&)> d)
+        : s(&s_), ids(std::move(ids_)), x(std::move(x_)), opt(o), on_text(std::move(cb)), done(std::move(d)),
+          sampler(o.sampling), dec(s_.model().tokenizer, o.answer_starts_text), stops(o.stop) {
+      g.stats.prompt_tokens = int64_t(ids.size());
+    }
+
+    bool emit(const std::string& piece) {
+      g.text += piece;
+      return piece.empty() || !on_text || on_text(piece);
+    }
+    // After a pass that ended this request's input: sample, stream, decide whether to go on.
+    void sample_next() {
+      const Tokenizer& tok = s->model().tokenizer;
+      if (g.tokens.empty() && g.first_logits.empty()) {
+        t1 = clock::now();
+        g.stats.prefill_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+        g.first_logits = s->logits();
+      }
+      const int32_t id = s->sample(sampler);
+      bool more = false;
+      if (opt.stop_at_eos && id == tok.eos()) {
+        g.finish = FinishReason::Stop;
+      } else {
+        g.tokens.push_back(id);
+        const bool go = emit(stops.push(dec.push(id)));
+        if (stops.stopped()) g.finish = FinishReason::Stop;
+        else if (!go) g.finish = FinishReason::Cancelled;
+        else if (int(g.tokens.size()) >= opt.max_tokens || s->n_past() >= s->n_ctx()) g.finish = FinishReason::Length;  // context full: stop cleanly
+        else more = true;
+      }
+      if (more) {
+        next = id;
+        return;
+      }
+      if (!stops.stopped()) emit(stops.push(dec.flush())), emit(stops.flush());
+      g.stats.generated = int64_t(g.tokens.size());
+      g.stats.decode_ms = std::chrono::duration<double, std::milli>(clock::now() - t1).count();
+      finished = true;
+    }
+  };
+  Batch* batch_;
+  std::list<Request> running_;  // stable addresses while steps run
+  std::vector<Request*> fed_;   // the requests in the current pass
+};
+
+// Feeds `ids` (or embeddings x for those positions) to the session after what
+// it holds and samples up to opt.max_tokens tokens.
+inline Generation generate(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,
+                           const TokenCallback& on_text = nullptr, ThreadPool* pool = nullptr) {
+  Generation out;
+  Generator gen(s.batch());
+  gen.submit(s, std::move(ids), std::move(x), opt, on_text, [&](Generation&& g) { out = std::move(g); });
+  gen.run(pool);
+  return out;
 }
 
-// Text prompt -> generation (BOS first when the tokenizer wants it).
+// Text prompt -> generation (BOS first when the tokenizer wants it and the session is empty).
 // The generated text continues the prompt, so its leading space is kept.
-inline Generation generate_text(const LanguageModel& lm, KVCache& kv, const std::string& prompt, GenerateOptions opt,
-                                const TokenCallback& on_text = nullptr, ThreadPool* pool = nullptr) {
+inline Generation generate_text(Session& s, const std::string& prompt, GenerateOptions opt, const TokenCallback& on_text = nullptr,
+                                ThreadPool* pool = nullptr) {
   opt.answer_starts_text = false;
-  std::vector<int32_t> ids = lm.tokenizer.encode(prompt, lm.tokenizer.settings().add_bos && kv.n_past == 0);
-  std::vector<float> x(ids.size() * size_t(lm.model.cfg.dim));
-  embed(lm.model, ids.data(), int64_t(ids.size()), x.data());
-  return generate_from_embeddings(lm.model, lm.tokenizer, kv, x, ids, opt, on_text, pool);
+  const Tokenizer& tok = s.model().tokenizer;
+  return generate(s, tok.encode(prompt, tok.settings().add_bos && s.n_past() == 0), {}, opt, on_text, pool);
 }
 
 }  // namespace loupe

@@ -10,19 +10,22 @@
 // turn re-renders the whole conversation, reuses the cached prefix, and only
 // prefills what is new.
 #pragma once
+#include <algorithm>
+#include <array>
+#include <chrono>
 #include <string>
 #include <vector>
 
 #include "../text/chat.hpp"
 #include "../models/clip.hpp"
 #include "generate.hpp"
+#include "session.hpp"
 #include "../vision/image.hpp"
 #include "../vision/preprocess.hpp"
 #include "../models/projector.hpp"
 
 namespace loupe {
 
-constexpr int32_t kImageTokenIndex = -200;  // LLaVA's IMAGE_TOKEN_INDEX
 
 // The vision half of an mmproj file.
 struct VisionModel {
@@ -91,27 +94,40 @@ inline std::vector<int32_t> tokenize_image_prompt(const Tokenizer& tok, std::str
 struct DescribeOptions {
   std::string conv = "vicuna_v1";  // chat template name
   GenerateOptions gen;
-  int64_t n_ctx = 0;               // 0: model's context, at most 4096
-  DType kv_type = DType::F32;
+  SessionOptions session;          // context, KV cache type (F16 by default), pass size
 };
 
-// One image, one conversation.
+// One image, one conversation, on a session of its own: the image's CLIP
+// features are kept across turns (and across conversations about the same
+// image), the KV cache keeps the conversation so far, and each turn prefills
+// only what is new.
 class VisionChat {
  public:
-  VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeOptions opt, ThreadPool* pool = nullptr)
-      : lm_(lm), vm_(vm), opt_(std::move(opt)), conv_(opt_.conv), pool_(pool) {
+  VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeOptions opt = {}, ThreadPool* pool = nullptr)
+      : lm_(lm), vm_(vm), opt_(std::move(opt)), pool_(pool), session_(lm, opt_.session, &vm.projector), conv_(opt_.conv) {
     if (vm.projector.out_dim != lm.model.cfg.dim)
       fail(vm.file.name(), ": the projector outputs width ", vm.projector.out_dim, " but the language model's width is ",
            lm.model.cfg.dim, " (mmproj from a different model?)");
-    const int64_t ctx = opt_.n_ctx > 0 ? opt_.n_ctx : std::min<int64_t>(lm.model.cfg.n_ctx, 4096);
-    kv_ = KVCache(lm.model.cfg, ctx, opt_.kv_type);
-    if (opt_.gen.stop.empty()) opt_.gen.stop.push_back(conv_.stop());
-    revision_ = lm.model.adapter_revision;
   }
 
-  // Preprocess and encode an image and start a new conversation about it; its
-  // features are reused for every turn.
-  void set_image(const Image& img) { set_pixels(preprocess(img, vm_.preprocess_config())); }
+  // The session the conversation runs on: its adapters (add_lora, set_lora_scale) and the token-level API.
+  Session& session() { return session_; }
+  // Generation options for the next turns (the template changes with the next image).
+  DescribeOptions& options() { return opt_; }
+
+  // Preprocess and encode an image and start a new conversation about it. The
+  // same image again (equal pixels) keeps its encoding: only the conversation restarts.
+  void set_image(const Image& img) {
+    const uint64_t key = image_key(img);
+    if (key == image_key_ && !clip_features_.empty()) {
+      image_cached = true, encode_ms = project_ms = 0;
+      project();
+      new_conversation();
+      return;
+    }
+    set_pixels(preprocess(img, vm_.preprocess_config()));
+    image_key_ = key;
+  }
 
   // Already preprocessed pixel values [3, S, S].
   void set_pixels(Tensor pixels) {
@@ -121,25 +137,35 @@ class VisionChat {
     auto t0 = std::chrono::steady_clock::now();
     pixel_values = std::move(pixels);
     clip_features_ = clip_encode(vm_.clip, pixel_values.f32(), pool_);
-    image_features = vm_.projector(clip_features_, pool_);
-    revision_ = lm_.model.adapter_revision;
+    projected_with_ = {};
+    image_key_ = 0;
+    image_cached = false;
     encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    cached_.clear();
-    kv_.n_past = 0;
-    conv_.messages.clear();
+    project_ms = 0;
+    project();
+    new_conversation();
   }
 
   // One user turn (the first carries the image); streams the reply.
   Generation ask(const std::string& prompt, const TokenCallback& on_text = nullptr) {
-    if (image_features.empty()) fail("VisionChat: no image set");
-    // Adapters switched since the image was projected or the cache was filled
-    // (lora.hpp): the projector may be another one and every cached key is stale.
-    if (lm_.model.adapter_revision != revision_) {
-      if (clip_features_.empty()) fail("VisionChat: the adapters changed after image_features were set; set the image again");
-      image_features = vm_.projector(clip_features_, pool_);
-      cached_.clear();
-      revision_ = lm_.model.adapter_revision;
-    }
+    Turn t = begin_turn(prompt);
+    Generation g = generate(session_, std::move(t.ids), std::move(t.x), t.gen, on_text, pool_);
+    end_turn(g);
+    return g;
+  }
+
+  // ask() in two halves, for running many chats in one batch (Generator):
+  // begin_turn() adds the user's turn, keeps what the session holds of the
+  // conversation and returns what must still be fed (ids, and embeddings for
+  // those positions) with the generation options; end_turn() records the reply.
+  struct Turn {
+    std::vector<int32_t> ids;
+    std::vector<float> x;
+    GenerateOptions gen;
+  };
+  Turn begin_turn(const std::string& prompt) {
+    if (clip_features_.empty()) fail("VisionChat: no image set");
+    project();
     const bool first_turn = conv_.messages.empty();
     const size_t tags = count_tags(prompt);
     if (tags > (first_turn ? 1u : 0u))
@@ -149,39 +175,34 @@ class VisionChat {
     prompt_ids = tokenize_image_prompt(lm_.tokenizer, conv_.prompt());
 
     // Positions: each id is one position, the image marker is n_patches positions.
-    std::vector<int32_t> positions;  // token id per position, kImageTokenIndex for image positions
-    const int64_t n_img = int64_t(image_features.size()) / lm_.model.cfg.dim;
+    Turn t;
+    std::vector<int32_t>& positions = t.ids;
+    const int64_t dim = lm_.model.cfg.dim, n_img = int64_t(image_features.size()) / dim;
     for (int32_t id : prompt_ids)
       if (id == kImageTokenIndex) positions.insert(positions.end(), size_t(n_img), kImageTokenIndex);
       else positions.push_back(id);
-    if (int64_t(positions.size()) >= kv_.n_ctx)
-      fail("the prompt needs ", positions.size(), " positions (", n_img, " for the image) but the context holds ", kv_.n_ctx);
-    // Reuse the cached prefix, prefill the rest.
+    if (int64_t(positions.size()) >= session_.n_ctx())
+      fail("the prompt needs ", positions.size(), " positions (", n_img, " for the image) but the context holds ", session_.n_ctx());
+    // Reuse what the session holds of this conversation, prefill the rest (at
+    // least one position, for fresh logits).
+    const std::vector<int32_t>& held = session_.positions();
     size_t keep = 0;
-    while (keep < cached_.size() && keep < positions.size() && cached_[keep] == positions[keep]) ++keep;
-    if (keep == positions.size()) --keep;  // always prefill at least one position for fresh logits
-    kv_.n_past = int64_t(keep);
-    const int64_t dim = lm_.model.cfg.dim;
-    std::vector<float> x((positions.size() - keep) * size_t(dim));
-    for (size_t p = keep, img = 0; p < positions.size(); ++p) {
-      float* dst = x.data() + (p - keep) * size_t(dim);
-      if (positions[p] == kImageTokenIndex) {
-        img = p - first_image_position(positions);
-        std::copy_n(image_features.data() + img * size_t(dim), dim, dst);
-      } else {
-        embed(lm_.model, &positions[p], 1, dst);
-      }
+    while (keep < held.size() && keep < positions.size() && held[keep] == positions[keep]) ++keep;
+    if (keep == positions.size()) --keep;
+    session_.truncate(int64_t(keep));
+    t.x.resize((positions.size() - keep) * size_t(dim));
+    const size_t first_image = size_t(std::find(positions.begin(), positions.end(), kImageTokenIndex) - positions.begin());
+    for (size_t p = keep; p < positions.size(); ++p) {
+      float* dst = t.x.data() + (p - keep) * size_t(dim);
+      if (positions[p] == kImageTokenIndex) std::copy_n(image_features.data() + (p - first_image) * size_t(dim), dim, dst);
+      else embed(lm_.model.cfg, session_.embeddings(), &positions[p], 1, dst);
     }
-    std::vector<int32_t> history;
-    for (int32_t id : prompt_ids)
-      if (id != kImageTokenIndex) history.push_back(id);
-    Generation g = generate_from_embeddings(lm_.model, lm_.tokenizer, kv_, x, history, opt_.gen, on_text, pool_);
-    cached_ = positions;
-    cached_.insert(cached_.end(), g.tokens.begin(), g.tokens.end());
-    cached_.resize(size_t(kv_.n_past));  // the last sampled token was not run through the model
-    conv_.set_reply(g.text);
-    return g;
+    positions.erase(positions.begin(), positions.begin() + std::ptrdiff_t(keep));
+    t.gen = opt_.gen;
+    if (t.gen.stop.empty()) t.gen.stop.push_back(conv_.stop());
+    return t;
   }
+  void end_turn(const Generation& g) { conv_.set_reply(g.text); }
 
   const Conversation& conversation() const { return conv_; }
 
@@ -189,7 +210,9 @@ class VisionChat {
   Tensor pixel_values;
   std::vector<float> image_features;  // [n_patches, llm dim], after the projector
   std::vector<int32_t> prompt_ids;    // with kImageTokenIndex
-  double encode_ms = 0;
+  double encode_ms = 0;      // the last set_image's CLIP time (0: the encoding was reused)
+  double project_ms = 0;     // projector time since the last set_image (0: the projected features were reused)
+  bool image_cached = false;  // the last set_image reused the encoding
 
  private:
   static size_t count_tags(const std::string& s) {
@@ -197,21 +220,38 @@ class VisionChat {
     for (size_t p = s.find(kImageToken); p != std::string::npos; p = s.find(kImageToken, p + 1)) ++n;
     return n;
   }
-  static size_t first_image_position(const std::vector<int32_t>& pos) {
-    for (size_t i = 0; i < pos.size(); ++i)
-      if (pos[i] == kImageTokenIndex) return i;
-    return 0;
+  // FNV-1a over the size and pixels: tells "the same image again" apart from another one.
+  static uint64_t image_key(const Image& img) {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&h](uint64_t b) { h = (h ^ b) * 1099511628211ull; };
+    mix(uint64_t(img.width)), mix(uint64_t(img.height));
+    for (uint8_t b : img.rgb) mix(b);
+    return h | 1;  // never 0 (= no image)
+  }
+  void new_conversation() {
+    conv_ = Conversation(opt_.conv);
+    session_.clear();
+  }
+  // The CLIP features through the projector the session uses now (an adapter may bring its own).
+  void project() {
+    const Projector& p = *session_.projector();
+    const std::array<const void*, 4> id{p.w0.data, p.b0.data, p.w2.data, p.b2.data};
+    if (id == projected_with_) return;
+    auto t0 = std::chrono::steady_clock::now();
+    image_features = p(clip_features_, pool_);
+    projected_with_ = id;
+    project_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   }
 
   const LanguageModel& lm_;
   const VisionModel& vm_;
   DescribeOptions opt_;
-  Conversation conv_;
   ThreadPool* pool_;
-  KVCache kv_;
-  std::vector<int32_t> cached_;  // what the KV cache holds, per position
-  std::vector<float> clip_features_;  // the image before the projector (kept for adapter switches)
-  uint64_t revision_ = 0;             // lm_.model.adapter_revision that image_features and the cache belong to
+  Session session_;
+  Conversation conv_;
+  std::vector<float> clip_features_;        // the image before the projector
+  std::array<const void*, 4> projected_with_{};  // the projector weights image_features came from
+  uint64_t image_key_ = 0;
 };
 
 // One-shot: describe(image, prompt) with streaming.

@@ -126,6 +126,16 @@ struct Sampler {
   // Picks the next token. Greedy (temperature <= 0) consumes no random number;
   // otherwise exactly one uniform is drawn per call, whatever the filters keep.
   int32_t sample(const float* logits, int32_t n_vocab, const std::vector<int32_t>& history) {
+    if (params.temperature <= 0.0f && n_vocab > 0 &&
+        (params.repeat_penalty == 1.0f || params.repeat_last_n == 0 || history.empty())) {
+      // Plain greedy, without distribution()'s copy of the logits (a decode
+      // step allocates nothing): the first maximum, NaN as -inf.
+      auto val = [&](int32_t i) { return std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i]; };
+      int32_t best = 0;
+      for (int32_t i = 1; i < n_vocab; ++i)
+        if (val(i) > val(best)) best = i;
+      return best;
+    }
     const double u = params.temperature > 0.0f ? rng_.uniform() : 0.0;
     return pick(logits, n_vocab, history, params, u);
   }

@@ -1,0 +1,274 @@
+// The registry: what a model file holds, in one place. Hyper-parameters, the
+// GGUF metadata keys they are stored under (llama.cpp's gguf-py constants:
+// LLM_KV_* for llama, clip.* as its legacy convert_image_encoder_to_gguf.py
+// writes them), and every tensor's two names (llama.cpp's and Hugging Face's),
+// its shape and the row permutation q/k get. The loaders (llama.hpp, clip.hpp,
+// projector.hpp), the converter, the LoRA readers and the benchmark's
+// synthetic models all read it from here.
+#pragma once
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../io/gguf.hpp"
+
+namespace loupe {
+
+// ------------------------------------------------------------------ LLaMA
+
+struct LlamaConfig {
+  int64_t n_vocab = 0, dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, ffn_dim = 0, n_ctx = 0, head_dim = 0;
+  float rms_eps = 1e-5f, rope_base = 10000.0f;
+};
+
+// The adaptable linear weights of a layer, in HF's order.
+enum LlamaLinear : int { kAttnQ, kAttnK, kAttnV, kAttnOut, kFfnGate, kFfnUp, kFfnDown, kLlamaLinears };
+
+// Where a tensor sits in the model: one of the three outside the blocks, or a
+// block's norm or linear weight.
+enum class LlamaSlot { TokEmbd, OutputNorm, Output, AttnNorm, FfnNorm, Linear };
+
+struct LlamaTensor {
+  std::string gguf;  // llama.cpp's name: "blk.3.attn_q.weight"
+  std::string hf;    // LlamaForCausalLM's: "model.layers.3.self_attn.q_proj.weight"
+  std::vector<int64_t> shape;  // PyTorch order
+  LlamaSlot slot = LlamaSlot::TokEmbd;
+  int64_t layer = -1;          // block index, -1 outside the blocks
+  LlamaLinear linear = kAttnQ;  // for LlamaSlot::Linear
+  int64_t permute_heads = 0;   // q/k: rows permuted per head (qk_source_row), 0: stored as in HF
+  std::string hf_module() const { return hf.substr(0, hf.size() - 7); }  // without ".weight" (PEFT's module name)
+};
+
+// Every tensor of a LLaMA model in file order (llama.cpp's convert_hf_to_gguf
+// order); `output` false for tied embeddings (no lm_head / output.weight).
+inline std::vector<LlamaTensor> llama_tensors(const LlamaConfig& c, bool output = true) {
+  const int64_t q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+  std::vector<LlamaTensor> t;
+  t.push_back({"token_embd.weight", "model.embed_tokens.weight", {c.n_vocab, c.dim}, LlamaSlot::TokEmbd});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string g = "blk." + std::to_string(l) + ".", h = "model.layers." + std::to_string(l) + ".";
+    auto lin = [&](const char* gn, const char* hn, std::vector<int64_t> shape, LlamaLinear which, int64_t heads = 0) {
+      t.push_back({g + gn + ".weight", h + hn + ".weight", std::move(shape), LlamaSlot::Linear, l, which, heads});
+    };
+    t.push_back({g + "attn_norm.weight", h + "input_layernorm.weight", {c.dim}, LlamaSlot::AttnNorm, l});
+    lin("attn_q", "self_attn.q_proj", {q, c.dim}, kAttnQ, c.n_heads);
+    lin("attn_k", "self_attn.k_proj", {kv, c.dim}, kAttnK, c.n_kv_heads);
+    lin("attn_v", "self_attn.v_proj", {kv, c.dim}, kAttnV);
+    lin("attn_output", "self_attn.o_proj", {c.dim, q}, kAttnOut);
+    t.push_back({g + "ffn_norm.weight", h + "post_attention_layernorm.weight", {c.dim}, LlamaSlot::FfnNorm, l});
+    lin("ffn_gate", "mlp.gate_proj", {c.ffn_dim, c.dim}, kFfnGate);
+    lin("ffn_up", "mlp.up_proj", {c.ffn_dim, c.dim}, kFfnUp);
+    lin("ffn_down", "mlp.down_proj", {c.dim, c.ffn_dim}, kFfnDown);
+  }
+  t.push_back({"output_norm.weight", "model.norm.weight", {c.dim}, LlamaSlot::OutputNorm});
+  if (output) t.push_back({"output.weight", "lm_head.weight", {c.n_vocab, c.dim}, LlamaSlot::Output});
+  return t;
+}
+
+// The q/k row permutation. Row r of llama.cpp's layout is row qk_source_row(r)
+// of HF's: HF keeps a head's two rotation halves apart (i, i + d/2, rotate_half),
+// llama.cpp interleaves them (2i, 2i+1) — the inverse of the permutation HF's
+// convert_llama_weights_to_hf.py applies. Same RoPE, other pairing (ops.hpp's RopeStyle).
+inline int64_t qk_source_row(int64_t r, int64_t head_dim) {
+  const int64_t h = r / head_dim, j = r % head_dim;
+  return h * head_dim + (j % 2) * (head_dim / 2) + j / 2;
+}
+
+// llama.* metadata (llama.cpp's LLM_KV_*), read with llama.cpp's defaults and checked.
+inline LlamaConfig read_llama_config(const GgufFile& f) {
+  const std::string arch = f.get_str("general.architecture");
+  if (arch != "llama") fail(f.name(), ": architecture '", arch, "' is not supported (expected llama)");
+  LlamaConfig c;
+  c.dim = f.get_int("llama.embedding_length");
+  c.n_layers = f.get_int("llama.block_count");
+  c.n_heads = f.get_int("llama.attention.head_count");
+  c.n_kv_heads = f.get_int("llama.attention.head_count_kv", c.n_heads);
+  c.ffn_dim = f.get_int("llama.feed_forward_length");
+  c.n_ctx = f.get_int("llama.context_length", 2048);
+  c.rms_eps = float(f.get_float("llama.attention.layer_norm_rms_epsilon", 1e-5));
+  c.rope_base = float(f.get_float("llama.rope.freq_base", 10000.0));
+  if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.dim % c.n_heads || c.n_heads % c.n_kv_heads)
+    fail(f.name(), ": inconsistent llama metadata (dim ", c.dim, ", heads ", c.n_heads, ", kv heads ", c.n_kv_heads, ")");
+  c.head_dim = c.dim / c.n_heads;
+  if (c.head_dim % 2) fail(f.name(), ": head dimension ", c.head_dim, " is odd; RoPE needs pairs");
+  if (f.get_int("llama.rope.dimension_count", c.head_dim) != c.head_dim)
+    fail(f.name(), ": partial rotary embeddings (llama.rope.dimension_count) are not supported");
+  if (const GgufTensor* e = f.tensor("token_embd.weight"); e && e->shape.size() == 2) c.n_vocab = e->shape[0];
+  return c;
+}
+
+inline void write_llama_config(GgufWriter& w, const LlamaConfig& c) {
+  w.set("general.architecture", GgufValue::str("llama"));
+  w.set("llama.vocab_size", GgufValue::u32(uint32_t(c.n_vocab)));
+  w.set("llama.context_length", GgufValue::u32(uint32_t(c.n_ctx)));
+  w.set("llama.embedding_length", GgufValue::u32(uint32_t(c.dim)));
+  w.set("llama.block_count", GgufValue::u32(uint32_t(c.n_layers)));
+  w.set("llama.feed_forward_length", GgufValue::u32(uint32_t(c.ffn_dim)));
+  w.set("llama.rope.dimension_count", GgufValue::u32(uint32_t(c.head_dim)));
+  w.set("llama.attention.head_count", GgufValue::u32(uint32_t(c.n_heads)));
+  w.set("llama.attention.head_count_kv", GgufValue::u32(uint32_t(c.n_kv_heads)));
+  w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(c.rms_eps));
+  w.set("llama.rope.freq_base", GgufValue::f32(c.rope_base));
+}
+
+// general.file_type values (llama.cpp's LLAMA_FTYPE_*).
+inline uint32_t gguf_file_type(DType t) {
+  switch (t) {
+    case DType::F32: return 0;
+    case DType::F16: return 1;
+    case DType::Q4_0: return 2;
+    case DType::Q8_0: return 7;
+    case DType::BF16: return 32;
+    default: fail("cannot write ", dtype_name(t), " files");
+  }
+}
+
+// ---------------------------------------------------- CLIP tower + projector
+
+struct ClipConfig {
+  int64_t image_size = 336, patch_size = 14, dim = 0, ffn_dim = 0, n_heads = 0;
+  int64_t n_layers_run = 0;    // blocks to run: hidden_states[n_layers_run] is the feature layer
+  int64_t projection_dim = 0;  // CLIP's text-image projection width (metadata only; LLaVA does not use it)
+  float eps = 1e-5f;
+  bool gelu = false;  // clip.use_gelu: exact GELU instead of quick_gelu
+  std::array<float, 3> mean{0.48145466f, 0.4578275f, 0.40821073f}, std{0.26862954f, 0.26130258f, 0.27577711f};  // CLIP's
+  std::string aspect_ratio = "pad";  // LLaVA's image_aspect_ratio: "pad" or "none"
+  int64_t grid() const { return image_size / patch_size; }
+  int64_t n_patches() const { return grid() * grid(); }
+};
+
+// How a tensor is stored when converted: F32 (norms, biases, embeddings added
+// to activations), the patch convolution (F16 unless the output is F32), or a
+// weight matrix (the requested type).
+enum class Storage { F32, Conv, Matrix };
+
+// Where a tensor sits: the embeddings, a block's field, or the projector.
+enum class ClipField {
+  ClassEmbd, PatchEmbd, PosEmbd, PreLnW, PreLnB,
+  QW, QB, KW, KB, VW, VB, OW, OB, Ln1W, Ln1B, Fc1W, Fc1B, Fc2W, Fc2B, Ln2W, Ln2B,
+  Mm0W, Mm0B, Mm2W, Mm2B
+};
+
+struct ClipTensor {
+  std::string gguf, hf;  // hf: relative to the tower's "vision_model." (or the projector's full name)
+  std::vector<int64_t> shape;
+  Storage storage = Storage::Matrix;
+  ClipField field = ClipField::ClassEmbd;
+  int64_t layer = -1;  // block index, -1 outside the blocks
+  bool projector() const { return field >= ClipField::Mm0W; }  // mm.*: from the LLaVA checkpoint, not the tower
+};
+
+// LLaVA's mm_projector (nn.Sequential: Linear, GELU, Linear) -> mm.{0,2}.*.
+inline std::vector<ClipTensor> projector_tensors(int64_t vision_dim, int64_t text_dim) {
+  return {{"mm.0.weight", "model.mm_projector.0.weight", {text_dim, vision_dim}, Storage::Matrix, ClipField::Mm0W},
+          {"mm.0.bias", "model.mm_projector.0.bias", {text_dim}, Storage::F32, ClipField::Mm0B},
+          {"mm.2.weight", "model.mm_projector.2.weight", {text_dim, text_dim}, Storage::Matrix, ClipField::Mm2W},
+          {"mm.2.bias", "model.mm_projector.2.bias", {text_dim}, Storage::F32, ClipField::Mm2B}};
+}
+
+// The tower's tensors up to block n_layers_run, then the mlp2x_gelu projector
+// (`text_dim` wide); in the order the converter writes them.
+inline std::vector<ClipTensor> clip_tensors(const ClipConfig& c, int64_t text_dim) {
+  using F = ClipField;
+  const int64_t D = c.dim, P = c.patch_size, FF = c.ffn_dim;
+  std::vector<ClipTensor> t;
+  t.push_back({"v.class_embd", "embeddings.class_embedding", {D}, Storage::F32, F::ClassEmbd});
+  t.push_back({"v.patch_embd.weight", "embeddings.patch_embedding.weight", {D, 3, P, P}, Storage::Conv, F::PatchEmbd});
+  t.push_back({"v.position_embd.weight", "embeddings.position_embedding.weight", {c.n_patches() + 1, D}, Storage::F32, F::PosEmbd});
+  t.push_back({"v.pre_ln.weight", "pre_layrnorm.weight", {D}, Storage::F32, F::PreLnW});  // sic: HF's name
+  t.push_back({"v.pre_ln.bias", "pre_layrnorm.bias", {D}, Storage::F32, F::PreLnB});
+  for (int64_t l = 0; l < c.n_layers_run; ++l) {
+    const std::string g = "v.blk." + std::to_string(l) + ".", h = "encoder.layers." + std::to_string(l) + ".";
+    auto add = [&](const std::string& gn, const std::string& hn, std::vector<int64_t> shape, Storage st, F f) {
+      t.push_back({g + gn, h + hn, std::move(shape), st, f, l});
+    };
+    const struct {
+      const char *hf, *gguf;
+      F w, b;
+    } attn[] = {{"q_proj", "attn_q", F::QW, F::QB}, {"k_proj", "attn_k", F::KW, F::KB},
+                {"v_proj", "attn_v", F::VW, F::VB}, {"out_proj", "attn_out", F::OW, F::OB}};
+    for (const auto& a : attn) {
+      add(std::string(a.gguf) + ".weight", std::string("self_attn.") + a.hf + ".weight", {D, D}, Storage::Matrix, a.w);
+      add(std::string(a.gguf) + ".bias", std::string("self_attn.") + a.hf + ".bias", {D}, Storage::F32, a.b);
+    }
+    add("ln1.weight", "layer_norm1.weight", {D}, Storage::F32, F::Ln1W);
+    add("ln1.bias", "layer_norm1.bias", {D}, Storage::F32, F::Ln1B);
+    // fc1 (dim -> ffn) is "ffn_up" in llama.cpp's current naming (its legacy converter swapped the two).
+    add("ffn_up.weight", "mlp.fc1.weight", {FF, D}, Storage::Matrix, F::Fc1W);
+    add("ffn_up.bias", "mlp.fc1.bias", {FF}, Storage::F32, F::Fc1B);
+    add("ffn_down.weight", "mlp.fc2.weight", {D, FF}, Storage::Matrix, F::Fc2W);
+    add("ffn_down.bias", "mlp.fc2.bias", {D}, Storage::F32, F::Fc2B);
+    add("ln2.weight", "layer_norm2.weight", {D}, Storage::F32, F::Ln2W);
+    add("ln2.bias", "layer_norm2.bias", {D}, Storage::F32, F::Ln2B);
+  }
+  for (const ClipTensor& p : projector_tensors(D, text_dim)) t.push_back(p);
+  return t;
+}
+
+// clip.* metadata as llama.cpp's LLaVA mmproj files hold it. Blocks beyond the
+// feature layer are not written, so block_count = feature layer.
+inline void write_clip_config(GgufWriter& w, const ClipConfig& c) {
+  w.set("general.architecture", GgufValue::str("clip"));
+  w.set("clip.has_text_encoder", GgufValue::boolean(false));
+  w.set("clip.has_vision_encoder", GgufValue::boolean(true));
+  w.set("clip.has_llava_projector", GgufValue::boolean(true));
+  w.set("clip.projector_type", GgufValue::str("mlp"));
+  w.set("clip.vision.image_size", GgufValue::u32(uint32_t(c.image_size)));
+  w.set("clip.vision.patch_size", GgufValue::u32(uint32_t(c.patch_size)));
+  w.set("clip.vision.embedding_length", GgufValue::u32(uint32_t(c.dim)));
+  w.set("clip.vision.feed_forward_length", GgufValue::u32(uint32_t(c.ffn_dim)));
+  w.set("clip.vision.projection_dim", GgufValue::u32(uint32_t(c.projection_dim)));
+  w.set("clip.vision.attention.head_count", GgufValue::u32(uint32_t(c.n_heads)));
+  w.set("clip.vision.attention.layer_norm_epsilon", GgufValue::f32(c.eps));
+  w.set("clip.vision.block_count", GgufValue::u32(uint32_t(c.n_layers_run)));
+  w.set("clip.vision.feature_layer", GgufValue::array(GgufType::I32, std::vector<int32_t>{int32_t(c.n_layers_run)}));
+  w.set("clip.vision.image_mean", GgufValue::array(GgufType::F32, std::vector<float>(c.mean.begin(), c.mean.end())));
+  w.set("clip.vision.image_std", GgufValue::array(GgufType::F32, std::vector<float>(c.std.begin(), c.std.end())));
+  w.set("clip.vision.image_aspect_ratio", GgufValue::str(c.aspect_ratio));
+  w.set("clip.vision.mm_projector_type", GgufValue::str("mlp2x_gelu"));
+  w.set("clip.use_gelu", GgufValue::boolean(c.gelu));
+}
+
+// clip.* metadata back, checked; n_layers_run from clip.vision.feature_layer
+// (or every block the file has: llama.cpp's legacy converter drops the unused
+// last block and writes no feature layer).
+inline ClipConfig read_clip_config(const GgufFile& f) {
+  if (f.get_str("general.architecture") != "clip")
+    fail(f.name(), ": not an mmproj file (general.architecture is '", f.get_str("general.architecture"), "', expected clip)");
+  if (!f.get_bool("clip.has_vision_encoder", false)) fail(f.name(), ": the file has no vision encoder");
+  ClipConfig c;
+  c.image_size = f.get_int("clip.vision.image_size");
+  c.patch_size = f.get_int("clip.vision.patch_size");
+  c.dim = f.get_int("clip.vision.embedding_length");
+  c.ffn_dim = f.get_int("clip.vision.feed_forward_length");
+  c.n_heads = f.get_int("clip.vision.attention.head_count");
+  c.projection_dim = f.get_int("clip.vision.projection_dim", 0);
+  c.eps = float(f.get_float("clip.vision.attention.layer_norm_epsilon", 1e-5));
+  c.gelu = f.get_bool("clip.use_gelu", false);
+  c.aspect_ratio = f.get_str("clip.vision.image_aspect_ratio", "pad");
+  if (c.aspect_ratio != "pad" && c.aspect_ratio != "none" && c.aspect_ratio != "square")
+    fail(f.name(), ": image_aspect_ratio '", c.aspect_ratio, "' is not supported (pad or none)");
+  const GgufValue& mean = f.get_array("clip.vision.image_mean", GgufType::F32);
+  const GgufValue& sd = f.get_array("clip.vision.image_std", GgufType::F32);
+  if (mean.arr.size() != 3 || sd.arr.size() != 3) fail(f.name(), ": image_mean / image_std must have 3 values");
+  for (size_t i = 0; i < 3; ++i) c.mean[i] = float(mean.arr[i].f), c.std[i] = float(sd.arr[i].f);
+  if (c.dim <= 0 || c.n_heads <= 0 || c.dim % c.n_heads || c.patch_size <= 0 || c.image_size % c.patch_size)
+    fail(f.name(), ": inconsistent clip.vision metadata (width ", c.dim, ", heads ", c.n_heads, ", image ", c.image_size,
+         ", patch ", c.patch_size, ")");
+  int64_t present = 0;
+  while (f.tensor("v.blk." + std::to_string(present) + ".attn_q.weight")) ++present;
+  c.n_layers_run = std::min(f.get_int("clip.vision.block_count"), present);
+  // clip.vision.feature_layer: indices into hidden_states (0 = embeddings); LLaVA uses one.
+  if (const GgufValue* fl = f.find("clip.vision.feature_layer")) {
+    if (fl->type != GgufType::ARRAY || fl->arr.empty()) fail(f.name(), ": clip.vision.feature_layer must be a non-empty array");
+    if (fl->arr.size() > 1) fail(f.name(), ": several feature layers (", fl->arr.size(), ") are not supported");
+    c.n_layers_run = fl->arr[0].i;
+    if (c.n_layers_run < 1 || c.n_layers_run > present)
+      fail(f.name(), ": feature layer ", c.n_layers_run, " needs ", c.n_layers_run, " blocks, the file has ", present);
+  }
+  return c;
+}
+
+}  // namespace loupe
