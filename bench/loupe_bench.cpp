@@ -17,6 +17,7 @@
 // speed does not depend on the values, only on the shapes and types. Quantised
 // blocks are written directly (random nibbles/bytes, a fixed-range scale), in
 // a stream, so making a 3.8 GB file needs little memory.
+#include <loupe/ops/kernels.hpp>
 #include <loupe/pipeline/pipeline.hpp>
 
 #include <sys/resource.h>

@@ -9,6 +9,7 @@
 // fp16/bf16 widening is exact (NaNs may come out quieted: F16C does that).
 #include "test_util.hpp"
 
+#include <loupe/ops/kernels.hpp>
 #include <loupe/ops/ops.hpp>
 
 #include <random>
@@ -92,8 +93,8 @@ TEST_CASE("ops: scalar reference kernels agree with the scalar block dot product
   float y4 = 0, y8 = 0;
   scalar::matmul_q4_0(reinterpret_cast<const uint8_t*>(w4.data()), sizeof(BlockQ4_0) * size_t(nb), 0, 1, q, &y4, 1);
   scalar::matmul_q8_0(reinterpret_cast<const uint8_t*>(w8.data()), sizeof(BlockQ8_0) * size_t(nb), 0, 1, q, &y8, 1);
-  CHECK(y4 == dot_q4_0_q8_0(w4.data(), xb.data(), nb));
-  CHECK(y8 == dot_q8_0_q8_0(w8.data(), xb.data(), nb));
+  CHECK(y4 == scalar::dot_q4_0_q8_0(w4.data(), xb.data(), nb));
+  CHECK(y8 == scalar::dot_q8_0_q8_0(w8.data(), xb.data(), nb));
 }
 
 TEST_CASE("ops: activation quantisation is bit-identical at every level") {

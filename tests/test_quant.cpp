@@ -3,6 +3,7 @@
 // against numpy's float16 casts and exhaustive properties.
 #include "test_util.hpp"
 
+#include <loupe/ops/kernels.hpp>
 #include <loupe/io/npy.hpp>
 #include <loupe/ops/kernels/scalar.hpp>
 #include <loupe/core/quant.hpp>

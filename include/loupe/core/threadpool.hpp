@@ -31,10 +31,6 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
 namespace loupe {
 
 // A non-owning reference to a callable (C++26's std::function_ref): what the
@@ -58,8 +54,8 @@ class FunctionRef<R(A...)> {
 
 namespace detail {
 inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_ia32_pause();  // _mm_pause without <immintrin.h>
 #elif defined(__aarch64__)
   __asm__ __volatile__("yield");
 #endif

@@ -33,7 +33,21 @@ namespace clip_detail {
 inline const float* f32(const TensorView& v) { return static_cast<const float*>(v.data); }
 }  // namespace clip_detail
 
-inline ClipModel ClipModel::from_gguf(const GgufFile& f) {
+// Bidirectional multi-head attention over n positions: q, k, v, out [n, heads·hd].
+void self_attention(const float* q, const float* k, const float* v, int64_t n, int64_t heads, int64_t hd, float* out,
+                    ThreadPool* pool);
+
+// pixel_values [3, S, S] -> features [n_patches, dim] (hidden_states[feature layer], CLS dropped).
+// `hidden` (optional) receives every hidden state [n_layers_run + 1][n_patches + 1, dim].
+std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPool* pool = nullptr,
+                               std::vector<std::vector<float>>* hidden = nullptr);
+
+}  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+namespace loupe {
+
+ClipModel ClipModel::from_gguf(const GgufFile& f) {
   ClipModel m;
   const ClipConfig& c = m.cfg = read_clip_config(f);
   m.layers.resize(size_t(c.n_layers_run));
@@ -59,7 +73,7 @@ inline ClipModel ClipModel::from_gguf(const GgufFile& f) {
   return m;
 }
 
-inline TensorView& ClipModel::at(const ClipTensor& t) {
+TensorView& ClipModel::at(const ClipTensor& t) {
   using F = ClipField;
   switch (t.field) {
     case F::ClassEmbd: return class_embd;
@@ -91,19 +105,16 @@ inline TensorView& ClipModel::at(const ClipTensor& t) {
   }
 }
 
-// Bidirectional multi-head attention over n positions: q, k, v, out [n, heads·hd].
-inline void self_attention(const float* q, const float* k, const float* v, int64_t n, int64_t heads, int64_t hd, float* out,
-                           ThreadPool* pool) {
+void self_attention(const float* q, const float* k, const float* v, int64_t n, int64_t heads, int64_t hd, float* out,
+                    ThreadPool* pool) {
   AttentionShape a;
   a.n = a.m = n, a.n_heads = a.n_kv_heads = heads, a.hd = hd;
   a.q_stride = a.kv_stride = a.out_stride = heads * hd, a.causal = false;
   multi_head_attention(a, q, k, v, DType::F32, out, pool);
 }
 
-// pixel_values [3, S, S] -> features [n_patches, dim] (hidden_states[feature layer], CLS dropped).
-// `hidden` (optional) receives every hidden state [n_layers_run + 1][n_patches + 1, dim].
-inline std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPool* pool = nullptr,
-                                      std::vector<std::vector<float>>* hidden = nullptr) {
+std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPool* pool,
+                               std::vector<std::vector<float>>* hidden) {
   using clip_detail::f32;
   const ClipConfig& c = m.cfg;
   const int64_t S = c.image_size, P = c.patch_size, G = S / P, N = G * G, T = N + 1, D = c.dim, K = 3 * P * P;
@@ -145,3 +156,4 @@ inline std::vector<float> clip_encode(const ClipModel& m, const float* pixels, T
 }
 
 }  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

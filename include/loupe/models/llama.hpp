@@ -123,10 +123,7 @@ class KVCache {
   const uint8_t* v(int64_t layer) const { return v_[size_t(layer)].data(); }
 
   // One position's key or value row (width floats) into the cache.
-  void store(uint8_t* dst, const float* x) const {
-    if (dtype_ == DType::F16) kernels().f32_to_f16(x, reinterpret_cast<uint16_t*>(dst), width_);  // = from_f32, vectorised
-    else std::memcpy(dst, x, size_t(width_) * 4);
-  }
+  void store(uint8_t* dst, const float* x) const;
 
  private:
   size_t elt() const { return dtype_ == DType::F32 ? 4 : 2; }
@@ -168,33 +165,22 @@ struct LlamaScratch {
   }
 };
 
-inline LlamaModel LlamaModel::from_gguf(const GgufFile& f) {
-  LlamaModel m;
-  LlamaConfig& c = m.cfg = read_llama_config(f);
-  if (!f.tensor("token_embd.weight")) fail(f.name(), ": tensor 'token_embd.weight' is missing");
-  m.weights.layers.resize(size_t(c.n_layers));
-  const bool has_output = f.tensor("output.weight") != nullptr;
-  for (const LlamaTensor& t : llama_tensors(c, has_output)) {
-    const GgufTensor& g = f.get_tensor(t.gguf);
-    if (g.shape != t.shape)
-      fail(f.name(), ": tensor '", t.gguf, "' has shape ", g.view.shape_str(), ", expected ", make_view(DType::F32, t.shape, nullptr).shape_str());
-    if (!dtype_info(g.dtype).supported) fail(f.name(), ": tensor '", t.gguf, "' has unsupported type ", dtype_name(g.dtype));
-    if (t.shape.size() == 1 && g.dtype != DType::F32) fail(f.name(), ": norm tensor '", t.gguf, "' must be F32, is ", dtype_name(g.dtype));
-    m.weights.at(t) = g.view;
-  }
-  if (!has_output) m.weights.output = m.weights.tok_embd;
-  m.rope = RopeCache(c.head_dim, c.rope_base);
-  return m;
-}
-
 // Token ids -> embeddings [n, dim] (from the model's table, or an adapter's replacement).
-inline void embed(const LlamaConfig& c, const TensorView& table, const int32_t* ids, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || ids[i] >= c.n_vocab) fail("token id ", ids[i], " is outside the vocabulary (", c.n_vocab, ")");
-    to_f32(table.dtype, table.row(ids[i]), out + i * c.dim, c.dim);
-  }
-}
-inline void embed(const LlamaModel& m, const int32_t* ids, int64_t n, float* out) { embed(m.cfg, m.weights.tok_embd, ids, n, out); }
+void embed(const LlamaConfig& c, const TensorView& table, const int32_t* ids, int64_t n, float* out);
+void embed(const LlamaModel& m, const int32_t* ids, int64_t n, float* out);
+
+// Runs `count` sequences through the model in one pass (their rows stacked);
+// appends each one's keys and values to its cache and writes its logits.
+// Every row is computed as it would be alone except for the matmul kernels'
+// summation order, which depends on how many rows share a weight (ops.hpp).
+void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s, ThreadPool* pool = nullptr);
+
+}  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+#include "../ops/kernels.hpp"
+
+namespace loupe {
 
 namespace llama_detail {
 
@@ -213,11 +199,40 @@ inline void add_low_rank(const std::vector<LowRankDelta>& ds, const float* x, in
 
 }  // namespace llama_detail
 
-// Runs `count` sequences through the model in one pass (their rows stacked);
-// appends each one's keys and values to its cache and writes its logits.
-// Every row is computed as it would be alone except for the matmul kernels'
-// summation order, which depends on how many rows share a weight (ops.hpp).
-inline void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s, ThreadPool* pool = nullptr) {
+void KVCache::store(uint8_t* dst, const float* x) const {
+  if (dtype_ == DType::F16) kernels().f32_to_f16(x, reinterpret_cast<uint16_t*>(dst), width_);  // = from_f32, vectorised
+  else std::memcpy(dst, x, size_t(width_) * 4);
+}
+
+LlamaModel LlamaModel::from_gguf(const GgufFile& f) {
+  LlamaModel m;
+  LlamaConfig& c = m.cfg = read_llama_config(f);
+  if (!f.tensor("token_embd.weight")) fail(f.name(), ": tensor 'token_embd.weight' is missing");
+  m.weights.layers.resize(size_t(c.n_layers));
+  const bool has_output = f.tensor("output.weight") != nullptr;
+  for (const LlamaTensor& t : llama_tensors(c, has_output)) {
+    const GgufTensor& g = f.get_tensor(t.gguf);
+    if (g.shape != t.shape)
+      fail(f.name(), ": tensor '", t.gguf, "' has shape ", g.view.shape_str(), ", expected ", make_view(DType::F32, t.shape, nullptr).shape_str());
+    if (!dtype_info(g.dtype).supported) fail(f.name(), ": tensor '", t.gguf, "' has unsupported type ", dtype_name(g.dtype));
+    if (t.shape.size() == 1 && g.dtype != DType::F32) fail(f.name(), ": norm tensor '", t.gguf, "' must be F32, is ", dtype_name(g.dtype));
+    m.weights.at(t) = g.view;
+  }
+  if (!has_output) m.weights.output = m.weights.tok_embd;
+  m.rope = RopeCache(c.head_dim, c.rope_base);
+  return m;
+}
+
+void embed(const LlamaConfig& c, const TensorView& table, const int32_t* ids, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= c.n_vocab) fail("token id ", ids[i], " is outside the vocabulary (", c.n_vocab, ")");
+    to_f32(table.dtype, table.row(ids[i]), out + i * c.dim, c.dim);
+  }
+}
+
+void embed(const LlamaModel& m, const int32_t* ids, int64_t n, float* out) { embed(m.cfg, m.weights.tok_embd, ids, n, out); }
+
+void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s, ThreadPool* pool) {
   const LlamaConfig& c = m.cfg;
   const int64_t qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim, D = c.dim;
   // Sequences with the same adapters next to each other, so each weight (and
@@ -337,3 +352,4 @@ inline void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScra
 }
 
 }  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

@@ -29,7 +29,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -84,6 +83,28 @@ struct LoraAdapter {
 };
 
 namespace lora_detail {
+inline bool is_projector_name(const std::string& gguf) { return gguf.rfind("mm.", 0) == 0; }
+inline std::vector<int64_t> shape_of(const TensorView& v) { return {v.shape.begin(), v.shape.begin() + v.ndim}; }
+}  // namespace lora_detail
+
+// Writes `a` as a llama.cpp LoRA GGUF at `path`, A and B in `type` (F32, F16 or
+// BF16). llama.cpp scales every weight by adapter_scale·alpha/rank with one
+// adapter.lora.alpha; a weight whose PEFT scaling differs (rslora,
+// rank/alpha patterns) gets the ratio folded into its B. Tensors the adapter
+// replaces outright have no place in llama.cpp's format: they go to
+// <stem>.replace.gguf beside it (general.type=adapter, adapter.type=replace,
+// GGUF tensor names), which the adapter names in loupe.adapter.replace_file;
+// llama.cpp ignores the key. Returns the replacement file's path, or "".
+std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType type = DType::F32);
+
+}  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+#include <regex>
+
+namespace loupe {
+
+namespace lora_detail {
 
 // One weight of the base an adapter may touch: PEFT's module name, llama.cpp's
 // tensor name, its shape, and the heads its rows are permuted by (q/k) or 0.
@@ -115,7 +136,6 @@ inline std::string projector_gguf_name(const std::string& hf) {
   std::smatch m;
   return std::regex_match(hf, m, re) ? "mm." + m[1].str() + "." + m[2].str() : std::string();
 }
-inline bool is_projector_name(const std::string& gguf) { return gguf.rfind("mm.", 0) == 0; }
 
 // An owned copy of `v` with its rows permuted per head (heads > 0), in `to`
 // (or the source's dtype when `to` is null).
@@ -138,7 +158,6 @@ inline Tensor copy_rows(const TensorView& v, int64_t heads, std::optional<DType>
 }
 
 inline std::string shape_str(const std::vector<int64_t>& s) { return make_view(DType::F32, s, nullptr).shape_str(); }
-inline std::vector<int64_t> shape_of(const TensorView& v) { return {v.shape.begin(), v.shape.begin() + v.ndim}; }
 
 inline bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
 inline bool ends_with(const std::string& s, const std::string& p) {
@@ -178,7 +197,7 @@ inline std::optional<double> pattern_value(const Json* patterns, const std::stri
 
 }  // namespace lora_detail
 
-inline LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig& base) {
+LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig& base) {
   namespace fs = std::filesystem;
   using namespace lora_detail;
   const fs::path d(dir);
@@ -387,7 +406,7 @@ inline LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const Llam
   return a;
 }
 
-inline LoraAdapter LoraAdapter::from_gguf(const GgufFile& f, const LlamaConfig& base, const GgufFile* replace_file) {
+LoraAdapter LoraAdapter::from_gguf(const GgufFile& f, const LlamaConfig& base, const GgufFile* replace_file) {
   using namespace lora_detail;
   const std::string type = f.get_str("general.type", "");
   if (type != "adapter") fail(f.name(), ": not a LoRA adapter (general.type is '", type, "', expected 'adapter')");
@@ -477,7 +496,7 @@ inline LoraAdapter LoraAdapter::from_gguf(const GgufFile& f, const LlamaConfig& 
   return a;
 }
 
-inline LoraAdapter LoraAdapter::load(const std::string& path, const LlamaConfig& base) {
+LoraAdapter LoraAdapter::load(const std::string& path, const LlamaConfig& base) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::is_directory(path, ec)) return from_peft_dir(path, base);
@@ -509,7 +528,7 @@ inline LoraAdapter LoraAdapter::load(const std::string& path, const LlamaConfig&
 // <stem>.replace.gguf beside it (general.type=adapter, adapter.type=replace,
 // GGUF tensor names), which the adapter names in loupe.adapter.replace_file;
 // llama.cpp ignores the key. Returns the replacement file's path, or "".
-inline std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType type = DType::F32) {
+std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType type) {
   namespace fs = std::filesystem;
   if (type != DType::F32 && type != DType::F16 && type != DType::BF16)
     fail(path, ": LoRA GGUFs are written in f32, f16 or bf16, not ", dtype_name(type));
@@ -554,3 +573,4 @@ inline std::string write_lora_gguf(const LoraAdapter& a, const std::string& path
 }
 
 }  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

@@ -2,6 +2,8 @@
 // Linear(vision → text) → GELU (exact erf) → Linear(text → text).
 // Weights mm.0.* and mm.2.* of an mmproj GGUF (the Sequential's indices).
 #pragma once
+#include <vector>
+
 #include "../io/gguf.hpp"
 #include "../ops/ops.hpp"
 #include "tensors.hpp"
@@ -12,31 +14,41 @@ struct Projector {
   TensorView w0, b0, w2, b2;
   int64_t in_dim = 0, out_dim = 0;
 
-  static Projector from_gguf(const GgufFile& f) {
-    const std::string type = f.get_str("clip.projector_type", "mlp");
-    if (type != "mlp") fail(f.name(), ": projector type '", type, "' is not supported (only mlp = mlp2x_gelu)");
-    Projector p;
-    for (const ClipTensor& t : projector_tensors(0, 0)) p.at(t.field) = f.get_tensor(t.gguf).view;
-    p.in_dim = p.w0.cols();
-    p.out_dim = p.w0.rows();
-    if (p.w0.ndim != 2 || p.w2.ndim != 2 || p.w2.cols() != p.out_dim || p.w2.rows() != p.out_dim)
-      fail(f.name(), ": projector shapes mm.0 ", p.w0.shape_str(), " / mm.2 ", p.w2.shape_str(), " are not an mlp2x_gelu");
-    if (p.b0.numel() != p.out_dim || p.b2.numel() != p.out_dim || p.b0.dtype != DType::F32 || p.b2.dtype != DType::F32)
-      fail(f.name(), ": projector biases must be F32 of length ", p.out_dim);
-    return p;
-  }
+  static Projector from_gguf(const GgufFile& f);
 
   TensorView& at(ClipField f) { return f == ClipField::Mm0W ? w0 : f == ClipField::Mm0B ? b0 : f == ClipField::Mm2W ? w2 : b2; }
 
   // features [n, in_dim] -> [n, out_dim]
-  std::vector<float> operator()(const std::vector<float>& x, ThreadPool* pool = nullptr) const {
-    const int64_t n = int64_t(x.size()) / in_dim;
-    std::vector<float> h(static_cast<size_t>(n * out_dim)), y(h.size());
-    linear(w0, static_cast<const float*>(b0.data), x.data(), n, h.data(), pool);
-    for (float& e : h) e = gelu_erf(e);
-    linear(w2, static_cast<const float*>(b2.data), h.data(), n, y.data(), pool);
-    return y;
-  }
+  std::vector<float> operator()(const std::vector<float>& x, ThreadPool* pool = nullptr) const;
 };
 
 }  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+namespace loupe {
+
+Projector Projector::from_gguf(const GgufFile& f) {
+  const std::string type = f.get_str("clip.projector_type", "mlp");
+  if (type != "mlp") fail(f.name(), ": projector type '", type, "' is not supported (only mlp = mlp2x_gelu)");
+  Projector p;
+  for (const ClipTensor& t : projector_tensors(0, 0)) p.at(t.field) = f.get_tensor(t.gguf).view;
+  p.in_dim = p.w0.cols();
+  p.out_dim = p.w0.rows();
+  if (p.w0.ndim != 2 || p.w2.ndim != 2 || p.w2.cols() != p.out_dim || p.w2.rows() != p.out_dim)
+    fail(f.name(), ": projector shapes mm.0 ", p.w0.shape_str(), " / mm.2 ", p.w2.shape_str(), " are not an mlp2x_gelu");
+  if (p.b0.numel() != p.out_dim || p.b2.numel() != p.out_dim || p.b0.dtype != DType::F32 || p.b2.dtype != DType::F32)
+    fail(f.name(), ": projector biases must be F32 of length ", p.out_dim);
+  return p;
+}
+
+std::vector<float> Projector::operator()(const std::vector<float>& x, ThreadPool* pool) const {
+  const int64_t n = int64_t(x.size()) / in_dim;
+  std::vector<float> h(static_cast<size_t>(n * out_dim)), y(h.size());
+  linear(w0, static_cast<const float*>(b0.data), x.data(), n, h.data(), pool);
+  for (float& e : h) e = gelu_erf(e);
+  linear(w2, static_cast<const float*>(b2.data), h.data(), n, y.data(), pool);
+  return y;
+}
+
+}  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

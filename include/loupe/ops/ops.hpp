@@ -9,10 +9,126 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels.hpp"
 #include "../core/tensor.hpp"
 #include "../core/threadpool.hpp"
 
+namespace loupe {
+
+struct KernelTable;  // ops/kernels.hpp: the per-CPU kernels
+
+// ------------------------------------------------------------------ matmul
+
+// y[n, out] = x[n, in] · W[out, in]ᵀ with the kernels of table `kt`.
+// Quantised W: x is quantised to Q8_0 per 32 values first (as llama.cpp does).
+// F16/BF16 W: rows are widened to f32 in tiles and multiplied with Eigen.
+void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr);
+
+// The same with the best kernels for this CPU.
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr);
+
+// torch.nn.Linear: y = x·Wᵀ + b (b may be null).
+void linear(const TensorView& w, const float* b, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr);
+
+// ------------------------------------------------------------ elementwise ops
+
+// LlamaRMSNorm: y = x / sqrt(mean(x²) + eps) · w, per row of length d.
+void rmsnorm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
+
+// nn.LayerNorm: y = (x − mean) / sqrt(var + eps) · w + b (biased variance).
+void layernorm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps, float* y);
+
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+inline float gelu_erf(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }  // nn.GELU()
+inline float quick_gelu(float x) { return x / (1.0f + std::exp(-1.702f * x)); }                   // CLIP's
+
+// LlamaMLP's act(gate) * up, in place into gate (SIMD exp: within a few ulps
+// of the scalar scalar::silu_mul).
+void silu_mul(float* gate, const float* up, int64_t n);
+
+// CLIP's quick_gelu over x[0..n), in place.
+void quick_gelu(float* x, int64_t n);
+
+// Softmax of x[0..n) in place (max-subtracted); the reference, with a double sum.
+void softmax(float* x, int64_t n);
+
+// The same with the kernels of `kt` (SIMD exp, f32 sum in a fixed lane order).
+void softmax(const KernelTable& kt, float* x, int64_t n);
+
+// ------------------------------------------------------------- attention
+
+// Scaled dot-product attention of n queries against m keys/values, multi-head
+// with grouped-query sharing (head h reads kv head h / (n_heads / n_kv_heads)):
+//   out[i, h] = softmax(q[i, h] · K[:, g]ᵀ / √hd  (+ causal mask)) · V[:, g]
+// q, out: n rows of f32, head h at + h·hd, rows q_stride / out_stride floats apart.
+// k, v: m rows of kv_type (F32 or F16), kv_stride elements apart, kv head g at + g·hd.
+// causal: query i sees keys [0, m − n + i] (the queries are the last n positions).
+struct AttentionShape {
+  int64_t n = 0, m = 0, n_heads = 0, n_kv_heads = 0, hd = 0;
+  int64_t q_stride = 0, kv_stride = 0, out_stride = 0;
+  bool causal = true;
+};
+
+void multi_head_attention(const KernelTable& kt, const AttentionShape& a, const float* q, const void* k, const void* v,
+                          DType kv_type, float* out, ThreadPool* pool = nullptr);
+
+void multi_head_attention(const AttentionShape& a, const float* q, const void* k, const void* v, DType kv_type, float* out,
+                          ThreadPool* pool = nullptr);
+
+// ------------------------------------------------------------------- RoPE
+
+// Rotary embedding on one head vector of size d at position pos.
+// Pair (i, i + d/2) ("neox", HF's rotate_half) or pair (2i, 2i+1) (llama.cpp's
+// GGUF layout, whose q/k rows were permuted at conversion). Same angles:
+// θ_i = pos · base^(−2i/d), computed in f32 as HF's LlamaRotaryEmbedding.
+enum class RopeStyle { Adjacent, HalfSplit };
+
+struct RopeCache {
+  int64_t d = 0;
+  std::vector<float> inv_freq;  // d/2
+  RopeCache() = default;
+  RopeCache(int64_t head_dim, float base) : d(head_dim), inv_freq(size_t(head_dim / 2)) {
+    for (int64_t i = 0; i < d / 2; ++i)
+      inv_freq[size_t(i)] = 1.0f / std::pow(base, float(2 * i) / float(d));
+  }
+  // cos/sin of every angle at position pos: cs[0..d/2) = cos, cs[d/2..d) = sin.
+  void angles(int64_t pos, float* cs) const {
+    const int64_t h = d / 2;
+    for (int64_t i = 0; i < h; ++i) {
+      const float a = float(pos) * inv_freq[size_t(i)];
+      cs[i] = std::cos(a), cs[h + i] = std::sin(a);
+    }
+  }
+  // apply() with the angles precomputed (one table per position serves every
+  // head of every layer); the same values as apply().
+  void apply(float* v, const float* cs, RopeStyle style) const {
+    const int64_t h = d / 2;
+    for (int64_t i = 0; i < h; ++i) {
+      const float c = cs[i], s = cs[h + i];
+      const int64_t i0 = style == RopeStyle::Adjacent ? 2 * i : i;
+      const int64_t i1 = style == RopeStyle::Adjacent ? 2 * i + 1 : i + h;
+      const float x0 = v[i0], x1 = v[i1];
+      v[i0] = x0 * c - x1 * s;
+      v[i1] = x1 * c + x0 * s;
+    }
+  }
+  void apply(float* v, int64_t pos, RopeStyle style) const {
+    const int64_t h = d / 2;
+    for (int64_t i = 0; i < h; ++i) {
+      const float a = float(pos) * inv_freq[size_t(i)];
+      const float c = std::cos(a), s = std::sin(a);
+      const int64_t i0 = style == RopeStyle::Adjacent ? 2 * i : i;
+      const int64_t i1 = style == RopeStyle::Adjacent ? 2 * i + 1 : i + h;
+      const float x0 = v[i0], x1 = v[i1];
+      v[i0] = x0 * c - x1 * s;
+      v[i1] = x1 * c + x0 * s;
+    }
+  }
+};
+
+}  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+#include "kernels.hpp"
 #ifdef LOUPE_HAVE_EIGEN
 // GCC 12 reports false -Wmaybe-uninitialized inside its own AVX-512 intrinsics
 // when Eigen's GEMM kernels are inlined; silence only that, only here.
@@ -24,15 +140,6 @@
 #endif
 
 namespace loupe {
-
-// ---------------------------------------------------------------- dot kernels
-
-// The scalar reference kernels (kernels_scalar.hpp) under their usual names.
-using scalar::dot_f32;
-using scalar::dot_q4_0_q8_0;
-using scalar::dot_q8_0_q8_0;
-
-// ------------------------------------------------------------------ matmul
 
 namespace ops_detail {
 constexpr int64_t kGrain = 64;  // output rows per task: fixed, so results are thread-count independent
@@ -52,10 +159,9 @@ inline AlignedBuffer<float>& packed_scratch() {  // the caller's packed matmul i
 }
 }  // namespace ops_detail
 
-// y[n, out] = x[n, in] · W[out, in]ᵀ with the kernels of table `kt`.
-// Quantised W: x is quantised to Q8_0 per 32 values first (as llama.cpp does).
-// F16/BF16 W: rows are widened to f32 in tiles and multiplied with Eigen.
-inline void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr) {
+void quick_gelu(float* x, int64_t n) { kernels().quick_gelu(x, n); }
+
+void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool) {
   using ops_detail::kGrain;
   const int64_t out = w.rows(), in = w.cols();
   if (n <= 0 || out <= 0) return;
@@ -110,18 +216,16 @@ inline void matmul(const KernelTable& kt, const TensorView& w, const float* x, i
     Y.noalias() = X * W.transpose();
 #else
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t r = 0; r < m; ++r) y[i * out + r0 + r] = dot_f32(x + i * in, wt + r * in, in);
+      for (int64_t r = 0; r < m; ++r) y[i * out + r0 + r] = scalar::dot_f32(x + i * in, wt + r * in, in);
 #endif
   });
 }
 
-// The same with the best kernels for this CPU.
-inline void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr) {
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool) {
   matmul(kernels(), w, x, n, y, pool);
 }
 
-// torch.nn.Linear: y = x·Wᵀ + b (b may be null).
-inline void linear(const TensorView& w, const float* b, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr) {
+void linear(const TensorView& w, const float* b, const float* x, int64_t n, float* y, ThreadPool* pool) {
   matmul(w, x, n, y, pool);
   if (!b) return;
   const int64_t out = w.rows();
@@ -129,10 +233,7 @@ inline void linear(const TensorView& w, const float* b, const float* x, int64_t 
     for (int64_t r = 0; r < out; ++r) y[i * out + r] += b[r];
 }
 
-// ------------------------------------------------------------ elementwise ops
-
-// LlamaRMSNorm: y = x / sqrt(mean(x²) + eps) · w, per row of length d.
-inline void rmsnorm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
+void rmsnorm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
   for (int64_t i = 0; i < n; ++i, x += d, y += d) {
     double ss = 0;
     for (int64_t k = 0; k < d; ++k) ss += double(x[k]) * x[k];
@@ -141,8 +242,7 @@ inline void rmsnorm(const float* x, const float* w, int64_t n, int64_t d, float 
   }
 }
 
-// nn.LayerNorm: y = (x − mean) / sqrt(var + eps) · w + b (biased variance).
-inline void layernorm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps, float* y) {
+void layernorm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps, float* y) {
   for (int64_t i = 0; i < n; ++i, x += d, y += d) {
     double mean = 0, var = 0;
     for (int64_t k = 0; k < d; ++k) mean += x[k];
@@ -154,19 +254,8 @@ inline void layernorm(const float* x, const float* w, const float* b, int64_t n,
   }
 }
 
-inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
-inline float gelu_erf(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }  // nn.GELU()
-inline float quick_gelu(float x) { return x / (1.0f + std::exp(-1.702f * x)); }                   // CLIP's
-
-// LlamaMLP's act(gate) * up, in place into gate (SIMD exp: within a few ulps
-// of the scalar scalar::silu_mul).
-inline void silu_mul(float* gate, const float* up, int64_t n) { kernels().silu_mul(gate, up, n); }
-
-// CLIP's quick_gelu over x[0..n), in place.
-inline void quick_gelu(float* x, int64_t n) { kernels().quick_gelu(x, n); }
-
-// Softmax of x[0..n) in place (max-subtracted); the reference, with a double sum.
-inline void softmax(float* x, int64_t n) {
+void silu_mul(float* gate, const float* up, int64_t n) { kernels().silu_mul(gate, up, n); }
+void softmax(float* x, int64_t n) {
   float m = x[0];
   for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
   double s = 0;
@@ -175,30 +264,15 @@ inline void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-// The same with the kernels of `kt` (SIMD exp, f32 sum in a fixed lane order).
-inline void softmax(const KernelTable& kt, float* x, int64_t n) {
+void softmax(const KernelTable& kt, float* x, int64_t n) {
   float m = x[0];
   for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
   const float inv = 1.0f / kt.exp_sum(x, n, m);
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-// ------------------------------------------------------------- attention
-
-// Scaled dot-product attention of n queries against m keys/values, multi-head
-// with grouped-query sharing (head h reads kv head h / (n_heads / n_kv_heads)):
-//   out[i, h] = softmax(q[i, h] · K[:, g]ᵀ / √hd  (+ causal mask)) · V[:, g]
-// q, out: n rows of f32, head h at + h·hd, rows q_stride / out_stride floats apart.
-// k, v: m rows of kv_type (F32 or F16), kv_stride elements apart, kv head g at + g·hd.
-// causal: query i sees keys [0, m − n + i] (the queries are the last n positions).
-struct AttentionShape {
-  int64_t n = 0, m = 0, n_heads = 0, n_kv_heads = 0, hd = 0;
-  int64_t q_stride = 0, kv_stride = 0, out_stride = 0;
-  bool causal = true;
-};
-
-inline void multi_head_attention(const KernelTable& kt, const AttentionShape& a, const float* q, const void* k, const void* v,
-                                 DType kv_type, float* out, ThreadPool* pool = nullptr) {
+void multi_head_attention(const KernelTable& kt, const AttentionShape& a, const float* q, const void* k, const void* v,
+                          DType kv_type, float* out, ThreadPool* pool) {
   if (kv_type != DType::F32 && kv_type != DType::F16) fail("attention: keys/values must be F32 or F16, not ", dtype_name(kv_type));
   if (a.n <= 0) return;
   const int64_t group = a.n_heads / a.n_kv_heads, hd = a.hd;
@@ -280,64 +354,13 @@ inline void multi_head_attention(const KernelTable& kt, const AttentionShape& a,
 #endif
 }
 
-inline void multi_head_attention(const AttentionShape& a, const float* q, const void* k, const void* v, DType kv_type, float* out,
-                                 ThreadPool* pool = nullptr) {
+void multi_head_attention(const AttentionShape& a, const float* q, const void* k, const void* v, DType kv_type, float* out,
+                          ThreadPool* pool) {
   multi_head_attention(kernels(), a, q, k, v, kv_type, out, pool);
 }
 
-// ------------------------------------------------------------------- RoPE
-
-// Rotary embedding on one head vector of size d at position pos.
-// Pair (i, i + d/2) ("neox", HF's rotate_half) or pair (2i, 2i+1) (llama.cpp's
-// GGUF layout, whose q/k rows were permuted at conversion). Same angles:
-// θ_i = pos · base^(−2i/d), computed in f32 as HF's LlamaRotaryEmbedding.
-enum class RopeStyle { Adjacent, HalfSplit };
-
-struct RopeCache {
-  int64_t d = 0;
-  std::vector<float> inv_freq;  // d/2
-  RopeCache() = default;
-  RopeCache(int64_t head_dim, float base) : d(head_dim), inv_freq(size_t(head_dim / 2)) {
-    for (int64_t i = 0; i < d / 2; ++i)
-      inv_freq[size_t(i)] = 1.0f / std::pow(base, float(2 * i) / float(d));
-  }
-  // cos/sin of every angle at position pos: cs[0..d/2) = cos, cs[d/2..d) = sin.
-  void angles(int64_t pos, float* cs) const {
-    const int64_t h = d / 2;
-    for (int64_t i = 0; i < h; ++i) {
-      const float a = float(pos) * inv_freq[size_t(i)];
-      cs[i] = std::cos(a), cs[h + i] = std::sin(a);
-    }
-  }
-  // apply() with the angles precomputed (one table per position serves every
-  // head of every layer); the same values as apply().
-  void apply(float* v, const float* cs, RopeStyle style) const {
-    const int64_t h = d / 2;
-    for (int64_t i = 0; i < h; ++i) {
-      const float c = cs[i], s = cs[h + i];
-      const int64_t i0 = style == RopeStyle::Adjacent ? 2 * i : i;
-      const int64_t i1 = style == RopeStyle::Adjacent ? 2 * i + 1 : i + h;
-      const float x0 = v[i0], x1 = v[i1];
-      v[i0] = x0 * c - x1 * s;
-      v[i1] = x1 * c + x0 * s;
-    }
-  }
-  void apply(float* v, int64_t pos, RopeStyle style) const {
-    const int64_t h = d / 2;
-    for (int64_t i = 0; i < h; ++i) {
-      const float a = float(pos) * inv_freq[size_t(i)];
-      const float c = std::cos(a), s = std::sin(a);
-      const int64_t i0 = style == RopeStyle::Adjacent ? 2 * i : i;
-      const int64_t i1 = style == RopeStyle::Adjacent ? 2 * i + 1 : i + h;
-      const float x0 = v[i0], x1 = v[i1];
-      v[i0] = x0 * c - x1 * s;
-      v[i1] = x1 * c + x0 * s;
-    }
-  }
-};
-
 }  // namespace loupe
-
 #if defined(LOUPE_HAVE_EIGEN) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+#endif  // LOUPE_IMPLEMENTATION

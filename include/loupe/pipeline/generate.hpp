@@ -59,58 +59,14 @@ class Generator {
   // tokens. `done` is called with the result when it finishes. The session must
   // not be used elsewhere until then.
   void submit(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,
-              TokenCallback on_text = nullptr, std::function<void(Generation&&)> done = nullptr) {
-    if (ids.empty()) fail("generate: empty prompt");
-    if (!x.empty() && x.size() != ids.size() * size_t(s.model().model.cfg.dim)) fail("generate: embeddings do not match the prompt's positions");
-    if (s.n_past() + int64_t(ids.size()) > s.n_ctx())
-      fail("prompt of ", ids.size(), " positions does not fit in the context (", s.n_ctx() - s.n_past(), " positions left of ",
-           s.n_ctx(), ")");
-    for (const Request& r : running_)
-      if (r.s == &s) fail("generate: the session is already generating");
-    running_.emplace_back(s, std::move(ids), std::move(x), opt, std::move(on_text), std::move(done));
-  }
+              TokenCallback on_text = nullptr, std::function<void(Generation&&)> done = nullptr);
 
   bool busy() const { return !running_.empty(); }
   size_t running() const { return running_.size(); }
 
   // One forward pass: a token for every decoding request, prompt chunks for
   // the others in the rows left. Finished requests are handed to their `done`.
-  void step(ThreadPool* pool = nullptr) {
-    int64_t budget = batch_->max_rows();
-    std::vector<Request*>& fed = fed_;
-    fed.clear();
-    for (int pass = 0; pass < 2; ++pass)  // decode steps first: a long prompt must not stall them
-      for (Request& r : running_) {
-        const bool decoding = r.fed == int64_t(r.ids.size());
-        if ((pass == 0) != decoding || budget == 0) continue;
-        if (decoding) {
-          batch_->add(*r.s, r.next);
-          --budget;
-        } else {
-          const int64_t n = std::min<int64_t>(budget, int64_t(r.ids.size()) - r.fed);
-          const std::vector<int32_t> part(r.ids.begin() + r.fed, r.ids.begin() + r.fed + n);
-          const int64_t D = r.s->model().model.cfg.dim;
-          if (r.x.empty()) batch_->add(*r.s, part);
-          else batch_->add(*r.s, r.x.data() + r.fed * D, part);
-          r.fed += n;
-          budget -= n;
-        }
-        fed.push_back(&r);
-      }
-    if (fed.empty()) return;
-    batch_->run(pool);
-    for (Request* r : fed)
-      if (r->fed == int64_t(r->ids.size())) r->sample_next();
-    for (auto it = running_.begin(); it != running_.end();) {
-      if (!it->finished) {
-        ++it;
-        continue;
-      }
-      Request r = std::move(*it);
-      it = running_.erase(it);
-      if (r.done) r.done(std::move(r.g));
-    }
-  }
+  void step(ThreadPool* pool = nullptr);
 
   // Steps until every request has finished.
   void run(ThreadPool* pool = nullptr) {
@@ -147,34 +103,7 @@ class Generator {
       return piece.empty() || !on_text || on_text(piece);
     }
     // After a pass that ended this request's input: sample, stream, decide whether to go on.
-    void sample_next() {
-      const Tokenizer& tok = s->model().tokenizer;
-      if (g.tokens.empty() && g.first_logits.empty()) {
-        t1 = clock::now();
-        g.stats.prefill_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
-        g.first_logits = s->logits();
-      }
-      const int32_t id = s->sample(sampler);
-      bool more = false;
-      if (opt.stop_at_eos && id == tok.eos()) {
-        g.finish = FinishReason::Stop;
-      } else {
-        g.tokens.push_back(id);
-        const bool go = emit(stops.push(dec.push(id)));
-        if (stops.stopped()) g.finish = FinishReason::Stop;
-        else if (!go) g.finish = FinishReason::Cancelled;
-        else if (int(g.tokens.size()) >= opt.max_tokens || s->n_past() >= s->n_ctx()) g.finish = FinishReason::Length;  // context full: stop cleanly
-        else more = true;
-      }
-      if (more) {
-        next = id;
-        return;
-      }
-      if (!stops.stopped()) emit(stops.push(dec.flush())), emit(stops.flush());
-      g.stats.generated = int64_t(g.tokens.size());
-      g.stats.decode_ms = std::chrono::duration<double, std::milli>(clock::now() - t1).count();
-      finished = true;
-    }
+    void sample_next();
   };
   Batch* batch_;
   std::list<Request> running_;  // stable addresses while steps run
@@ -183,8 +112,99 @@ class Generator {
 
 // Feeds `ids` (or embeddings x for those positions) to the session after what
 // it holds and samples up to opt.max_tokens tokens.
-inline Generation generate(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,
-                           const TokenCallback& on_text = nullptr, ThreadPool* pool = nullptr) {
+Generation generate(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,
+                    const TokenCallback& on_text = nullptr, ThreadPool* pool = nullptr);
+
+// Text prompt -> generation (BOS first when the tokenizer wants it and the session is empty).
+// The generated text continues the prompt, so its leading space is kept.
+Generation generate_text(Session& s, const std::string& prompt, GenerateOptions opt, const TokenCallback& on_text = nullptr,
+                         ThreadPool* pool = nullptr);
+
+}  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+namespace loupe {
+
+void Generator::submit(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,
+                       TokenCallback on_text, std::function<void(Generation&&)> done) {
+  if (ids.empty()) fail("generate: empty prompt");
+  if (!x.empty() && x.size() != ids.size() * size_t(s.model().model.cfg.dim)) fail("generate: embeddings do not match the prompt's positions");
+  if (s.n_past() + int64_t(ids.size()) > s.n_ctx())
+    fail("prompt of ", ids.size(), " positions does not fit in the context (", s.n_ctx() - s.n_past(), " positions left of ",
+         s.n_ctx(), ")");
+  for (const Request& r : running_)
+    if (r.s == &s) fail("generate: the session is already generating");
+  running_.emplace_back(s, std::move(ids), std::move(x), opt, std::move(on_text), std::move(done));
+}
+
+void Generator::step(ThreadPool* pool) {
+  int64_t budget = batch_->max_rows();
+  std::vector<Request*>& fed = fed_;
+  fed.clear();
+  for (int pass = 0; pass < 2; ++pass)  // decode steps first: a long prompt must not stall them
+    for (Request& r : running_) {
+      const bool decoding = r.fed == int64_t(r.ids.size());
+      if ((pass == 0) != decoding || budget == 0) continue;
+      if (decoding) {
+        batch_->add(*r.s, r.next);
+        --budget;
+      } else {
+        const int64_t n = std::min<int64_t>(budget, int64_t(r.ids.size()) - r.fed);
+        const std::vector<int32_t> part(r.ids.begin() + r.fed, r.ids.begin() + r.fed + n);
+        const int64_t D = r.s->model().model.cfg.dim;
+        if (r.x.empty()) batch_->add(*r.s, part);
+        else batch_->add(*r.s, r.x.data() + r.fed * D, part);
+        r.fed += n;
+        budget -= n;
+      }
+      fed.push_back(&r);
+    }
+  if (fed.empty()) return;
+  batch_->run(pool);
+  for (Request* r : fed)
+    if (r->fed == int64_t(r->ids.size())) r->sample_next();
+  for (auto it = running_.begin(); it != running_.end();) {
+    if (!it->finished) {
+      ++it;
+      continue;
+    }
+    Request r = std::move(*it);
+    it = running_.erase(it);
+    if (r.done) r.done(std::move(r.g));
+  }
+}
+
+void Generator::Request::sample_next() {
+  const Tokenizer& tok = s->model().tokenizer;
+  if (g.tokens.empty() && g.first_logits.empty()) {
+    t1 = clock::now();
+    g.stats.prefill_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+    g.first_logits = s->logits();
+  }
+  const int32_t id = s->sample(sampler);
+  bool more = false;
+  if (opt.stop_at_eos && id == tok.eos()) {
+    g.finish = FinishReason::Stop;
+  } else {
+    g.tokens.push_back(id);
+    const bool go = emit(stops.push(dec.push(id)));
+    if (stops.stopped()) g.finish = FinishReason::Stop;
+    else if (!go) g.finish = FinishReason::Cancelled;
+    else if (int(g.tokens.size()) >= opt.max_tokens || s->n_past() >= s->n_ctx()) g.finish = FinishReason::Length;  // context full: stop cleanly
+    else more = true;
+  }
+  if (more) {
+    next = id;
+    return;
+  }
+  if (!stops.stopped()) emit(stops.push(dec.flush())), emit(stops.flush());
+  g.stats.generated = int64_t(g.tokens.size());
+  g.stats.decode_ms = std::chrono::duration<double, std::milli>(clock::now() - t1).count();
+  finished = true;
+}
+
+Generation generate(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,
+                    const TokenCallback& on_text, ThreadPool* pool) {
   Generation out;
   Generator gen(s.batch());
   gen.submit(s, std::move(ids), std::move(x), opt, on_text, [&](Generation&& g) { out = std::move(g); });
@@ -192,13 +212,12 @@ inline Generation generate(Session& s, std::vector<int32_t> ids, std::vector<flo
   return out;
 }
 
-// Text prompt -> generation (BOS first when the tokenizer wants it and the session is empty).
-// The generated text continues the prompt, so its leading space is kept.
-inline Generation generate_text(Session& s, const std::string& prompt, GenerateOptions opt, const TokenCallback& on_text = nullptr,
-                                ThreadPool* pool = nullptr) {
+Generation generate_text(Session& s, const std::string& prompt, GenerateOptions opt, const TokenCallback& on_text,
+                         ThreadPool* pool) {
   opt.answer_starts_text = false;
   const Tokenizer& tok = s.model().tokenizer;
   return generate(s, tok.encode(prompt, tok.settings().add_bos && s.n_past() == 0), {}, opt, on_text, pool);
 }
 
 }  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

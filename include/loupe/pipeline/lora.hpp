@@ -39,28 +39,10 @@ class LoraSet {
 
   // Adds an adapter (its name must be new) at `scale`, after checking every
   // tensor against the model's.
-  void add(std::shared_ptr<const LoraAdapter> adapter, float scale = 1.0f) {
-    if (!model_) fail("LoraSet: no model");
-    if (find(adapter->name)) fail("an adapter named '", adapter->name, "' is already loaded");
-    check(*adapter);
-    std::vector<Entry> next = entries_;
-    next.push_back({std::move(adapter), scale});
-    apply(std::move(next));
-  }
-  const LoraAdapter& add(LoraAdapter adapter, float scale = 1.0f) {
-    add(std::make_shared<const LoraAdapter>(std::move(adapter)), scale);
-    return *entries_.back().adapter;
-  }
-  void set_scale(const std::string& name, float scale) {
-    std::vector<Entry> next = entries_;
-    get(next, name).scale = scale;
-    apply(std::move(next));
-  }
-  void remove(const std::string& name) {
-    std::vector<Entry> next = entries_;
-    next.erase(next.begin() + (&get(next, name) - next.data()));
-    apply(std::move(next));
-  }
+  void add(std::shared_ptr<const LoraAdapter> adapter, float scale = 1.0f);
+  const LoraAdapter& add(LoraAdapter adapter, float scale = 1.0f);
+  void set_scale(const std::string& name, float scale);
+  void remove(const std::string& name);
   void clear() { apply({}); }
 
   const std::vector<Entry>& entries() const { return entries_; }
@@ -78,97 +60,18 @@ class LoraSet {
   std::vector<std::string> notes;
 
  private:
-  static Entry& get(std::vector<Entry>& es, const std::string& name) {
-    for (Entry& e : es)
-      if (e.adapter->name == name) return e;
-    std::string have;
-    for (const Entry& e : es) have += (have.empty() ? "" : ", ") + e.adapter->name;
-    fail("no adapter named '", name, "' is loaded", have.empty() ? "" : " (loaded: " + have + ")");
-  }
+  static Entry& get(std::vector<Entry>& es, const std::string& name);
 
   // The registry entries of the model, by llama.cpp name.
-  std::map<std::string, LlamaTensor> tensors() const {
-    std::map<std::string, LlamaTensor> m;
-    for (LlamaTensor& t : llama_tensors(model_->cfg)) m.emplace(t.gguf, std::move(t));
-    return m;
-  }
-  static TensorView* projector_slot(Projector& p, const std::string& name) {
-    for (const ClipTensor& t : projector_tensors(0, 0))
-      if (t.gguf == name) return &p.at(t.field);
-    return nullptr;
-  }
+  std::map<std::string, LlamaTensor> tensors() const;
+  static TensorView* projector_slot(Projector& p, const std::string& name);
 
   // Every tensor of `a` against the model's (the adapter readers checked the
   // config's shapes; this checks the loaded model's actual tensors).
-  void check(const LoraAdapter& a) {
-    LlamaWeights probe = model_->weights;
-    const std::map<std::string, LlamaTensor> named = tensors();
-    for (const LoraWeight& w : a.weights) {
-      auto it = named.find(w.target);
-      if (it == named.end() || (it->second.slot != LlamaSlot::Linear && it->second.slot != LlamaSlot::Output))
-        fail(a.source, ": LoRA weight for '", w.target, "', which the base model does not have");
-      const TensorView& v = probe.at(it->second);
-      if (w.a.shape.size() != 2 || w.b.shape.size() != 2 || w.a.shape[1] != v.cols() || w.b.shape[0] != v.rows() ||
-          w.b.shape[1] != w.a.shape[0])
-        fail(a.source, ": LoRA for '", w.target, "' (A ", w.a.view().shape_str(), ", B ", w.b.view().shape_str(),
-             ") does not fit the base model's ", v.shape_str(), " (adapter for a different base model?)");
-    }
-    Projector base_projector = base_projector_ ? *base_projector_ : Projector();
-    for (const auto& [name, t] : a.replaces) {
-      const TensorView* v = nullptr;
-      if (lora_detail::is_projector_name(name)) {
-        if (!base_projector_) {
-          notes.push_back(a.name + ": no vision model is loaded, so its replacement projector is not used");
-          continue;
-        }
-        v = projector_slot(base_projector, name);
-        if (!v) fail(a.source, ": replacement tensor '", name, "' is not part of the mlp2x_gelu projector");
-      } else {
-        auto it = named.find(name);
-        if (it == named.end()) fail(a.source, ": replacement tensor '", name, "' is not a tensor of the base model");
-        v = &probe.at(it->second);
-      }
-      if (t.shape != lora_detail::shape_of(*v))
-        fail(a.source, ": replacement tensor '", name, "' has shape ", t.view().shape_str(), " but the base model's is ",
-             v->shape_str(), " (adapter for a different model?)");
-    }
-  }
+  void check(const LoraAdapter& a);
 
   // Base + every adapter with a non-zero scale; commits only when all went well.
-  void apply(std::vector<Entry> next) {
-    AdaptedWeights w;
-    w.weights = model_->weights;
-    w.deltas.resize(size_t(model_->cfg.n_layers));
-    Projector p = base_projector_ ? *base_projector_ : Projector();
-    bool active = false, projector_replaced = false;
-    const std::map<std::string, LlamaTensor> named = tensors();
-    std::map<std::string, std::string> replaced_by;
-    for (const Entry& e : next) {
-      if (e.scale == 0.0f) continue;
-      const LoraAdapter& a = *e.adapter;
-      for (const auto& [name, t] : a.replaces) {
-        const bool proj = lora_detail::is_projector_name(name);
-        if (proj && !base_projector_) continue;
-        auto [it, fresh] = replaced_by.emplace(name, a.name);
-        if (!fresh) fail("adapters '", it->second, "' and '", a.name, "' both replace '", name, "': activate one of them");
-        if (proj) *projector_slot(p, name) = t.view(), projector_replaced = true;
-        else w.weights.at(named.at(name)) = t.view();
-        active = true;
-      }
-      for (const LoraWeight& lw : a.weights) {
-        const LlamaTensor& t = named.at(lw.target);
-        const LowRankDelta d{lw.a.view(), lw.b.view(), e.scale * lw.scaling};
-        if (t.slot == LlamaSlot::Output) w.output_deltas.push_back(d);
-        else w.deltas[size_t(t.layer)][size_t(t.linear)].push_back(d);
-        active = true;
-      }
-    }
-    adapted_ = std::move(w);
-    projector_ = p;
-    active_ = active;
-    projector_replaced_ = projector_replaced;
-    entries_ = std::move(next);
-  }
+  void apply(std::vector<Entry> next);
 
   const LlamaModel* model_ = nullptr;
   const Projector* base_projector_ = nullptr;
@@ -179,3 +82,124 @@ class LoraSet {
 };
 
 }  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+namespace loupe {
+
+void LoraSet::add(std::shared_ptr<const LoraAdapter> adapter, float scale) {
+  if (!model_) fail("LoraSet: no model");
+  if (find(adapter->name)) fail("an adapter named '", adapter->name, "' is already loaded");
+  check(*adapter);
+  std::vector<Entry> next = entries_;
+  next.push_back({std::move(adapter), scale});
+  apply(std::move(next));
+}
+
+const LoraAdapter& LoraSet::add(LoraAdapter adapter, float scale) {
+  add(std::make_shared<const LoraAdapter>(std::move(adapter)), scale);
+  return *entries_.back().adapter;
+}
+
+void LoraSet::set_scale(const std::string& name, float scale) {
+  std::vector<Entry> next = entries_;
+  get(next, name).scale = scale;
+  apply(std::move(next));
+}
+
+void LoraSet::remove(const std::string& name) {
+  std::vector<Entry> next = entries_;
+  next.erase(next.begin() + (&get(next, name) - next.data()));
+  apply(std::move(next));
+}
+
+LoraSet::Entry& LoraSet::get(std::vector<Entry>& es, const std::string& name) {
+  for (Entry& e : es)
+    if (e.adapter->name == name) return e;
+  std::string have;
+  for (const Entry& e : es) have += (have.empty() ? "" : ", ") + e.adapter->name;
+  fail("no adapter named '", name, "' is loaded", have.empty() ? "" : " (loaded: " + have + ")");
+}
+
+std::map<std::string, LlamaTensor> LoraSet::tensors() const {
+  std::map<std::string, LlamaTensor> m;
+  for (LlamaTensor& t : llama_tensors(model_->cfg)) m.emplace(t.gguf, std::move(t));
+  return m;
+}
+
+TensorView* LoraSet::projector_slot(Projector& p, const std::string& name) {
+  for (const ClipTensor& t : projector_tensors(0, 0))
+    if (t.gguf == name) return &p.at(t.field);
+  return nullptr;
+}
+
+void LoraSet::check(const LoraAdapter& a) {
+  LlamaWeights probe = model_->weights;
+  const std::map<std::string, LlamaTensor> named = tensors();
+  for (const LoraWeight& w : a.weights) {
+    auto it = named.find(w.target);
+    if (it == named.end() || (it->second.slot != LlamaSlot::Linear && it->second.slot != LlamaSlot::Output))
+      fail(a.source, ": LoRA weight for '", w.target, "', which the base model does not have");
+    const TensorView& v = probe.at(it->second);
+    if (w.a.shape.size() != 2 || w.b.shape.size() != 2 || w.a.shape[1] != v.cols() || w.b.shape[0] != v.rows() ||
+        w.b.shape[1] != w.a.shape[0])
+      fail(a.source, ": LoRA for '", w.target, "' (A ", w.a.view().shape_str(), ", B ", w.b.view().shape_str(),
+           ") does not fit the base model's ", v.shape_str(), " (adapter for a different base model?)");
+  }
+  Projector base_projector = base_projector_ ? *base_projector_ : Projector();
+  for (const auto& [name, t] : a.replaces) {
+    const TensorView* v = nullptr;
+    if (lora_detail::is_projector_name(name)) {
+      if (!base_projector_) {
+        notes.push_back(a.name + ": no vision model is loaded, so its replacement projector is not used");
+        continue;
+      }
+      v = projector_slot(base_projector, name);
+      if (!v) fail(a.source, ": replacement tensor '", name, "' is not part of the mlp2x_gelu projector");
+    } else {
+      auto it = named.find(name);
+      if (it == named.end()) fail(a.source, ": replacement tensor '", name, "' is not a tensor of the base model");
+      v = &probe.at(it->second);
+    }
+    if (t.shape != lora_detail::shape_of(*v))
+      fail(a.source, ": replacement tensor '", name, "' has shape ", t.view().shape_str(), " but the base model's is ",
+           v->shape_str(), " (adapter for a different model?)");
+  }
+}
+
+void LoraSet::apply(std::vector<Entry> next) {
+  AdaptedWeights w;
+  w.weights = model_->weights;
+  w.deltas.resize(size_t(model_->cfg.n_layers));
+  Projector p = base_projector_ ? *base_projector_ : Projector();
+  bool active = false, projector_replaced = false;
+  const std::map<std::string, LlamaTensor> named = tensors();
+  std::map<std::string, std::string> replaced_by;
+  for (const Entry& e : next) {
+    if (e.scale == 0.0f) continue;
+    const LoraAdapter& a = *e.adapter;
+    for (const auto& [name, t] : a.replaces) {
+      const bool proj = lora_detail::is_projector_name(name);
+      if (proj && !base_projector_) continue;
+      auto [it, fresh] = replaced_by.emplace(name, a.name);
+      if (!fresh) fail("adapters '", it->second, "' and '", a.name, "' both replace '", name, "': activate one of them");
+      if (proj) *projector_slot(p, name) = t.view(), projector_replaced = true;
+      else w.weights.at(named.at(name)) = t.view();
+      active = true;
+    }
+    for (const LoraWeight& lw : a.weights) {
+      const LlamaTensor& t = named.at(lw.target);
+      const LowRankDelta d{lw.a.view(), lw.b.view(), e.scale * lw.scaling};
+      if (t.slot == LlamaSlot::Output) w.output_deltas.push_back(d);
+      else w.deltas[size_t(t.layer)][size_t(t.linear)].push_back(d);
+      active = true;
+    }
+  }
+  adapted_ = std::move(w);
+  projector_ = p;
+  active_ = active;
+  projector_replaced_ = projector_replaced;
+  entries_ = std::move(next);
+}
+
+}  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

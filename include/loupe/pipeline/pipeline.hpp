@@ -26,7 +26,6 @@
 
 namespace loupe {
 
-
 // The vision half of an mmproj file.
 struct VisionModel {
   GgufFile file;
@@ -35,15 +34,7 @@ struct VisionModel {
 
   static VisionModel open(const std::string& path) { return from_file(GgufFile::open(path)); }
   // From a parsed file (e.g. bytes already in memory).
-  static VisionModel from_file(GgufFile file) {
-    VisionModel v;
-    v.file = std::move(file);
-    v.clip = ClipModel::from_gguf(v.file);
-    v.projector = Projector::from_gguf(v.file);
-    if (v.projector.in_dim != v.clip.cfg.dim)
-      fail(v.file.name(), ": projector input width ", v.projector.in_dim, " does not match the vision tower's ", v.clip.cfg.dim);
-    return v;
-  }
+  static VisionModel from_file(GgufFile file);
 
   PreprocessConfig preprocess_config() const {
     PreprocessConfig p;
@@ -56,40 +47,10 @@ struct VisionModel {
 
 // Text with LLaMA's "</s>" written out (multi-turn vicuna prompts) -> ids:
 // HF's tokenizer splits on the special token and encodes the pieces around it.
-inline std::vector<int32_t> tokenize_with_eos(const Tokenizer& tok, std::string_view text, bool add_bos) {
-  std::vector<int32_t> ids;
-  if (add_bos) ids.push_back(tok.bos());
-  const std::string eos = tok.eos() >= 0 ? tok.piece(tok.eos()) : std::string();
-  for (;;) {
-    const size_t p = eos.empty() ? std::string_view::npos : text.find(eos);
-    const std::string_view part = text.substr(0, p);
-    if (!part.empty()) {
-      std::vector<int32_t> t = tok.encode(part, false);
-      ids.insert(ids.end(), t.begin(), t.end());
-    }
-    if (p == std::string_view::npos) break;
-    ids.push_back(tok.eos());
-    text.remove_prefix(p + eos.size());
-  }
-  return ids;
-}
+std::vector<int32_t> tokenize_with_eos(const Tokenizer& tok, std::string_view text, bool add_bos);
 
 // LLaVA's tokenizer_image_token: ids with kImageTokenIndex where "<image>" was.
-inline std::vector<int32_t> tokenize_image_prompt(const Tokenizer& tok, std::string_view prompt) {
-  std::vector<int32_t> ids;
-  bool first = true;
-  for (;;) {
-    const size_t p = prompt.find(kImageToken);
-    // Every chunk is tokenised with BOS, then all but the first chunk's BOS dropped.
-    std::vector<int32_t> chunk = tokenize_with_eos(tok, prompt.substr(0, p), true);
-    ids.insert(ids.end(), chunk.begin() + (first ? 0 : 1), chunk.end());
-    first = false;
-    if (p == std::string_view::npos) break;
-    ids.push_back(kImageTokenIndex);
-    prompt.remove_prefix(p + kImageToken.size());
-  }
-  return ids;
-}
+std::vector<int32_t> tokenize_image_prompt(const Tokenizer& tok, std::string_view prompt);
 
 struct DescribeOptions {
   std::string conv = "vicuna_v1";  // chat template name
@@ -103,12 +64,7 @@ struct DescribeOptions {
 // only what is new.
 class VisionChat {
  public:
-  VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeOptions opt = {}, ThreadPool* pool = nullptr)
-      : lm_(lm), vm_(vm), opt_(std::move(opt)), pool_(pool), session_(lm, opt_.session, &vm.projector), conv_(opt_.conv) {
-    if (vm.projector.out_dim != lm.model.cfg.dim)
-      fail(vm.file.name(), ": the projector outputs width ", vm.projector.out_dim, " but the language model's width is ",
-           lm.model.cfg.dim, " (mmproj from a different model?)");
-  }
+  VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeOptions opt = {}, ThreadPool* pool = nullptr);
 
   // The session the conversation runs on: its adapters (add_lora, set_lora_scale) and the token-level API.
   Session& session() { return session_; }
@@ -117,42 +73,13 @@ class VisionChat {
 
   // Preprocess and encode an image and start a new conversation about it. The
   // same image again (equal pixels) keeps its encoding: only the conversation restarts.
-  void set_image(const Image& img) {
-    const uint64_t key = image_key(img);
-    if (key == image_key_ && !clip_features_.empty()) {
-      image_cached = true, encode_ms = project_ms = 0;
-      project();
-      new_conversation();
-      return;
-    }
-    set_pixels(preprocess(img, vm_.preprocess_config()));
-    image_key_ = key;
-  }
+  void set_image(const Image& img);
 
   // Already preprocessed pixel values [3, S, S].
-  void set_pixels(Tensor pixels) {
-    const int64_t S = vm_.clip.cfg.image_size;
-    if (pixels.shape != std::vector<int64_t>{3, S, S})
-      fail("pixel values have shape ", pixels.view().shape_str(), ", the vision tower expects [3, ", S, ", ", S, "]");
-    auto t0 = std::chrono::steady_clock::now();
-    pixel_values = std::move(pixels);
-    clip_features_ = clip_encode(vm_.clip, pixel_values.f32(), pool_);
-    projected_with_ = {};
-    image_key_ = 0;
-    image_cached = false;
-    encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    project_ms = 0;
-    project();
-    new_conversation();
-  }
+  void set_pixels(Tensor pixels);
 
   // One user turn (the first carries the image); streams the reply.
-  Generation ask(const std::string& prompt, const TokenCallback& on_text = nullptr) {
-    Turn t = begin_turn(prompt);
-    Generation g = generate(session_, std::move(t.ids), std::move(t.x), t.gen, on_text, pool_);
-    end_turn(g);
-    return g;
-  }
+  Generation ask(const std::string& prompt, const TokenCallback& on_text = nullptr);
 
   // ask() in two halves, for running many chats in one batch (Generator):
   // begin_turn() adds the user's turn, keeps what the session holds of the
@@ -163,45 +90,7 @@ class VisionChat {
     std::vector<float> x;
     GenerateOptions gen;
   };
-  Turn begin_turn(const std::string& prompt) {
-    if (clip_features_.empty()) fail("VisionChat: no image set");
-    project();
-    const bool first_turn = conv_.messages.empty();
-    const size_t tags = count_tags(prompt);
-    if (tags > (first_turn ? 1u : 0u))
-      fail("the prompt contains ", tags, " <image> tags but one image was given", first_turn ? "" : " (and it is already in the conversation)");
-    conv_.add_user(first_turn && tags == 0 ? with_image(prompt) : prompt);
-    conv_.add_assistant();
-    prompt_ids = tokenize_image_prompt(lm_.tokenizer, conv_.prompt());
-
-    // Positions: each id is one position, the image marker is n_patches positions.
-    Turn t;
-    std::vector<int32_t>& positions = t.ids;
-    const int64_t dim = lm_.model.cfg.dim, n_img = int64_t(image_features.size()) / dim;
-    for (int32_t id : prompt_ids)
-      if (id == kImageTokenIndex) positions.insert(positions.end(), size_t(n_img), kImageTokenIndex);
-      else positions.push_back(id);
-    if (int64_t(positions.size()) >= session_.n_ctx())
-      fail("the prompt needs ", positions.size(), " positions (", n_img, " for the image) but the context holds ", session_.n_ctx());
-    // Reuse what the session holds of this conversation, prefill the rest (at
-    // least one position, for fresh logits).
-    const std::vector<int32_t>& held = session_.positions();
-    size_t keep = 0;
-    while (keep < held.size() && keep < positions.size() && held[keep] == positions[keep]) ++keep;
-    if (keep == positions.size()) --keep;
-    session_.truncate(int64_t(keep));
-    t.x.resize((positions.size() - keep) * size_t(dim));
-    const size_t first_image = size_t(std::find(positions.begin(), positions.end(), kImageTokenIndex) - positions.begin());
-    for (size_t p = keep; p < positions.size(); ++p) {
-      float* dst = t.x.data() + (p - keep) * size_t(dim);
-      if (positions[p] == kImageTokenIndex) std::copy_n(image_features.data() + (p - first_image) * size_t(dim), dim, dst);
-      else embed(lm_.model.cfg, session_.embeddings(), &positions[p], 1, dst);
-    }
-    positions.erase(positions.begin(), positions.begin() + std::ptrdiff_t(keep));
-    t.gen = opt_.gen;
-    if (t.gen.stop.empty()) t.gen.stop.push_back(conv_.stop());
-    return t;
-  }
+  Turn begin_turn(const std::string& prompt);
   void end_turn(const Generation& g) { conv_.set_reply(g.text); }
 
   const Conversation& conversation() const { return conv_; }
@@ -221,27 +110,13 @@ class VisionChat {
     return n;
   }
   // FNV-1a over the size and pixels: tells "the same image again" apart from another one.
-  static uint64_t image_key(const Image& img) {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&h](uint64_t b) { h = (h ^ b) * 1099511628211ull; };
-    mix(uint64_t(img.width)), mix(uint64_t(img.height));
-    for (uint8_t b : img.rgb) mix(b);
-    return h | 1;  // never 0 (= no image)
-  }
+  static uint64_t image_key(const Image& img);
   void new_conversation() {
     conv_ = Conversation(opt_.conv);
     session_.clear();
   }
   // The CLIP features through the projector the session uses now (an adapter may bring its own).
-  void project() {
-    const Projector& p = *session_.projector();
-    const std::array<const void*, 4> id{p.w0.data, p.b0.data, p.w2.data, p.b2.data};
-    if (id == projected_with_) return;
-    auto t0 = std::chrono::steady_clock::now();
-    image_features = p(clip_features_, pool_);
-    projected_with_ = id;
-    project_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  }
+  void project();
 
   const LanguageModel& lm_;
   const VisionModel& vm_;
@@ -255,11 +130,164 @@ class VisionChat {
 };
 
 // One-shot: describe(image, prompt) with streaming.
-inline Generation describe(const LanguageModel& lm, const VisionModel& vm, const Image& img, const std::string& prompt,
-                           const DescribeOptions& opt, const TokenCallback& on_text = nullptr, ThreadPool* pool = nullptr) {
+Generation describe(const LanguageModel& lm, const VisionModel& vm, const Image& img, const std::string& prompt,
+                    const DescribeOptions& opt, const TokenCallback& on_text = nullptr, ThreadPool* pool = nullptr);
+
+}  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+namespace loupe {
+
+VisionModel VisionModel::from_file(GgufFile file) {
+  VisionModel v;
+  v.file = std::move(file);
+  v.clip = ClipModel::from_gguf(v.file);
+  v.projector = Projector::from_gguf(v.file);
+  if (v.projector.in_dim != v.clip.cfg.dim)
+    fail(v.file.name(), ": projector input width ", v.projector.in_dim, " does not match the vision tower's ", v.clip.cfg.dim);
+  return v;
+}
+
+VisionChat::VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeOptions opt, ThreadPool* pool)
+    : lm_(lm), vm_(vm), opt_(std::move(opt)), pool_(pool), session_(lm, opt_.session, &vm.projector), conv_(opt_.conv) {
+  if (vm.projector.out_dim != lm.model.cfg.dim)
+    fail(vm.file.name(), ": the projector outputs width ", vm.projector.out_dim, " but the language model's width is ",
+         lm.model.cfg.dim, " (mmproj from a different model?)");
+}
+
+void VisionChat::set_image(const Image& img) {
+  const uint64_t key = image_key(img);
+  if (key == image_key_ && !clip_features_.empty()) {
+    image_cached = true, encode_ms = project_ms = 0;
+    project();
+    new_conversation();
+    return;
+  }
+  set_pixels(preprocess(img, vm_.preprocess_config()));
+  image_key_ = key;
+}
+
+void VisionChat::set_pixels(Tensor pixels) {
+  const int64_t S = vm_.clip.cfg.image_size;
+  if (pixels.shape != std::vector<int64_t>{3, S, S})
+    fail("pixel values have shape ", pixels.view().shape_str(), ", the vision tower expects [3, ", S, ", ", S, "]");
+  auto t0 = std::chrono::steady_clock::now();
+  pixel_values = std::move(pixels);
+  clip_features_ = clip_encode(vm_.clip, pixel_values.f32(), pool_);
+  projected_with_ = {};
+  image_key_ = 0;
+  image_cached = false;
+  encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  project_ms = 0;
+  project();
+  new_conversation();
+}
+
+Generation VisionChat::ask(const std::string& prompt, const TokenCallback& on_text) {
+  Turn t = begin_turn(prompt);
+  Generation g = generate(session_, std::move(t.ids), std::move(t.x), t.gen, on_text, pool_);
+  end_turn(g);
+  return g;
+}
+
+VisionChat::Turn VisionChat::begin_turn(const std::string& prompt) {
+  if (clip_features_.empty()) fail("VisionChat: no image set");
+  project();
+  const bool first_turn = conv_.messages.empty();
+  const size_t tags = count_tags(prompt);
+  if (tags > (first_turn ? 1u : 0u))
+    fail("the prompt contains ", tags, " <image> tags but one image was given", first_turn ? "" : " (and it is already in the conversation)");
+  conv_.add_user(first_turn && tags == 0 ? with_image(prompt) : prompt);
+  conv_.add_assistant();
+  prompt_ids = tokenize_image_prompt(lm_.tokenizer, conv_.prompt());
+
+  // Positions: each id is one position, the image marker is n_patches positions.
+  Turn t;
+  std::vector<int32_t>& positions = t.ids;
+  const int64_t dim = lm_.model.cfg.dim, n_img = int64_t(image_features.size()) / dim;
+  for (int32_t id : prompt_ids)
+    if (id == kImageTokenIndex) positions.insert(positions.end(), size_t(n_img), kImageTokenIndex);
+    else positions.push_back(id);
+  if (int64_t(positions.size()) >= session_.n_ctx())
+    fail("the prompt needs ", positions.size(), " positions (", n_img, " for the image) but the context holds ", session_.n_ctx());
+  // Reuse what the session holds of this conversation, prefill the rest (at
+  // least one position, for fresh logits).
+  const std::vector<int32_t>& held = session_.positions();
+  size_t keep = 0;
+  while (keep < held.size() && keep < positions.size() && held[keep] == positions[keep]) ++keep;
+  if (keep == positions.size()) --keep;
+  session_.truncate(int64_t(keep));
+  t.x.resize((positions.size() - keep) * size_t(dim));
+  const size_t first_image = size_t(std::find(positions.begin(), positions.end(), kImageTokenIndex) - positions.begin());
+  for (size_t p = keep; p < positions.size(); ++p) {
+    float* dst = t.x.data() + (p - keep) * size_t(dim);
+    if (positions[p] == kImageTokenIndex) std::copy_n(image_features.data() + (p - first_image) * size_t(dim), dim, dst);
+    else embed(lm_.model.cfg, session_.embeddings(), &positions[p], 1, dst);
+  }
+  positions.erase(positions.begin(), positions.begin() + std::ptrdiff_t(keep));
+  t.gen = opt_.gen;
+  if (t.gen.stop.empty()) t.gen.stop.push_back(conv_.stop());
+  return t;
+}
+
+uint64_t VisionChat::image_key(const Image& img) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint64_t b) { h = (h ^ b) * 1099511628211ull; };
+  mix(uint64_t(img.width)), mix(uint64_t(img.height));
+  for (uint8_t b : img.rgb) mix(b);
+  return h | 1;  // never 0 (= no image)
+}
+
+void VisionChat::project() {
+  const Projector& p = *session_.projector();
+  const std::array<const void*, 4> id{p.w0.data, p.b0.data, p.w2.data, p.b2.data};
+  if (id == projected_with_) return;
+  auto t0 = std::chrono::steady_clock::now();
+  image_features = p(clip_features_, pool_);
+  projected_with_ = id;
+  project_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::vector<int32_t> tokenize_with_eos(const Tokenizer& tok, std::string_view text, bool add_bos) {
+  std::vector<int32_t> ids;
+  if (add_bos) ids.push_back(tok.bos());
+  const std::string eos = tok.eos() >= 0 ? tok.piece(tok.eos()) : std::string();
+  for (;;) {
+    const size_t p = eos.empty() ? std::string_view::npos : text.find(eos);
+    const std::string_view part = text.substr(0, p);
+    if (!part.empty()) {
+      std::vector<int32_t> t = tok.encode(part, false);
+      ids.insert(ids.end(), t.begin(), t.end());
+    }
+    if (p == std::string_view::npos) break;
+    ids.push_back(tok.eos());
+    text.remove_prefix(p + eos.size());
+  }
+  return ids;
+}
+
+std::vector<int32_t> tokenize_image_prompt(const Tokenizer& tok, std::string_view prompt) {
+  std::vector<int32_t> ids;
+  bool first = true;
+  for (;;) {
+    const size_t p = prompt.find(kImageToken);
+    // Every chunk is tokenised with BOS, then all but the first chunk's BOS dropped.
+    std::vector<int32_t> chunk = tokenize_with_eos(tok, prompt.substr(0, p), true);
+    ids.insert(ids.end(), chunk.begin() + (first ? 0 : 1), chunk.end());
+    first = false;
+    if (p == std::string_view::npos) break;
+    ids.push_back(kImageTokenIndex);
+    prompt.remove_prefix(p + kImageToken.size());
+  }
+  return ids;
+}
+
+Generation describe(const LanguageModel& lm, const VisionModel& vm, const Image& img, const std::string& prompt,
+                    const DescribeOptions& opt, const TokenCallback& on_text, ThreadPool* pool) {
   VisionChat chat(lm, vm, opt, pool);
   chat.set_image(img);
   return chat.ask(prompt, on_text);
 }
 
 }  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

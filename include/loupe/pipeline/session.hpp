@@ -34,15 +34,7 @@ struct LanguageModel {
 
   static LanguageModel open(const std::string& path) { return from_file(GgufFile::open(path)); }
   // From a parsed file (e.g. bytes already in memory: GgufFile::parse(Blob::from_bytes(...))).
-  static LanguageModel from_file(GgufFile file) {
-    LanguageModel lm;
-    lm.file = std::move(file);
-    lm.model = LlamaModel::from_gguf(lm.file);
-    lm.tokenizer = read_vocab(lm.file);
-    if (int64_t(lm.tokenizer.size()) != lm.model.cfg.n_vocab)
-      fail(lm.file.name(), ": tokenizer has ", lm.tokenizer.size(), " tokens, the model ", lm.model.cfg.n_vocab);
-    return lm;
-  }
+  static LanguageModel from_file(GgufFile file);
   // GgufFile owns the mapping through a shared_ptr, so moving keeps views valid.
 };
 
@@ -159,66 +151,10 @@ class Batch {
   // Every queued input through the model, in passes of at most max_rows rows:
   // one-row inputs (decode steps) first, then the others in order, a long one
   // split in chunks that share passes with the rest. Empties the batch.
-  void run(ThreadPool* pool = nullptr) {
-    struct Reset {  // empty afterwards, also when a pass fails
-      Batch& b;
-      ~Reset() { b.items_.clear(), b.inputs_size_ = b.ids_size_ = 0; }
-    } reset{*this};
-    const LlamaConfig& c = lm_->model.cfg;
-    for (;;) {
-      seqs_.clear();
-      int64_t budget = max_rows_;
-      for (int pass = 0; pass < 2; ++pass)  // decode steps, then the rest
-        for (Item& it : items_) {
-          const int64_t left = it.n - it.done;
-          if (left == 0 || budget == 0 || (pass == 0) != (it.n == 1)) continue;
-          LlamaSeq q;
-          q.kv = &it.s->kv_;
-          q.adapted = it.s->adapted();
-          q.n = std::min(left, budget);
-          q.x = inputs_.data() + it.at + size_t(it.done * c.dim);
-          q.all_logits = it.all_logits;
-          if (it.all_logits) q.logits = it.s->logits_.data() + it.done * c.n_vocab;
-          else if (it.done + q.n == it.n) q.logits = it.s->logits_.data();
-          budget -= q.n;
-          seqs_.push_back(q);
-        }
-      if (seqs_.empty()) break;
-      forward(lm_->model, seqs_.data(), seqs_.size(), scratch_, pool);
-      for (const LlamaSeq& q : seqs_)
-        for (Item& it : items_)
-          if (&it.s->kv_ == q.kv) {
-            for (int64_t i = it.done; i < it.done + q.n; ++i) {
-              const int32_t id = ids_[it.id_at + size_t(i)];
-              it.s->positions_.push_back(id);
-              if (id >= 0) it.s->history_.push_back(id);
-            }
-            it.done += q.n;
-          }
-    }
-  }
+  void run(ThreadPool* pool = nullptr);
 
  private:
-  void queue(Session& s, const float* x, const int32_t* ids, size_t n, bool all_logits) {
-    if (&s.model() != lm_) fail("batch: the session runs on another model");
-    if (n == 0) fail("feed: no positions");
-    for (const Item& it : items_)
-      if (it.s == &s) fail("batch: the session already has input in this batch");
-    if (s.n_past() + int64_t(n) > s.n_ctx())
-      fail("the input of ", n, " positions does not fit in the context (", s.n_ctx() - s.n_past(), " positions left of ", s.n_ctx(), ")");
-    const LlamaConfig& c = lm_->model.cfg;
-    const size_t at = inputs_size_;
-    inputs_size_ += n * size_t(c.dim);
-    if (inputs_.size() < inputs_size_) inputs_.resize(inputs_size_);
-    if (x) std::copy(x, x + n * size_t(c.dim), inputs_.begin() + std::ptrdiff_t(at));
-    else embed(c, s.embeddings(), ids, int64_t(n), inputs_.data() + at);
-    s.logits_.resize(size_t(all_logits ? int64_t(n) * c.n_vocab : c.n_vocab));
-    const size_t id_at = ids_size_;
-    ids_size_ += n;
-    if (ids_.size() < ids_size_) ids_.resize(ids_size_);
-    std::copy(ids, ids + n, ids_.begin() + std::ptrdiff_t(id_at));
-    items_.push_back({&s, at, id_at, int64_t(n), 0, all_logits});
-  }
+  void queue(Session& s, const float* x, const int32_t* ids, size_t n, bool all_logits);
 
   struct Item {
     Session* s;
@@ -236,23 +172,99 @@ class Batch {
   std::vector<LlamaSeq> seqs_;
 };
 
-inline Session::Session(Session&&) noexcept = default;
-inline Session& Session::operator=(Session&&) noexcept = default;
-inline Session::~Session() = default;
+}  // namespace loupe
 
-inline Batch& Session::batch() {
+#ifdef LOUPE_IMPLEMENTATION
+namespace loupe {
+
+LanguageModel LanguageModel::from_file(GgufFile file) {
+  LanguageModel lm;
+  lm.file = std::move(file);
+  lm.model = LlamaModel::from_gguf(lm.file);
+  lm.tokenizer = read_vocab(lm.file);
+  if (int64_t(lm.tokenizer.size()) != lm.model.cfg.n_vocab)
+    fail(lm.file.name(), ": tokenizer has ", lm.tokenizer.size(), " tokens, the model ", lm.model.cfg.n_vocab);
+  return lm;
+}
+
+void Batch::run(ThreadPool* pool) {
+  struct Reset {  // empty afterwards, also when a pass fails
+    Batch& b;
+    ~Reset() { b.items_.clear(), b.inputs_size_ = b.ids_size_ = 0; }
+  } reset{*this};
+  const LlamaConfig& c = lm_->model.cfg;
+  for (;;) {
+    seqs_.clear();
+    int64_t budget = max_rows_;
+    for (int pass = 0; pass < 2; ++pass)  // decode steps, then the rest
+      for (Item& it : items_) {
+        const int64_t left = it.n - it.done;
+        if (left == 0 || budget == 0 || (pass == 0) != (it.n == 1)) continue;
+        LlamaSeq q;
+        q.kv = &it.s->kv_;
+        q.adapted = it.s->adapted();
+        q.n = std::min(left, budget);
+        q.x = inputs_.data() + it.at + size_t(it.done * c.dim);
+        q.all_logits = it.all_logits;
+        if (it.all_logits) q.logits = it.s->logits_.data() + it.done * c.n_vocab;
+        else if (it.done + q.n == it.n) q.logits = it.s->logits_.data();
+        budget -= q.n;
+        seqs_.push_back(q);
+      }
+    if (seqs_.empty()) break;
+    forward(lm_->model, seqs_.data(), seqs_.size(), scratch_, pool);
+    for (const LlamaSeq& q : seqs_)
+      for (Item& it : items_)
+        if (&it.s->kv_ == q.kv) {
+          for (int64_t i = it.done; i < it.done + q.n; ++i) {
+            const int32_t id = ids_[it.id_at + size_t(i)];
+            it.s->positions_.push_back(id);
+            if (id >= 0) it.s->history_.push_back(id);
+          }
+          it.done += q.n;
+        }
+  }
+}
+
+void Batch::queue(Session& s, const float* x, const int32_t* ids, size_t n, bool all_logits) {
+  if (&s.model() != lm_) fail("batch: the session runs on another model");
+  if (n == 0) fail("feed: no positions");
+  for (const Item& it : items_)
+    if (it.s == &s) fail("batch: the session already has input in this batch");
+  if (s.n_past() + int64_t(n) > s.n_ctx())
+    fail("the input of ", n, " positions does not fit in the context (", s.n_ctx() - s.n_past(), " positions left of ", s.n_ctx(), ")");
+  const LlamaConfig& c = lm_->model.cfg;
+  const size_t at = inputs_size_;
+  inputs_size_ += n * size_t(c.dim);
+  if (inputs_.size() < inputs_size_) inputs_.resize(inputs_size_);
+  if (x) std::copy(x, x + n * size_t(c.dim), inputs_.begin() + std::ptrdiff_t(at));
+  else embed(c, s.embeddings(), ids, int64_t(n), inputs_.data() + at);
+  s.logits_.resize(size_t(all_logits ? int64_t(n) * c.n_vocab : c.n_vocab));
+  const size_t id_at = ids_size_;
+  ids_size_ += n;
+  if (ids_.size() < ids_size_) ids_.resize(ids_size_);
+  std::copy(ids, ids + n, ids_.begin() + std::ptrdiff_t(id_at));
+  items_.push_back({&s, at, id_at, int64_t(n), 0, all_logits});
+}
+
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&&) noexcept = default;
+Session::~Session() = default;
+
+Batch& Session::batch() {
   if (!batch_) batch_ = std::make_unique<Batch>(*lm_, opt_.n_batch);
   return *batch_;
 }
 
-inline void Session::feed(const std::vector<int32_t>& ids, ThreadPool* pool, bool all_logits) {
+void Session::feed(const std::vector<int32_t>& ids, ThreadPool* pool, bool all_logits) {
   batch().add(*this, ids, all_logits);
   batch_->run(pool);
 }
 
-inline void Session::feed(const float* x, const std::vector<int32_t>& ids, ThreadPool* pool, bool all_logits) {
+void Session::feed(const float* x, const std::vector<int32_t>& ids, ThreadPool* pool, bool all_logits) {
   batch().add(*this, x, ids, all_logits);
   batch_->run(pool);
 }
 
 }  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

@@ -42,9 +42,40 @@
 #include "../core/error.hpp"
 #include "../io/file.hpp"
 
-// stb_image, compiled into every translation unit that includes this header
-// with internal linkage (STB_IMAGE_STATIC), so several TUs can include it.
-// Only the formats used; no SIMD so that native and WASM decode identically.
+namespace loupe {
+
+// 8-bit RGB, row-major, HWC: pixel (x, y) channel c is rgb[(y * width + x) * 3 + c].
+struct Image {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;
+
+  Image() = default;
+  Image(int w, int h) : width(w), height(h), rgb(size_t(w) * size_t(h) * 3) {}  // black
+  Image(int w, int h, std::vector<uint8_t> pixels) : width(w), height(h), rgb(std::move(pixels)) {
+    if (w < 0 || h < 0 || rgb.size() != size_t(w) * size_t(h) * 3)
+      fail("Image: ", rgb.size(), " bytes given for ", w, "x", h, " RGB (needs ", int64_t(w) * h * 3, ")");
+  }
+  uint8_t* at(int x, int y) { return rgb.data() + (size_t(y) * size_t(width) + size_t(x)) * 3; }
+  const uint8_t* at(int x, int y) const { return rgb.data() + (size_t(y) * size_t(width) + size_t(x)) * 3; }
+};
+
+// PIL raises DecompressionBombError above 2 * Image.MAX_IMAGE_PIXELS; so do we
+// (before any pixel memory is allocated).
+constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
+
+// Decode an image file held in memory; `name` is used in error messages.
+Image decode_image(const uint8_t* data, size_t n, const std::string& name);
+
+// Read and decode an image file.
+Image load_image(const std::string& path);
+
+}  // namespace loupe
+
+#ifdef LOUPE_IMPLEMENTATION
+// stb_image, compiled once, in the implementation's translation unit, with
+// internal linkage (STB_IMAGE_STATIC) so it cannot clash with the
+// application's own copy. Only the formats used; no SIMD so that native and
+// WASM decode identically.
 #ifdef STBI_INCLUDE_STB_IMAGE_H
 #error "loupe/vision/image.hpp builds its own static copy of stb_image: include it instead of stb_image.h in this file"
 #endif
@@ -78,25 +109,6 @@
 #endif
 
 namespace loupe {
-
-// 8-bit RGB, row-major, HWC: pixel (x, y) channel c is rgb[(y * width + x) * 3 + c].
-struct Image {
-  int width = 0, height = 0;
-  std::vector<uint8_t> rgb;
-
-  Image() = default;
-  Image(int w, int h) : width(w), height(h), rgb(size_t(w) * size_t(h) * 3) {}  // black
-  Image(int w, int h, std::vector<uint8_t> pixels) : width(w), height(h), rgb(std::move(pixels)) {
-    if (w < 0 || h < 0 || rgb.size() != size_t(w) * size_t(h) * 3)
-      fail("Image: ", rgb.size(), " bytes given for ", w, "x", h, " RGB (needs ", int64_t(w) * h * 3, ")");
-  }
-  uint8_t* at(int x, int y) { return rgb.data() + (size_t(y) * size_t(width) + size_t(x)) * 3; }
-  const uint8_t* at(int x, int y) const { return rgb.data() + (size_t(y) * size_t(width) + size_t(x)) * 3; }
-};
-
-// PIL raises DecompressionBombError above 2 * Image.MAX_IMAGE_PIXELS; so do we
-// (before any pixel memory is allocated).
-constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
 
 namespace detail {
 
@@ -338,8 +350,7 @@ inline const char* sniff_format(const uint8_t* d, size_t n) {
 
 }  // namespace detail
 
-// Decode an image file held in memory; `name` is used in error messages.
-inline Image decode_image(const uint8_t* data, size_t n, const std::string& name) {
+Image decode_image(const uint8_t* data, size_t n, const std::string& name) {
   if (n == 0 || data == nullptr) fail(name, ": empty file (0 bytes), expected a JPEG, PNG, BMP or GIF image");
   const char* fmt = detail::sniff_format(data, n);
   if (!fmt) fail(name, ": not a JPEG, PNG, BMP or GIF image (unrecognised file signature)");
@@ -413,10 +424,10 @@ inline Image decode_image(const uint8_t* data, size_t n, const std::string& name
   return img;
 }
 
-// Read and decode an image file.
-inline Image load_image(const std::string& path) {
+Image load_image(const std::string& path) {
   Blob b = Blob::open(path);
   return decode_image(b.data, b.size, path);
 }
 
 }  // namespace loupe
+#endif  // LOUPE_IMPLEMENTATION

@@ -1,0 +1,36 @@
+// Every public header of loupe, by layer. Including this (or any of them) gives
+// declarations; the heavy implementations are compiled once, in the translation
+// unit that defines LOUPE_IMPLEMENTATION before including loupe.hpp — the
+// loupe::loupe CMake target's src/loupe.cpp, or one file of your own when you
+// use the headers without CMake (as with stb-style libraries).
+#pragma once
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "core/quant.hpp"
+#include "core/tensor.hpp"
+#include "core/threadpool.hpp"
+#include "io/checkpoint.hpp"
+#include "io/file.hpp"
+#include "io/gguf.hpp"
+#include "io/json.hpp"
+#include "io/npy.hpp"
+#include "ops/ops.hpp"
+#include "text/chat.hpp"
+#include "text/gguf_vocab.hpp"
+#include "text/sampler.hpp"
+#include "text/stop.hpp"
+#include "text/tokenizer.hpp"
+#include "vision/image.hpp"
+#include "vision/preprocess.hpp"
+#include "models/clip.hpp"
+#include "models/llama.hpp"
+#include "models/lora_adapter.hpp"
+#include "models/projector.hpp"
+#include "models/tensors.hpp"
+#include "pipeline/generate.hpp"
+#include "pipeline/lora.hpp"
+#include "pipeline/pipeline.hpp"
+#include "pipeline/session.hpp"
+#include "convert/convert.hpp"
+#include "convert/inspect.hpp"
