@@ -20,7 +20,7 @@
 #include <loupe/ops/kernels.hpp>
 #include <loupe/pipeline/pipeline.hpp>
 
-#include <sys/resource.h>
+#include "../apps/common/peak_rss.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -36,11 +36,7 @@ namespace {
 
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
-}
+double peak_rss_mb() { return loupe_cli::peak_rss_bytes() / (1024.0 * 1024.0); }
 
 // splitmix64: fast, good enough for random weights.
 struct Rng {

@@ -2,6 +2,7 @@
 // scenes (demo/scenes, held-out seed 1000, never trained on): English captions from the
 // base, Lithuanian ones with the LoRA adapter, for the English prompts — the
 // captions come from the scene grammar, not from the model.
+#include <loupe/ops/kernels.hpp>
 #include <loupe/pipeline/pipeline.hpp>
 
 #include "../apps/common/eval_metrics.hpp"
@@ -53,6 +54,77 @@ TEST_CASE("demo model: English captions, Lithuanian with the adapter, switched p
   // The held-out figures are ~95 % (README); on 8 scenes allow one miss per language.
   CHECK(en_exact + 1 >= caps.size());
   CHECK(lt_exact + 1 >= caps.size());
+}
+
+TEST_CASE("demo model: the bundled scenes described in one batch equal each described alone, adapter off and on") {
+  const fs::path demo = loupe_test::source_dir() / "demo";
+  LanguageModel lm = LanguageModel::open((demo / "shapes-q4_0.gguf").string());
+  VisionModel vm = VisionModel::open((demo / "mmproj-shapes-q4_0.gguf").string());
+  auto lt = std::make_shared<const LoraAdapter>(LoraAdapter::load((demo / "shapes-lt-lora.gguf").string(), lm.model.cfg));
+  const Json caps = Json::load((demo / "scenes" / "captions.json").string());
+  ThreadPool pool(2);
+  DescribeOptions opt;
+  opt.gen.max_tokens = 64;
+  // Every scene twice (English, and Lithuanian through the adapter), each on its own chat.
+  std::vector<std::unique_ptr<VisionChat>> chats;
+  std::vector<std::string> prompts;
+  std::vector<Image> images;
+  for (size_t i = 0; i < caps.size(); ++i) {
+    images.push_back(load_image((demo / "scenes" / caps.keys()[i]).string()));
+    for (float scale : {0.0f, 1.0f}) {
+      chats.push_back(std::make_unique<VisionChat>(lm, vm, opt, &pool));
+      chats.back()->session().add_lora(lt, scale);
+      prompts.push_back(caps.values()[i].at("prompt").str());
+    }
+  }
+  std::vector<std::string> alone(chats.size()), together(chats.size());
+  for (size_t k = 0; k < chats.size(); ++k) {
+    chats[k]->set_image(images[k / 2]);
+    alone[k] = chats[k]->ask(prompts[k]).text;
+  }
+  Batch batch(lm, 512);
+  Generator gen(batch);
+  for (size_t k = 0; k < chats.size(); ++k) {
+    chats[k]->set_image(images[k / 2]);  // the same image: the encoding is reused, the conversation restarts
+    CHECK(chats[k]->image_cached);
+    VisionChat::Turn t = chats[k]->begin_turn(prompts[k]);
+    gen.submit(chats[k]->session(), std::move(t.ids), std::move(t.x), t.gen, nullptr, [&, k](Generation&& g) {
+      chats[k]->end_turn(g);
+      together[k] = g.text;
+    });
+  }
+  gen.run(&pool);
+  for (size_t k = 0; k < chats.size(); ++k) {
+    INFO(caps.keys()[k / 2] << (k % 2 ? " (lt)" : " (en)"));
+    CHECK(together[k] == alone[k]);
+    CHECK(together[k] == caps.values()[k / 2].at(k % 2 ? "lt" : "en").str());
+  }
+}
+
+// README's demo commands print what README says, with every kernel level this CPU has.
+TEST_CASE("README: the demo model's example output, on every kernel level") {
+  const fs::path root = loupe_test::source_dir();
+  const std::string readme = loupe_test::slurp(root / "README.md");
+  const std::string cmd = (fs::path(LOUPE_BINARY_DIR) / "bin/loupe").string() +
+                          " describe -m demo/shapes-q4_0.gguf --mmproj demo/mmproj-shapes-q4_0.gguf"
+                          " --image demo/scenes/scene-1000-0005.png -p \"What does this image show?\"";
+  const std::string en = "A small orange star on the left and a small blue star on the right, on a yellow background.";
+  const std::string lt = "Maža oranžinė žvaigždė kairėje ir maža mėlyna žvaigždė dešinėje, geltoname fone.";
+  REQUIRE(readme.find("--image demo/scenes/scene-1000-0005.png -p \"What does this image show?\"") != std::string::npos);
+  REQUIRE(readme.find("# " + en) != std::string::npos);
+  REQUIRE(readme.find("# " + lt) != std::string::npos);
+  const fs::path out = loupe_test::scratch("readme_example") / "out.txt";
+  for (CpuLevel l : kAllCpuLevels) {
+    if (!kernels_for(l)) continue;
+    const std::string level = cpu_level_name(l);
+    INFO(level);
+    for (const auto& [flags, want] : {std::pair<std::string, std::string>{"", en}, {" --lora demo/shapes-lt-lora.gguf", lt}}) {
+      const std::string c = "cd " + loupe_test::quote(root.string()) + " && LOUPE_CPU=" + level + " " + cmd + flags + " 2>/dev/null > " +
+                            loupe_test::quote(out.string());
+      REQUIRE(std::system(c.c_str()) == 0);
+      CHECK(loupe_test::slurp(out) == want + "\n");
+    }
+  }
 }
 
 TEST_CASE("loupe eval: the table and --jsonl on the bundled scenes; a failed run leaves no output") {

@@ -18,9 +18,12 @@
 #include <sstream>
 
 #include "../common/args.hpp"
+#include "../common/peak_rss.hpp"
 #include "../common/eval_metrics.hpp"
 
 namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 const char* kHelp = R"(loupe: LLaVA / ShareGPT4V vision-language models in C++
 
@@ -156,9 +159,9 @@ int cmd_generate(const loupe_cli::Args& a, const std::vector<std::pair<std::stri
   }, &pool);
   std::fputc('\n', stdout);
   std::fflush(stdout);
-  std::fprintf(stderr, "load %.1f ms | prefill %lld tokens %.1f ms (%.1f tok/s) | decode %lld tokens %.1f ms (%.1f tok/s) | %d threads\n",
+  std::fprintf(stderr, "load %.1f ms | prefill %lld tokens %.1f ms (%.1f tok/s) | decode %lld tokens %.1f ms (%.1f tok/s) | %d threads | peak RSS %.2f GiB\n",
                load_ms, (long long)g.stats.prompt_tokens, g.stats.prefill_ms, g.stats.prefill_tok_s(),
-               (long long)g.stats.generated, g.stats.decode_ms, g.stats.decode_tok_s(), threads);
+               (long long)g.stats.generated, g.stats.decode_ms, g.stats.decode_tok_s(), threads, loupe_cli::peak_rss_bytes() / kGiB);
   return 0;
 }
 
@@ -200,9 +203,9 @@ bool print_text(std::string_view t) {
 }
 
 void print_timings(const VisionSession& s, const loupe::Generation& g) {
-  std::fprintf(stderr, "load %.1f ms | image encode %.1f ms | prefill %lld positions %.1f ms (%.1f tok/s) | decode %lld tokens %.1f ms (%.1f tok/s) | %d threads\n",
+  std::fprintf(stderr, "load %.1f ms | image encode %.1f ms | prefill %lld positions %.1f ms (%.1f tok/s) | decode %lld tokens %.1f ms (%.1f tok/s) | %d threads | peak RSS %.2f GiB\n",
                s.load_ms, s.chat->encode_ms, (long long)g.stats.prompt_tokens, g.stats.prefill_ms, g.stats.prefill_tok_s(),
-               (long long)g.stats.generated, g.stats.decode_ms, g.stats.decode_tok_s(), s.pool->size());
+               (long long)g.stats.generated, g.stats.decode_ms, g.stats.decode_tok_s(), s.pool->size(), loupe_cli::peak_rss_bytes() / kGiB);
 }
 
 // --dump DIR: the intermediate tensors, for comparing with a Python reference.

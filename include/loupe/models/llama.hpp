@@ -80,9 +80,10 @@ struct AdaptedWeights {
 
 // Keys and values of every layer for positions [0, n_past), F16 (llama.cpp's
 // default) or F32. Memory follows the positions used: each layer's buffers grow
-// by chunks (at least half again, rounded to kChunk positions) up to n_ctx, so
-// a 600-position description of a 7B model holds ~0.4 GB, not the 2 GB of a
-// full 4096-position cache.
+// kChunk positions at a time up to n_ctx, so a 1000-position description of a
+// 7B model holds 0.5 GiB, not the 2 GiB of a full 4096-position cache. (Each
+// growth copies the layer's buffer: over a whole 4096-position context that is
+// ~16 GB of memcpy against ~15 TB of weight reads, 0.1 %.)
 class KVCache {
  public:
   static constexpr int64_t kChunk = 256;
@@ -105,8 +106,7 @@ class KVCache {
   void reserve(int64_t positions) {
     if (positions > n_ctx_) fail("sequence of ", positions, " positions exceeds the context of ", n_ctx_);
     if (positions <= capacity_) return;
-    int64_t cap = std::max(positions, capacity_ + capacity_ / 2);
-    cap = std::min(n_ctx_, (cap + kChunk - 1) / kChunk * kChunk);
+    const int64_t cap = std::min(n_ctx_, (positions + kChunk - 1) / kChunk * kChunk);
     const size_t bytes = size_t(cap * width_) * elt();
     for (auto* bufs : {&k_, &v_})
       for (std::vector<uint8_t>& b : *bufs) {
