@@ -14,54 +14,30 @@
 //   LOUPE_BENCH_SIZES    1,2,4,8,16
 //   LOUPE_BENCH_PROMPT   32 (tokens per sequence, read before the timed steps)
 //   LOUPE_BENCH_GEN      16 (timed decode steps)
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = dirname(here);
-const env = process.env;
-const bin = env.LOUPE_BENCH_BIN;
-if (!bin || !existsSync(bin)) throw new Error("set LOUPE_BENCH_BIN to the loupe_bench binary (bench/run.sh does)");
-const cache = env.LOUPE_BENCH_CACHE ?? "/work/bench-cache";
+import { cache, env, llama7b, log, loupe, median, root } from "./common.mjs";
+
 const rounds = Number(env.LOUPE_BENCH_ROUNDS ?? 3);
 const threads = Number(env.LOUPE_BENCH_THREADS ?? 2);
 const sizes = (env.LOUPE_BENCH_SIZES ?? "1,2,4,8,16").split(",").map(Number);
 const prompt = Number(env.LOUPE_BENCH_PROMPT ?? 32), gen = Number(env.LOUPE_BENCH_GEN ?? 16);
-const log = (s) => process.stderr.write(s + "\n");
-
-function run(args) {
-  const r = spawnSync(bin, args.map(String), { encoding: "utf8", maxBuffer: 1 << 24 });
-  if (r.status !== 0) throw new Error(`${bin} ${args.join(" ")} failed (${r.status}):\n${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split("\n").filter((l) => l.startsWith("{")).pop());
-}
-
-mkdirSync(cache, { recursive: true });
-const llama7b = join(cache, "llama7b-q4_0.gguf");
-if (!existsSync(llama7b)) {
-  log(`making ${llama7b} (LLaMA-7B shapes, random q4_0 weights)...`);
-  spawnSync(bin, ["make-llama", llama7b, "--type", "q4_0", "--vocab", join(root, "..", "shared", "tokenizers", "llama2.model")],
-            { stdio: ["ignore", "inherit", "inherit"] });
-}
-const models = [["LLaMA-7B shape, Q4_0", llama7b], ["demo model (4 × 128), Q4_0", join(root, "demo", "shapes-q4_0.gguf")]];
+const llama = llama7b("q4_0");
+const models = [["LLaMA-7B shape, Q4_0", llama], ["demo model (4 × 128), Q4_0", join(root, "demo", "shapes-q4_0.gguf")]];
 
 const rows = [];  // {model, batch, round, ...}
 for (let round = 0; round < rounds; ++round) {
   for (const [name, path] of models) {
     const order = round % 2 ? [...sizes].reverse() : [...sizes];
     for (const b of order) {
-      const r = run(["batch", path, "-t", threads, "--n", b, "--prompt", prompt, "--gen", gen]);
+      const r = loupe("batch", path, "-t", threads, "--n", b, "--prompt", prompt, "--gen", gen);
       rows.push({ model: name, round, ...r });
       log(`round ${round + 1}/${rounds} ${name} B=${b}: ${r.aggregate_tok_s.toFixed(1)} tok/s (${r.step_ms.toFixed(1)} ms a step)`);
     }
   }
 }
 
-const median = (v) => {
-  const s = [...v].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const date = new Date().toISOString().slice(0, 10);
 const out = [];
 out.push(`Batched decoding, ${date}: ${threads} threads, ${rounds} rounds, ${prompt}-token prompts, ${gen} timed decode steps, medians`);

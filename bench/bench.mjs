@@ -12,43 +12,23 @@
 //   LOUPE_BENCH_TYPES    q4_0,q8_0
 //   LOUPE_BENCH_SKIP     comma list of parts to skip: llm,clip,ttft,load
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = dirname(here);
-const env = process.env;
-const bin = env.LOUPE_BENCH_BIN;
-if (!bin || !existsSync(bin)) throw new Error("set LOUPE_BENCH_BIN to the loupe_bench binary (bench/run.sh does)");
-const cache = env.LOUPE_BENCH_CACHE ?? "/work/bench-cache";
+import { bin, cache, env, here, llama7b, log, loupe, median, root, run } from "./common.mjs";
+
 const rounds = Number(env.LOUPE_BENCH_ROUNDS ?? 3);
 const threadList = (env.LOUPE_BENCH_THREADS ?? "1,2").split(",").map(Number);
 const types = (env.LOUPE_BENCH_TYPES ?? "q4_0,q8_0").split(",");
 const skip = new Set((env.LOUPE_BENCH_SKIP ?? "").split(",").filter(Boolean));
 const PROMPT = 128, GEN = 32, TTFT_TEXT = 32, IMAGE_POSITIONS = 576;
 
-mkdirSync(cache, { recursive: true });
 const llmPath = (t) => join(cache, `llama7b-${t}.gguf`);
 const mmprojPath = join(cache, "mmproj-vit-l-336-f16.gguf");
-
-function run(cmd, args, opts = {}) {
-  const r = spawnSync(cmd, args, { encoding: "utf8", maxBuffer: 1 << 24, ...opts });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status}):\n${r.stderr}`);
-  const line = r.stdout.trim().split("\n").filter((l) => l.startsWith("{")).pop();
-  return line ? JSON.parse(line) : null;
-}
-const loupe = (...args) => run(bin, args.map(String));
 const llamacpp = (...args) => run("node", [join(here, "llamacpp.mjs"), ...args.map(String)], { cwd: root });
-const log = (s) => process.stderr.write(s + "\n");
 
 // ---- synthetic models, made once
-for (const t of types) {
-  if (!existsSync(llmPath(t))) {
-    log(`making ${llmPath(t)} (LLaMA-7B shapes, random ${t} weights)...`);
-    run(bin, ["make-llama", llmPath(t), "--type", t, "--vocab", join(root, "..", "shared", "tokenizers", "llama2.model")], { stdio: ["ignore", "pipe", "inherit"] });
-  }
-}
+for (const t of types) llama7b(t);
 if (!existsSync(mmprojPath)) {
   log(`making ${mmprojPath} (CLIP ViT-L/14-336 + mlp2x_gelu, random f16 weights)...`);
   run(bin, ["make-mmproj", mmprojPath], { stdio: ["ignore", "pipe", "inherit"] });
@@ -111,12 +91,10 @@ for (let round = 1; round <= rounds; ++round) {
 }
 
 // ---- summary
-const median = (v) => {
-  if (!v.length) return NaN;
-  const s = [...v].sort((a, b) => a - b), m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+const pick = (f, key) => {
+  const v = results.filter(f).map((r) => r[key]).filter((x) => x !== undefined);
+  return v.length ? median(v) : NaN;
 };
-const pick = (f, key) => median(results.filter(f).map((r) => r[key]).filter((x) => x !== undefined));
 const fmt = (x, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : "–");
 const ratio = (a, b) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : "–");
 const rows = [["measurement", "threads", "loupe", "llama.cpp", "loupe / llama.cpp"], ["---", "---:", "---:", "---:", "---:"]];

@@ -16,7 +16,6 @@ namespace {
 ConvertOptions quiet(DType t = DType::F16) {
   ConvertOptions o;
   o.outtype = t;
-  o.log = nullptr;
   o.name = "m";
   return o;
 }

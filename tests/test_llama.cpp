@@ -2,6 +2,7 @@
 // - real trained weights in ../shared with their known greedy continuations;
 // - reference/llama_ref.py (plain PyTorch, from HF's LlamaForCausalLM) on
 //   tiny random configs: GQA/MHA/MQA, tied/untied, odd head sizes.
+#include "convert_util.hpp"
 #include "test_util.hpp"
 
 #include <loupe/convert/convert.hpp>
@@ -9,19 +10,12 @@
 #include <loupe/io/npy.hpp>
 
 using namespace loupe;
+using loupe_test::convert_text;
 using loupe_test::ints;
 using loupe_test::rel_err;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string convert_dir(const fs::path& model, const fs::path& out, DType t, const std::string& name) {
-  ConvertOptions o;
-  o.outtype = t;
-  o.name = name;
-  o.log = nullptr;
-  return convert_model(model.string(), out.string(), o).text_path;
-}
 
 SessionOptions exact(int64_t n_ctx, DType kv_type = DType::F32) {
   SessionOptions o;
@@ -89,18 +83,18 @@ TEST_CASE("llama: real weights reproduce the known greedy continuations (F32)") 
   };
   for (Case c : {Case{"stories260K-hf", "stories260K-greedy.jsonl"}, Case{"llama2xs-bf16-sharded", "llama2xs-bf16-greedy.jsonl"}}) {
     CAPTURE(c.dir);
-    const std::string path = convert_dir(loupe_test::shared_dir() / "models" / c.dir, out, DType::F32, c.dir);
+    const std::string path = convert_text(loupe_test::shared_dir() / "models" / c.dir, out, DType::F32, c.dir);
     LanguageModel lm = LanguageModel::open(path);
     Expected e = expected(c.expected);
     CHECK(lm.tokenizer.encode(e.prompt, true) == e.prompt_ids);
     CHECK(greedy(lm, e.prompt_ids, e.greedy_ids.size()) == e.greedy_ids);
     // The F16 file as well (stories260K is stored in F32; llama2xs in BF16, which F16 holds exactly here).
-    const std::string p16 = convert_dir(loupe_test::shared_dir() / "models" / c.dir, out, DType::F16, std::string(c.dir) + "-f16");
+    const std::string p16 = convert_text(loupe_test::shared_dir() / "models" / c.dir, out, DType::F16, std::string(c.dir) + "-f16");
     size_t k16 = agree_prefix(greedy(LanguageModel::open(p16), e.prompt_ids, e.greedy_ids.size()), e.greedy_ids);
     MESSAGE(std::string(c.dir), " F16: first ", k16, " of ", e.greedy_ids.size(), " greedy tokens agree");
     if (std::string(c.dir) == "llama2xs-bf16-sharded") {
       // Stored in BF16, so a BF16 GGUF holds the weights exactly: same tokens as F32.
-      const std::string pb = convert_dir(loupe_test::shared_dir() / "models" / c.dir, out, DType::BF16, "llama2xs-bf16");
+      const std::string pb = convert_text(loupe_test::shared_dir() / "models" / c.dir, out, DType::BF16, "llama2xs-bf16");
       CHECK(greedy(LanguageModel::open(pb), e.prompt_ids, e.greedy_ids.size()) == e.greedy_ids);
     }
   }
@@ -114,7 +108,7 @@ TEST_CASE("llama: stories260K from pytorch_model.bin equals the safetensors conv
   fs::path bin_only = out / "bin-only";
   fs::create_directories(bin_only);
   for (const char* f : {"config.json", "tokenizer.model", "pytorch_model.bin"}) fs::copy(src / f, bin_only / f);
-  const std::string a = convert_dir(src, out, DType::F32, "m"), b = convert_dir(bin_only, out, DType::F32, "m-bin");
+  const std::string a = convert_text(src, out, DType::F32, "m"), b = convert_text(bin_only, out, DType::F32, "m-bin");
   std::string ba = loupe_test::slurp(a), bb = loupe_test::slurp(b);
   // general.name differs ("m" vs "m-bin"); everything from the tensor data on must be identical.
   GgufFile ga = GgufFile::open(a), gb = GgufFile::open(b);
@@ -129,10 +123,10 @@ TEST_CASE("llama: Q8_0 and Q4_0 agreement with F32 on real weights") {
   for (const char* dir : {"stories260K-hf", "llama2xs-bf16-sharded"}) {
     const fs::path src = loupe_test::shared_dir() / "models" / dir;
     Expected e = expected(std::string(dir) == "stories260K-hf" ? "stories260K-greedy.jsonl" : "llama2xs-bf16-greedy.jsonl");
-    LanguageModel f32 = LanguageModel::open(convert_dir(src, out, DType::F32, std::string(dir) + "-f32"));
+    LanguageModel f32 = LanguageModel::open(convert_text(src, out, DType::F32, std::string(dir) + "-f32"));
     std::vector<float> ref = prefill_logits(f32, e.prompt_ids);
     for (DType t : {DType::Q8_0, DType::Q4_0}) {
-      LanguageModel q = LanguageModel::open(convert_dir(src, out, t, std::string(dir) + "-" + dtype_name(t)));
+      LanguageModel q = LanguageModel::open(convert_text(src, out, t, std::string(dir) + "-" + dtype_name(t)));
       const double err = rel_err(prefill_logits(q, e.prompt_ids), ref.data(), ref.size());
       const size_t k = agree_prefix(greedy(q, e.prompt_ids, e.greedy_ids.size()), e.greedy_ids);
       MESSAGE(std::string(dir), " ", std::string(dtype_name(t)), ": prompt logits rel. error ", err, "; first ", k, " of ", e.greedy_ids.size(),
@@ -153,7 +147,7 @@ TEST_CASE("llama: logits equal the PyTorch reference (tiny random configs)") {
       loupe_test::run_python("llama_ref.py", "--make " + m.string() + " --config " + preset + " --seed 11 --format " + format +
                                                  " --shards " + (std::string(format) == "bin" ? "2" : "1") +
                                                  " --tokens 1,17,5,99,3,42,250,7,7,7,12,200" + tokenizer_arg() + " > /dev/null");
-      LanguageModel lm = LanguageModel::open(convert_dir(m, dir, DType::F32, std::string(preset) + "-" + format));
+      LanguageModel lm = LanguageModel::open(convert_text(m, dir, DType::F32, std::string(preset) + "-" + format));
       Tensor ref = read_npy((m / "ref/logits.npy").string());
       std::vector<int32_t> ids = ints(Json::parse(loupe_test::slurp(m / "ref/tokens.json"), "tokens.json"));
       REQUIRE(ref.numel() == int64_t(ids.size()) * lm.model.cfg.n_vocab);
@@ -172,7 +166,7 @@ TEST_CASE("llama: RoPE conventions — HF rotate_half on HF-ordered q/k equals l
   auto dir = loupe_test::scratch("llama_rope");
   const fs::path m = dir / "gqa48";
   loupe_test::run_python("llama_ref.py", "--make " + m.string() + " --config gqa48 --seed 5 --tokens 1,2,3,4,5,6,7,8" + tokenizer_arg() + " > /dev/null");
-  LanguageModel lm = LanguageModel::open(convert_dir(m, dir, DType::F32, "gqa48"));
+  LanguageModel lm = LanguageModel::open(convert_text(m, dir, DType::F32, "gqa48"));
   std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6, 7, 8};
   std::vector<float> adjacent = prefill_logits(lm, ids);
 
@@ -202,7 +196,7 @@ TEST_CASE("llama: results do not depend on the thread count") {
   const fs::path m = dir / "mha128";
   loupe_test::run_python("llama_ref.py", "--make " + m.string() + " --config mha128 --seed 3" + tokenizer_arg() + " > /dev/null");
   for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
-    LanguageModel lm = LanguageModel::open(convert_dir(m, dir, t, std::string("mha128-") + dtype_name(t)));
+    LanguageModel lm = LanguageModel::open(convert_text(m, dir, t, std::string("mha128-") + dtype_name(t)));
     std::vector<int32_t> ids = {1, 5, 9, 200, 3, 3, 77};
     std::vector<float> one = prefill_logits(lm, ids);
     ThreadPool pool(3);
@@ -214,7 +208,7 @@ TEST_CASE("llama: results do not depend on the thread count") {
 TEST_CASE("llama: a prompt longer than the context is refused") {
   LOUPE_REQUIRE_SHARED();
   auto out = loupe_test::scratch("llama_ctx");
-  LanguageModel lm = LanguageModel::open(convert_dir(loupe_test::shared_dir() / "models/stories260K-hf", out, DType::F32, "s"));
+  LanguageModel lm = LanguageModel::open(convert_text(loupe_test::shared_dir() / "models/stories260K-hf", out, DType::F32, "s"));
   Session s(lm, exact(8));
   std::string msg;
   try {

@@ -1,12 +1,14 @@
 // llama.cpp itself (npm node-llama-cpp's prebuilt binaries) reads the GGUF files
 // loupe-convert writes: same greedy tokens as loupe, same tokenisation of the
 // embedded vocabulary.
+#include "convert_util.hpp"
 #include "test_util.hpp"
 
 #include <loupe/convert/convert.hpp>
 #include <loupe/pipeline/generate.hpp>
 
 using namespace loupe;
+using loupe_test::convert_text;
 using loupe_test::ints;
 namespace fs = std::filesystem;
 
@@ -37,14 +39,6 @@ Json llama_cpp(const std::string& model, const std::vector<int32_t>& prompt, int
   return Json::parse(loupe_test::slurp(out), "greedy.mjs output");
 }
 
-std::string convert(const fs::path& src, const fs::path& out, DType t, const std::string& name) {
-  ConvertOptions o;
-  o.outtype = t;
-  o.name = name;
-  o.log = nullptr;
-  return convert_model(src.string(), out.string(), o).text_path;
-}
-
 std::vector<int32_t> loupe_greedy(const std::string& path, const std::vector<int32_t>& prompt, int n) {
   LanguageModel lm = LanguageModel::open(path);
   SessionOptions so;
@@ -64,7 +58,7 @@ TEST_CASE("llama.cpp: greedy tokens on loupe's GGUF files of the real models") {
   const std::vector<int32_t> prompt = {1, 403, 407, 261, 378};  // "Once upon a time"
   for (const char* model : {"stories260K-hf", "llama2xs-bf16-sharded"}) {
     for (DType t : {DType::F32, DType::F16, DType::Q8_0, DType::Q4_0}) {
-      const std::string path = convert(loupe_test::shared_dir() / "models" / model, out, t, std::string(model) + "-" + dtype_name(t));
+      const std::string path = convert_text(loupe_test::shared_dir() / "models" / model, out, t, std::string(model) + "-" + dtype_name(t));
       std::vector<int32_t> ours = loupe_greedy(path, prompt, 64);
       std::vector<int32_t> theirs = ints(llama_cpp(path, prompt, 64).at("greedy"));
       size_t k = 0;
@@ -88,7 +82,7 @@ TEST_CASE("llama.cpp: tokenises with loupe's embedded LLaMA-2 vocabulary exactly
                          " --config '{\"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": 1, "
                          "\"num_attention_heads\": 2, \"vocab_size\": 32000}' --seed 1 --tokens 1,2 --tokenizer " +
                          (loupe_test::shared_dir() / "tokenizers/llama2.model").string() + " > /dev/null");
-  const std::string path = convert(m, dir, DType::F16, "v32k");
+  const std::string path = convert_text(m, dir, DType::F16, "v32k");
   LanguageModel lm = LanguageModel::open(path);
   const fs::path text = loupe_test::shared_dir() / "text/udhr_lit.txt";
   Json j = llama_cpp(path, {1}, 1, "@" + text.string());

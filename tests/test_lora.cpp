@@ -61,7 +61,6 @@ std::string convert(const fs::path& model, const fs::path& out, DType t, const s
   o.outtype = t;
   o.name = name;
   o.loras = std::move(loras);
-  o.log = nullptr;
   if (log) o.log = [log](const std::string& s) { log->push_back(s); };
   return convert_model(model.string(), out.string(), o).text_path;
 }
@@ -257,7 +256,6 @@ TEST_CASE("lora: llama.cpp LoRA GGUF written by loupe-convert reads back to the 
   LanguageModel lm = LanguageModel::open(f.gguf);
   ConvertOptions o;
   o.outtype = DType::F32;
-  o.log = nullptr;
   for (const auto& [dir, refname] : {std::pair{f.a1, std::string("a1")}, std::pair{f.a2, std::string("a2")}, std::pair{f.a3, std::string("a3")}}) {
     CAPTURE(refname);
     // No config.json in a PEFT dir: the base comes from base_model_name_or_path (a local dir here).
@@ -323,7 +321,6 @@ TEST_CASE("lora: clear errors for broken adapters and adapters of another base")
   // The GGUF form, onto the other base.
   ConvertOptions o;
   o.outtype = DType::F32;
-  o.log = nullptr;
   const std::string g = convert_lora(f.a1.string(), (f.dir / "err-gguf").string(), o).lora_path;
   e = err(g, other);
   CHECK(e.find(".weight.lora_a'") != std::string::npos);
@@ -378,7 +375,6 @@ TEST_CASE("lora: LLaVA LoRA run (pickle + non_lora_trainables.bin) on a ShareGPT
                   "--pixels", d + "/ref/pixel_values.npy", "--ids", d + "/ref/prompt_ids.json"}});
   ConvertOptions o;
   o.outtype = DType::F32;
-  o.log = nullptr;
   o.vision_tower = (dir / "vit").string();
   o.name = "s4v";
   const ConvertResult base = convert_model(llm.string(), (dir / "gguf").string(), o);
@@ -510,7 +506,6 @@ TEST_CASE("lora: llama.cpp and loupe agree on greedy tokens with loupe's LoRA GG
   const std::string model = convert(base, dir, DType::F32, "stories260K");
   ConvertOptions o;
   o.outtype = DType::F32;
-  o.log = nullptr;
   const std::string g1 = convert_lora(s1.string(), dir.string(), o).lora_path;  // base config via base_model_name_or_path
   const std::string g2 = convert_lora(s2.string(), dir.string(), o, base.string()).lora_path;
   const std::vector<int32_t> prompt = {1, 403, 407, 261, 378};  // "Once upon a time"

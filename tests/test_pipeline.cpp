@@ -26,7 +26,6 @@ Fixture make(const std::string& layout, const std::string& extra, DType t = DTyp
   loupe_test::run_python("vlm_fixture.py", "--layout " + layout + " --out " + f.dir.string() + " --seed 3 " + extra + " > /dev/null");
   ConvertOptions o;
   o.outtype = t;
-  o.log = nullptr;
   o.name = layout;
   if (!tower.empty()) o.vision_tower = (f.dir / tower).string();
   ConvertResult r = convert_model((f.dir / "llm").string(), (f.dir / "gguf").string(), o);

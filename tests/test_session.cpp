@@ -20,6 +20,7 @@
 #include <new>
 #include <thread>
 
+#include "convert_util.hpp"
 #include "test_util.hpp"
 
 // Every heap allocation of the process, counted (for "a decode step allocates nothing").
@@ -37,18 +38,12 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 using namespace loupe;
+using loupe_test::convert_text;
 using loupe_test::ints;
 using loupe_test::rel_err;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string convert(const fs::path& src, const fs::path& out, DType t, const std::string& name) {
-  ConvertOptions o;
-  o.outtype = t;
-  o.name = name;
-  return convert_model(src.string(), out.string(), o).text_path;
-}
 
 struct Expected {
   std::vector<int32_t> prompt, greedy;
@@ -149,7 +144,7 @@ TEST_CASE("batch: each sequence's greedy tokens equal its tokens alone and the r
                         Case{"llama2xs-bf16-sharded", "llama2xs-bf16-greedy.jsonl", DType::BF16}}) {
     INFO(c.model << " " << dtype_name(c.type));
     const LanguageModel lm =
-        LanguageModel::open(convert(loupe_test::shared_dir() / "models" / c.model, dir, c.type, std::string(c.model) + dtype_name(c.type)));
+        LanguageModel::open(convert_text(loupe_test::shared_dir() / "models" / c.model, dir, c.type, std::string(c.model) + dtype_name(c.type)));
     const Expected e = expected(c.expected);
     const auto prompts = prompts_with(e.prompt, lm.tokenizer);
     const int n = int(e.greedy.size());
@@ -164,7 +159,7 @@ TEST_CASE("batch: each sequence's greedy tokens equal its tokens alone and the r
 TEST_CASE("batch: in F32 a batched sequence's logits agree with its logits alone within 1e-5, at every step") {
   LOUPE_REQUIRE_SHARED();
   const fs::path dir = loupe_test::scratch("session_logits");
-  const LanguageModel lm = LanguageModel::open(convert(loupe_test::shared_dir() / "models/stories260K-hf", dir, DType::F32, "s"));
+  const LanguageModel lm = LanguageModel::open(convert_text(loupe_test::shared_dir() / "models/stories260K-hf", dir, DType::F32, "s"));
   const auto ad = story_adapters(lm, dir);
   const auto prompts = prompts_with(expected("stories260K-greedy.jsonl").prompt, lm.tokenizer);
   // Sessions 0 and 2 without adapters, 1 with a, 3 with a and b: one pass mixes three sets of weights.
@@ -208,7 +203,7 @@ TEST_CASE("batch: in F32 a batched sequence's logits agree with its logits alone
 TEST_CASE("sessions: the model is shared read-only; two sessions with different adapters run at the same time, each as alone") {
   LOUPE_REQUIRE_SHARED();
   const fs::path dir = loupe_test::scratch("session_threads");
-  const LanguageModel lm = LanguageModel::open(convert(loupe_test::shared_dir() / "models/stories260K-hf", dir, DType::F32, "s"));
+  const LanguageModel lm = LanguageModel::open(convert_text(loupe_test::shared_dir() / "models/stories260K-hf", dir, DType::F32, "s"));
   const uint64_t before = weights_hash(lm.model);
   const auto ad = story_adapters(lm, dir);
   LoraSet with_a(lm.model), with_b(lm.model);
@@ -250,7 +245,7 @@ TEST_CASE("sessions: the model is shared read-only; two sessions with different 
 TEST_CASE("kv cache: F16 by default, memory follows the positions used") {
   LOUPE_REQUIRE_SHARED();
   const fs::path dir = loupe_test::scratch("session_kv");
-  const LanguageModel lm = LanguageModel::open(convert(loupe_test::shared_dir() / "models/stories260K-hf", dir, DType::F32, "s"));
+  const LanguageModel lm = LanguageModel::open(convert_text(loupe_test::shared_dir() / "models/stories260K-hf", dir, DType::F32, "s"));
   const LlamaConfig& c = lm.model.cfg;
   Session s(lm, options(2000));
   CHECK(s.kv().dtype() == DType::F16);
@@ -275,7 +270,7 @@ TEST_CASE("decode: after the first steps, a decode step of a batch allocates not
   LOUPE_REQUIRE_SHARED();
   const fs::path dir = loupe_test::scratch("session_alloc");
   for (DType t : {DType::F32, DType::F16, DType::Q4_0}) {
-    const LanguageModel lm = LanguageModel::open(convert(loupe_test::shared_dir() / "models/stories260K-hf", dir, t,
+    const LanguageModel lm = LanguageModel::open(convert_text(loupe_test::shared_dir() / "models/stories260K-hf", dir, t,
                                                          std::string("s-") + dtype_name(t)));
     const auto ad = story_adapters(lm, dir / dtype_name(t));
     for (int threads : {1, 2}) {

@@ -107,8 +107,7 @@ TEST_CASE("threadpool: greedy generation is identical with 1 and 2 threads") {
     ConvertOptions o;
     o.outtype = t;
     o.name = std::string("stories-") + dtype_name(t);
-    o.log = nullptr;
-    LanguageModel lm = LanguageModel::open(convert_model((loupe_test::shared_dir() / "models/stories260K-hf").string(), dir.string(), o).text_path);
+      LanguageModel lm = LanguageModel::open(convert_model((loupe_test::shared_dir() / "models/stories260K-hf").string(), dir.string(), o).text_path);
     GenerateOptions g;
     g.max_tokens = 40;
     g.stop_at_eos = false;

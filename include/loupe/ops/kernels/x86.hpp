@@ -673,12 +673,15 @@ LOUPE_TARGET_AVX512 inline void gemm_avx512(const uint8_t* w, size_t ws, int64_t
 }
 
 // Activation rows from which the repacked-panel gemm beats the gemv (whose
-// passes of 4 rows re-read the task's weight rows from L2). Measured with
-// `loupe_bench kernels --n ...`.
-inline int64_t& gemm_min_rows() {
-  static int64_t n = [] {
+// passes of up to 4 rows re-read the task's weight rows from L2). Measured on
+// whole 7B decode steps (loupe_bench batch, 2 threads): Q4_0 from 2 rows (2
+// sequences: 157 -> 129 ms a step; the gemv_nx loses most on ffn_down's
+// K = 11008); Q8_0 from 4 (`loupe_bench kernels`: 2 rows 1.21 vs 1.36 ms).
+template <bool Q4>
+inline int64_t gemm_min_rows() {
+  static const int64_t n = [] {
     const char* e = std::getenv("LOUPE_GEMM_MIN_ROWS");  // for tuning only
-    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(4);
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(Q4 ? 2 : 4);
   }();
   return n;
 }
@@ -686,7 +689,7 @@ inline int64_t& gemm_min_rows() {
 template <bool Q4>
 LOUPE_TARGET_AVX512 inline void matmul_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
                                               int64_t ldy) {
-  if (x.n >= gemm_min_rows()) return gemm_avx512<Q4>(w, ws, r0, r1, x, y, ldy);
+  if (x.n >= gemm_min_rows<Q4>()) return gemm_avx512<Q4>(w, ws, r0, r1, x, y, ldy);
   if (x.n == 1) return gemv1_avx512<Q4>(w, ws, r0, r1, x, 0, y);
   int64_t i = 0;
   for (; i + 4 <= x.n; i += 4) gemv_avx512_nx<Q4, 4>(w, ws, r0, r1, x, i, y, ldy);
