@@ -367,11 +367,11 @@ inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const 
     const std::string hub = config.get_or<std::string>("mm_vision_tower", "");
     const SourceTensor& pe = vck.get(P + "embeddings.patch_embedding.weight");
     const SourceTensor& pos = vck.get(P + "embeddings.position_embedding.weight");
-    const SourceTensor& fc1 = vck.get(P + "encoder.layers.0.mlp.fc1.weight");
+    const SourceTensor& fc1 = vck.get(P + clip_block_hf(0) + "mlp.fc1.weight");
     v.dim = pe.shape[0];
     v.patch_size = pe.shape.size() == 4 ? pe.shape[2] : 0;
     v.ffn_dim = fc1.shape[0];
-    while (vck.find(P + "encoder.layers." + std::to_string(v.n_layers) + ".self_attn.q_proj.weight")) ++v.n_layers;
+    while (vck.find(P + clip_block_hf(v.n_layers) + "self_attn.q_proj.weight")) ++v.n_layers;
     const int64_t g = int64_t(std::lround(std::sqrt(double(pos.shape[0] - 1))));
     v.image_size = g * v.patch_size;
     v.n_heads = known_tower_heads(hub);

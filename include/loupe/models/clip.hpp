@@ -57,7 +57,7 @@ ClipModel ClipModel::from_gguf(const GgufFile& f) {
     if (t.field == ClipField::Fc1W || t.field == ClipField::Fc1B || t.field == ClipField::Fc2W || t.field == ClipField::Fc2B) {
       // llama.cpp's legacy converter stored fc1 as "ffn_down" and fc2 as "ffn_up";
       // tell them apart by shape, as llama.cpp does.
-      const GgufTensor& up = f.get_tensor("v.blk." + std::to_string(t.layer) + ".ffn_up.weight");
+      const GgufTensor& up = f.get_tensor(clip_block_gguf(t.layer) + "ffn_up.weight");
       const bool legacy = up.shape.size() == 2 && up.shape[1] == c.ffn_dim && c.ffn_dim != c.dim;
       if (legacy) name = name.find("ffn_up") != std::string::npos ? name.replace(name.find("ffn_up"), 6, "ffn_down")
                                                                   : name.replace(name.find("ffn_down"), 8, "ffn_up");

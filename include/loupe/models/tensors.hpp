@@ -160,6 +160,10 @@ struct ClipTensor {
   bool projector() const { return field >= ClipField::Mm0W; }  // mm.*: from the LLaVA checkpoint, not the tower
 };
 
+// A tower block's name prefix: llama.cpp's, and Hugging Face's below "vision_model.".
+inline std::string clip_block_gguf(int64_t l) { return "v.blk." + std::to_string(l) + "."; }
+inline std::string clip_block_hf(int64_t l) { return "encoder.layers." + std::to_string(l) + "."; }
+
 // LLaVA's mm_projector (nn.Sequential: Linear, GELU, Linear) -> mm.{0,2}.*.
 inline std::vector<ClipTensor> projector_tensors(int64_t vision_dim, int64_t text_dim) {
   return {{"mm.0.weight", "model.mm_projector.0.weight", {text_dim, vision_dim}, Storage::Matrix, ClipField::Mm0W},
@@ -180,7 +184,7 @@ inline std::vector<ClipTensor> clip_tensors(const ClipConfig& c, int64_t text_di
   t.push_back({"v.pre_ln.weight", "pre_layrnorm.weight", {D}, Storage::F32, F::PreLnW});  // sic: HF's name
   t.push_back({"v.pre_ln.bias", "pre_layrnorm.bias", {D}, Storage::F32, F::PreLnB});
   for (int64_t l = 0; l < c.n_layers_run; ++l) {
-    const std::string g = "v.blk." + std::to_string(l) + ".", h = "encoder.layers." + std::to_string(l) + ".";
+    const std::string g = clip_block_gguf(l), h = clip_block_hf(l);
     auto add = [&](const std::string& gn, const std::string& hn, std::vector<int64_t> shape, Storage st, F f) {
       t.push_back({g + gn, h + hn, std::move(shape), st, f, l});
     };
@@ -258,7 +262,7 @@ inline ClipConfig read_clip_config(const GgufFile& f) {
     fail(f.name(), ": inconsistent clip.vision metadata (width ", c.dim, ", heads ", c.n_heads, ", image ", c.image_size,
          ", patch ", c.patch_size, ")");
   int64_t present = 0;
-  while (f.tensor("v.blk." + std::to_string(present) + ".attn_q.weight")) ++present;
+  while (f.tensor(clip_block_gguf(present) + "attn_q.weight")) ++present;
   c.n_layers_run = std::min(f.get_int("clip.vision.block_count"), present);
   // clip.vision.feature_layer: indices into hidden_states (0 = embeddings); LLaVA uses one.
   if (const GgufValue* fl = f.find("clip.vision.feature_layer")) {
