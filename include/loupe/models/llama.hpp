@@ -300,7 +300,7 @@ void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s,
 
   float *q = s.q.data(), *k = s.k.data(), *v = s.v.data(), *att = s.att.data(), *gate = s.gate.data(), *up = s.up.data();
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    norm(attn_norm, l, r, r + 1, r, xb);  // input_layernorm
+    norm(attn_norm, l, r, r + 1, r, xb);  // input_layernorm, every row (r[j] to r[j + 1])
     linear(l, kAttnQ, r, xb, D, q, qd);
     linear(l, kAttnK, r, xb, D, k, kvd);
     linear(l, kAttnV, r, xb, D, v, kvd);

@@ -46,7 +46,8 @@ class LoraSet {
   void clear() { apply({}); }
 
   const std::vector<Entry>& entries() const { return entries_; }
-  bool built_for(const LlamaModel& m) const { return model_ == &m; }
+  bool built_for(const LlamaModel& m, const Projector* projector) const { return model_ == &m && base_projector_ == projector; }
+  const Projector* base_projector() const { return base_projector_; }
   const Entry* find(const std::string& name) const {
     for (const Entry& e : entries_)
       if (e.adapter->name == name) return &e;

@@ -69,9 +69,10 @@ class Session {
   // ---- LoRA adapters of this session. Any change forgets what the cache holds
   // (its keys were computed with other weights).
   const LoraSet& loras() const { return loras_; }
-  // All at once: a set built for this model (LoraSet(lm.model, projector)), e.g. per request.
+  // All at once: a set built for this model and projector (LoraSet(lm.model, &vm.projector)), e.g. per request.
   void set_loras(LoraSet set) {
-    if (!set.built_for(lm_->model)) fail("set_loras: the adapters were set up for another model");
+    if (!set.built_for(lm_->model, loras_.base_projector()))
+      fail("set_loras: the adapters were set up for another model (or another vision projector)");
     loras_ = std::move(set), clear();
   }
   void add_lora(std::shared_ptr<const LoraAdapter> a, float scale = 1.0f) { loras_.add(std::move(a), scale), clear(); }
@@ -96,7 +97,11 @@ class Session {
   // The last fed position's logits [vocab] (with all_logits: every position's of the last feed).
   const std::vector<float>& logits() const { return logits_; }
   // The next token from logits() (repetition penalty over the tokens the session holds).
-  int32_t sample(Sampler& s) const { return s.sample(logits_.data() + logits_.size() - size_t(lm_->model.cfg.n_vocab), int32_t(lm_->model.cfg.n_vocab), history_); }
+  int32_t sample(Sampler& s) const {
+    if (logits_.empty()) fail("sample: nothing has been fed to the session yet");
+    const size_t V = size_t(lm_->model.cfg.n_vocab);
+    return s.sample(logits_.data() + logits_.size() - V, int32_t(V), history_);
+  }
 
   int64_t n_past() const { return kv_.n_past; }
   int64_t n_ctx() const { return kv_.n_ctx(); }
