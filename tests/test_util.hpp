@@ -76,11 +76,19 @@ inline std::vector<int32_t> ints(const loupe::Json& arr) {
   return v;
 }
 
+// Test cases that returned early because they could not run here; test_main.cpp
+// then ends the binary with 77, which ctest reports as skipped (not passed).
+inline int& skipped_cases() {
+  static int n = 0;
+  return n;
+}
+
 // Skip a whole test case (with a message) when ../shared is not there.
 #define LOUPE_REQUIRE_SHARED()                                                  \
   do {                                                                          \
     if (!loupe_test::have_shared()) {                                           \
       MESSAGE("skipped: ../shared is absent (real-data tests need it)");        \
+      ++loupe_test::skipped_cases();                                            \
       return;                                                                   \
     }                                                                           \
   } while (0)

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 debs=(cmake g++ make pkg-config libeigen3-dev libstb-dev libsentencepiece-dev doctest-dev
       python3-torch python3-numpy python3-pil python3-sentencepiece emscripten chromium
-      g++-aarch64-linux-gnu qemu-user)  # the last two: the NEON kernels run under qemu (tests/cross)
+      libcpp-httplib-dev g++-aarch64-linux-gnu qemu-user)  # cpp-httplib: loupe serve; the last two: the NEON kernels run under qemu (tests/cross)
 command -v node >/dev/null 2>&1 || debs+=(nodejs npm)
 missing=()
 for p in "${debs[@]}"; do

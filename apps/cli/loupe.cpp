@@ -19,6 +19,9 @@
 
 #include "../common/args.hpp"
 #include "../common/peak_rss.hpp"
+#ifdef LOUPE_HAVE_SERVE
+#include "serve.hpp"
+#endif
 #include "../common/eval_metrics.hpp"
 
 namespace {
@@ -33,6 +36,22 @@ usage:
   loupe chat     -m MODEL.gguf --mmproj MMPROJ.gguf --image IMAGE [options]
   loupe eval     -m MODEL.gguf --mmproj MMPROJ.gguf --set DIR [--lora PATH] [options]
   loupe tokenize -m MODEL.gguf|tokenizer.model -p TEXT
+  loupe serve    -m MODEL.gguf [--mmproj MMPROJ.gguf] [--lora NAME=PATH]... [options]
+
+serve options (an OpenAI-compatible server: POST /v1/chat/completions, GET /v1/models, /health, /metrics):
+  --host ADDR             address to listen on (default 127.0.0.1: this machine only)
+  --port N                port (default 8080)
+  --parallel N            sequences decoding together, each in its own slot (default 4)
+  --queue N               requests waiting for a slot before new ones get 503 (default 16)
+  --lora NAME=PATH        an adapter requests select with "model": "NAME" (repeatable; PATH alone:
+                          named by the adapter); the base model is the file's name (or --alias)
+  --alias NAME            the base model's name in the API (default: the GGUF file's name)
+  --api-key KEY           require "Authorization: Bearer KEY" (all but /health)
+  --media-path DIR        image_url may name files under DIR (file:// or a plain path); else only
+                          data: URLs are read (http(s) URLs never: the server makes no connections)
+  --max-body BYTES        largest request body (default 33554432); larger: 413
+  -n N                    tokens a reply may have when the request sets no max_tokens (default 512)
+  -c, --kv-type, -t, --conv as below; the context (-c) is each slot's
 
 eval options (greedy; -n defaults to 64):
   --set DIR               DIR/captions.json: {"image.png": {"prompt": "...", "en": "...", "lt": "..."}, ...}
@@ -84,7 +103,8 @@ const std::vector<std::string> kValueFlags = {"-m", "--model", "-p", "--prompt",
                                               "-t", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
                                               "--repeat-penalty", "--repeat-last-n", "-s", "--seed", "-r",
                                               "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump", "--lora",
-                                              "--set", "--limit", "--jsonl", "--kv-type"};
+                                              "--set", "--limit", "--jsonl", "--kv-type", "--host", "--port", "--parallel", "--queue",
+                                              "--alias", "--api-key", "--media-path", "--max-body"};
 const std::vector<std::string> kTwoValueFlags = {"--lora-scaled"};
 const std::vector<std::string> kBoolFlags = {"-h", "--help"};
 
@@ -399,6 +419,19 @@ int cmd_eval(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
   return 0;
 }
 
+int cmd_serve(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
+#ifdef LOUPE_HAVE_SERVE
+  loupe::DescribeOptions opt;
+  opt.conv = a.get({"--conv"}, "vicuna_v1");
+  opt.gen.max_tokens = a.integer({"-n", "--n-predict"}, 512);
+  opt.session = session_options(a);
+  return loupe_cli::serve(a, loras, opt, a.integer({"-t", "--threads"}, 2));
+#else
+  (void)a, (void)loras;
+  loupe::fail("serve: this loupe was built without cpp-httplib (Debian: apt install libcpp-httplib-dev, then rebuild)");
+#endif
+}
+
 int cmd_tokenize(const loupe_cli::Args& a) {
   const std::string path = a.get({"-m", "--model"});
   if (path.empty()) loupe::fail("tokenize: -m MODEL.gguf or tokenizer.model is required");
@@ -423,8 +456,8 @@ int main(int argc, char** argv) {
     const std::string cmd = argv[1];
     auto a = loupe_cli::Args::parse(argc, argv, 2, kValueFlags, kBoolFlags, kTwoValueFlags);
     const auto loras = lora_flags(a);
-    if (!loras.empty() && cmd != "generate" && cmd != "describe" && cmd != "chat" && cmd != "eval")
-      loupe::fail(cmd, ": --lora is for generate, describe, chat and eval");
+    if (!loras.empty() && cmd != "generate" && cmd != "describe" && cmd != "chat" && cmd != "eval" && cmd != "serve")
+      loupe::fail(cmd, ": --lora is for generate, describe, chat, eval and serve");
     if (a.has("-h") || a.has("--help")) {
       std::fputs(kHelp, stdout);
       return 0;
@@ -435,6 +468,7 @@ int main(int argc, char** argv) {
     if (cmd == "describe") return cmd_describe(a, loras);
     if (cmd == "chat") return cmd_chat(a, loras);
     if (cmd == "eval") return cmd_eval(a, loras);
+    if (cmd == "serve") return cmd_serve(a, loras);
     loupe::fail("unknown command '", cmd, "' (see --help)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loupe: error: %s\n", e.what());

@@ -31,6 +31,7 @@
 #include "pipeline/generate.hpp"
 #include "pipeline/lora.hpp"
 #include "pipeline/pipeline.hpp"
+#include "pipeline/serving.hpp"
 #include "pipeline/session.hpp"
 #include "convert/convert.hpp"
 #include "convert/inspect.hpp"

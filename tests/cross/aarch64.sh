@@ -14,8 +14,8 @@ if [ -z "$cxx" ] || [ -z "$qemu" ] || [ ! -d /usr/aarch64-linux-gnu ]; then
 fi
 mkdir -p "$out"
 "$cxx" -std=c++17 -O2 -Wall -Wextra -ffp-contract=off -pthread -I "$src/include" -isystem /usr/include/eigen3 -isystem /usr/include/stb \
-  -isystem /usr/include/doctest/.. -DDOCTEST_CONFIG_IMPLEMENT_WITH_MAIN -DLOUPE_SOURCE_DIR="\"$src\"" \
-  -DLOUPE_BINARY_DIR="\"$out\"" -DLOUPE_TEST_TMP="\"$out\"" "$src/tests/test_ops.cpp" "$src/src/loupe.cpp" -o "$out/test_ops_aarch64"
+  -isystem /usr/include/doctest/.. -DLOUPE_SOURCE_DIR="\"$src\"" \
+  -DLOUPE_BINARY_DIR="\"$out\"" -DLOUPE_TEST_TMP="\"$out\"" "$src/tests/test_ops.cpp" "$src/tests/test_main.cpp" "$src/src/loupe.cpp" -o "$out/test_ops_aarch64"
 log="$out/test_ops_aarch64.log"
 QEMU_LD_PREFIX=/usr/aarch64-linux-gnu "$qemu" "$out/test_ops_aarch64" -s 2>&1 | tee "$log" | tail -4
 grep -q "active kernels: neon" "$log" || { echo "the NEON kernels were not the active level"; exit 1; }

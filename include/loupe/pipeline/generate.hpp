@@ -61,6 +61,10 @@ class Generator {
   void submit(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,
               TokenCallback on_text = nullptr, std::function<void(Generation&&)> done = nullptr);
 
+  // Ends the request running on `s` at the next step (FinishReason::Cancelled): a
+  // client that went away. Its `done` is still called.
+  void cancel(const Session& s);
+
   bool busy() const { return !running_.empty(); }
   size_t running() const { return running_.size(); }
 
@@ -88,7 +92,7 @@ class Generator {
     Generation g;
     int64_t fed = 0;   // prompt positions queued so far
     int32_t next = 0;  // the sampled token to feed next
-    bool finished = false;
+    bool finished = false, cancelled = false;
     clock::time_point t0 = clock::now(), t1;
 
     Request(Session& s_, std::vector<int32_t> ids_, std::vector<float> x_, const GenerateOptions& o, TokenCallback cb,
@@ -104,6 +108,7 @@ class Generator {
     }
     // After a pass that ended this request's input: sample, stream, decide whether to go on.
     void sample_next();
+    void end(FinishReason why);
   };
   Batch* batch_;
   std::list<Request> running_;  // stable addresses while steps run
@@ -141,10 +146,12 @@ void Generator::step(ThreadPool* pool) {
   int64_t budget = batch_->max_rows();
   std::vector<Request*>& fed = fed_;
   fed.clear();
+  for (Request& r : running_)
+    if (r.cancelled) r.end(FinishReason::Cancelled);
   for (int pass = 0; pass < 2; ++pass)  // decode steps first: a long prompt must not stall them
     for (Request& r : running_) {
       const bool decoding = r.fed == int64_t(r.ids.size());
-      if ((pass == 0) != decoding || budget == 0) continue;
+      if (r.finished || (pass == 0) != decoding || budget == 0) continue;
       if (decoding) {
         batch_->add(*r.s, r.next);
         --budget;
@@ -159,8 +166,7 @@ void Generator::step(ThreadPool* pool) {
       }
       fed.push_back(&r);
     }
-  if (fed.empty()) return;
-  batch_->run(pool);
+  if (!fed.empty()) batch_->run(pool);
   for (Request* r : fed)
     if (r->fed == int64_t(r->ids.size())) r->sample_next();
   for (auto it = running_.begin(); it != running_.end();) {
@@ -182,25 +188,27 @@ void Generator::Request::sample_next() {
     g.first_logits = s->logits();
   }
   const int32_t id = s->sample(sampler);
-  bool more = false;
-  if (opt.stop_at_eos && id == tok.eos()) {
-    g.finish = FinishReason::Stop;
-  } else {
-    g.tokens.push_back(id);
-    const bool go = emit(stops.push(dec.push(id)));
-    if (stops.stopped()) g.finish = FinishReason::Stop;
-    else if (!go) g.finish = FinishReason::Cancelled;
-    else if (int(g.tokens.size()) >= opt.max_tokens || s->n_past() >= s->n_ctx()) g.finish = FinishReason::Length;  // context full: stop cleanly
-    else more = true;
-  }
-  if (more) {
-    next = id;
-    return;
-  }
+  if (opt.stop_at_eos && id == tok.eos()) return end(FinishReason::Stop);
+  g.tokens.push_back(id);
+  const bool go = emit(stops.push(dec.push(id)));
+  if (stops.stopped()) return end(FinishReason::Stop);
+  if (!go) return end(FinishReason::Cancelled);
+  if (int(g.tokens.size()) >= opt.max_tokens || s->n_past() >= s->n_ctx()) return end(FinishReason::Length);  // context full: stop cleanly
+  next = id;
+}
+
+void Generator::Request::end(FinishReason why) {
   if (!stops.stopped()) emit(stops.push(dec.flush())), emit(stops.flush());
+  if (g.first_logits.empty()) t1 = clock::now();  // ended before its first token
+  g.finish = why;
   g.stats.generated = int64_t(g.tokens.size());
   g.stats.decode_ms = std::chrono::duration<double, std::milli>(clock::now() - t1).count();
   finished = true;
+}
+
+void Generator::cancel(const Session& s) {
+  for (Request& r : running_)
+    if (r.s == &s && !r.finished) r.cancelled = true;
 }
 
 Generation generate(Session& s, std::vector<int32_t> ids, std::vector<float> x, const GenerateOptions& opt,

@@ -109,8 +109,6 @@ class VisionChat {
     for (size_t p = s.find(kImageToken); p != std::string::npos; p = s.find(kImageToken, p + 1)) ++n;
     return n;
   }
-  // FNV-1a over the size and pixels: tells "the same image again" apart from another one.
-  static uint64_t image_key(const Image& img);
   void new_conversation() {
     conv_ = Conversation(opt_.conv);
     session_.clear();
@@ -156,7 +154,7 @@ VisionChat::VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeO
 }
 
 void VisionChat::set_image(const Image& img) {
-  const uint64_t key = image_key(img);
+  const uint64_t key = image_hash(img);
   if (key == image_key_ && !clip_features_.empty()) {
     image_cached = true, encode_ms = project_ms = 0;
     project();
@@ -228,14 +226,6 @@ VisionChat::Turn VisionChat::begin_turn(const std::string& prompt) {
   t.gen = opt_.gen;
   if (t.gen.stop.empty()) t.gen.stop.push_back(conv_.stop());
   return t;
-}
-
-uint64_t VisionChat::image_key(const Image& img) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](uint64_t b) { h = (h ^ b) * 1099511628211ull; };
-  mix(uint64_t(img.width)), mix(uint64_t(img.height));
-  for (uint8_t b : img.rgb) mix(b);
-  return h | 1;  // never 0 (= no image)
 }
 
 void VisionChat::project() {

@@ -63,6 +63,16 @@ struct Image {
 // (before any pixel memory is allocated).
 constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
 
+// FNV-1a over the size and pixels, never 0: tells "the same image again" (a
+// cached encoding) from another one.
+inline uint64_t image_hash(const Image& img) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint64_t b) { h = (h ^ b) * 1099511628211ull; };
+  mix(uint64_t(img.width)), mix(uint64_t(img.height));
+  for (uint8_t b : img.rgb) mix(b);
+  return h | 1;
+}
+
 // Decode an image file held in memory; `name` is used in error messages.
 Image decode_image(const uint8_t* data, size_t n, const std::string& name);
 
