@@ -8,6 +8,7 @@
 #   bench/run.sh                        # 3 rounds, 1 and 2 threads, Q4_0 and Q8_0
 #   LOUPE_BENCH_ROUNDS=1 LOUPE_BENCH_TYPES=q4_0 bench/run.sh   # a quick look
 #   bench/run.sh batching               # batched decoding, B = 1..16 (bench/batching.mjs)
+#   bench/run.sh serve                  # loupe serve under load, --parallel 1 vs 8 (bench/serve.mjs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${LOUPE_BENCH_BUILD:-build-bench}
@@ -15,6 +16,10 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLOUPE_WASM=OFF -DLOUPE_BUILD
 cmake --build "$build" --target loupe_bench -j"$(nproc)" >/dev/null
 if [ "${1:-}" = batching ]; then
   LOUPE_BENCH_BIN="$PWD/$build/bin/loupe_bench" exec node bench/batching.mjs
+fi
+if [ "${1:-}" = serve ]; then
+  cmake --build "$build" --target loupe_cli -j"$(nproc)" >/dev/null
+  LOUPE_BENCH_BIN="$PWD/$build/bin/loupe_bench" LOUPE_SERVE_BIN="$PWD/$build/bin/loupe" exec node bench/serve.mjs
 fi
 if [ ! -d node_modules/node-llama-cpp ]; then
   echo "node-llama-cpp is missing: npm install --ignore-scripts --omit=optional --no-audit --no-fund node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1" >&2

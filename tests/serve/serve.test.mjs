@@ -153,6 +153,17 @@ async function main() {
     }
   }
 
+  // ---- README's curl example prints what README says
+  {
+    const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+    const r = await post(base, { model: 'lt', temperature: 0, messages: [{ role: 'user', content: [
+      { type: 'image_url', image_url: { url: 'file://scene-1000-0005.png' } }, { type: 'text', text: 'What does this image show?' }] }] });
+    const content = r.json?.choices?.[0]?.message?.content;
+    check(r.status === 200 && readme.includes(`"content":${JSON.stringify(content)}`) &&
+          readme.includes(`"usage":${JSON.stringify(r.json.usage)}`),
+          'README\'s curl example: the content and usage README shows', `${r.status} ${r.text.slice(0, 400)}`);
+  }
+
   // ---- a second turn about the same image: loupe chat's answer, no new encode, the prefix reused
   {
     const file = names[2];
