@@ -72,6 +72,26 @@ async function startServer(args) {
   throw new Error('loupe serve did not come up in 30 s');
 }
 
+// A PNG that claims 60000 × 60000 pixels (a decompression bomb's header): refused before any pixel memory.
+function hugePngUrl() {
+  const crc = (buf) => {
+    let c = ~0;
+    for (const b of buf) { c ^= b; for (let k = 0; k < 8; ++k) c = (c >>> 1) ^ (0xedb88320 & -(c & 1)); }
+    return ~c >>> 0;
+  };
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type), data]), out = Buffer.alloc(8 + data.length + 4);
+    out.writeUInt32BE(data.length, 0);
+    body.copy(out, 4);
+    out.writeUInt32BE(crc(body), 8 + data.length);
+    return out;
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(60000, 0), ihdr.writeUInt32BE(60000, 4), ihdr[8] = 8, ihdr[9] = 2;
+  const png = Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IEND', Buffer.alloc(0))]);
+  return `data:image/png;base64,${png.toString('base64')}`;
+}
+
 const dataUrl = (file) => `data:image/png;base64,${fs.readFileSync(path.join(demo, 'scenes', file)).toString('base64')}`;
 const userTurn = (file, text) => ({
   role: 'user', content: [{ type: 'image_url', image_url: { url: dataUrl(file) } }, { type: 'text', text }],
@@ -208,6 +228,7 @@ async function main() {
     ['n other than 1', { ...good, n: 2 }, 400, /only n = 1/],
     ['an unknown model', { ...good, model: 'gpt-5' }, 404, /does not exist/],
     ['an undecodable image', { model: 'shapes-q4_0', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,AAAAAAAA' } }, { type: 'text', text: 'hi' }] }] }, 400, /image_url: .*(not a JPEG|PNG)/],
+    ['an oversized image', { model: 'shapes-q4_0', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: hugePngUrl() } }, { type: 'text', text: 'hi' }] }] }, 400, /60000x60000.*more than the limit/],
     ['an http image URL', { model: 'shapes-q4_0', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/a.png' } }] }] }, 400, /remote image URLs are not fetched/],
     ['a path outside --media-path', { model: 'shapes-q4_0', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'file://../../README.md' } }] }] }, 400, /not a file under --media-path/],
     ['two images', { model: 'shapes-q4_0', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: dataUrl(names[0]) } }, { type: 'image_url', image_url: { url: dataUrl(names[1]) } }] }] }, 400, /one image per conversation/],
