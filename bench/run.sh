@@ -9,6 +9,7 @@
 #   LOUPE_BENCH_ROUNDS=1 LOUPE_BENCH_TYPES=q4_0 bench/run.sh   # a quick look
 #   bench/run.sh batching               # batched decoding, B = 1..16 (bench/batching.mjs)
 #   bench/run.sh serve                  # loupe serve under load, --parallel 1 vs 8 (bench/serve.mjs)
+#   bench/run.sh caption                # loupe caption, images/hour at --batch 1 vs 8 (bench/caption.mjs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${LOUPE_BENCH_BUILD:-build-bench}
@@ -20,6 +21,10 @@ fi
 if [ "${1:-}" = serve ]; then
   cmake --build "$build" --target loupe_cli -j"$(nproc)" >/dev/null
   LOUPE_BENCH_BIN="$PWD/$build/bin/loupe_bench" LOUPE_SERVE_BIN="$PWD/$build/bin/loupe" exec node bench/serve.mjs
+fi
+if [ "${1:-}" = caption ]; then
+  cmake --build "$build" --target loupe_cli loupe-convert -j"$(nproc)" >/dev/null
+  LOUPE_BENCH_BIN="$PWD/$build/bin/loupe_bench" LOUPE_CAPTION_BIN="$PWD/$build/bin/loupe" exec node bench/caption.mjs
 fi
 if [ ! -d node_modules/node-llama-cpp ]; then
   echo "node-llama-cpp is missing: npm install --ignore-scripts --omit=optional --no-audit --no-fund node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1" >&2

@@ -19,6 +19,7 @@
 
 #include "../common/args.hpp"
 #include "../common/peak_rss.hpp"
+#include "caption.hpp"
 #ifdef LOUPE_HAVE_SERVE
 #include "serve.hpp"
 #endif
@@ -37,6 +38,23 @@ usage:
   loupe eval     -m MODEL.gguf --mmproj MMPROJ.gguf --set DIR [--lora PATH] [options]
   loupe tokenize -m MODEL.gguf|tokenizer.model -p TEXT
   loupe serve    -m MODEL.gguf [--mmproj MMPROJ.gguf] [--lora NAME=PATH]... [options]
+  loupe caption  -m MODEL.gguf --mmproj MMPROJ.gguf --input IN --output OUTDIR [options]
+
+caption options (a whole image collection; greedy, -n defaults to 128):
+  --input IN              a folder (walked recursively, sorted), a .txt list of image paths, a .jsonl
+                          manifest ({"id": ..., "image": PATH, "prompt": ...} a line; paths relative to
+                          it), or WebDataset .tar shards: 'shard-{00000..00099}.tar' (KEY.jpg|png|...,
+                          KEY.json with an optional "prompt"), one output file per shard
+  --output OUTDIR         JSONL rows {"id", "image", "caption", "prompt", "model", "adapter", "tokens",
+                          "ms", "error"}; each file written to NAME.jsonl.tmp, renamed when complete
+  -p PROMPT               the question when an item has none (default "Describe this image.")
+  --batch B               images captioned together (default 8)
+  --shard i/n             this slice of the input (default: Slurm's SLURM_ARRAY_TASK_ID/_COUNT when
+                          set, else all of it); the slices cover the input, no item twice
+  --shards N              under Slurm: N slices, SLURM_ARRAY_TASK_ID the slice (for re-submitting
+                          some tasks of an array: sbatch --array=1,3 ... --shards 4)
+  --resume                skip complete outputs, finish partial ones (also after a SIGKILL)
+  A bad image (unreadable, missing, an unsupported format) is a row with "error" set.
 
 serve options (an OpenAI-compatible server: POST /v1/chat/completions, GET /v1/models, /health, /metrics):
   --host ADDR             address to listen on (default 127.0.0.1: this machine only)
@@ -104,9 +122,10 @@ const std::vector<std::string> kValueFlags = {"-m", "--model", "-p", "--prompt",
                                               "--repeat-penalty", "--repeat-last-n", "-s", "--seed", "-r",
                                               "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump", "--lora",
                                               "--set", "--limit", "--jsonl", "--kv-type", "--host", "--port", "--parallel", "--queue",
-                                              "--alias", "--api-key", "--media-path", "--max-body"};
+                                              "--alias", "--api-key", "--media-path", "--max-body", "--input",
+                                              "--output", "--batch", "--shard", "--shards"};
 const std::vector<std::string> kTwoValueFlags = {"--lora-scaled"};
-const std::vector<std::string> kBoolFlags = {"-h", "--help"};
+const std::vector<std::string> kBoolFlags = {"-h", "--help", "--resume"};
 
 // --kv-type, -c and the model's context -> the session's options.
 loupe::SessionOptions session_options(const loupe_cli::Args& a) {
@@ -432,6 +451,14 @@ int cmd_serve(const loupe_cli::Args& a, const std::vector<std::pair<std::string,
 #endif
 }
 
+int cmd_caption(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
+  loupe::DescribeOptions opt;
+  opt.conv = a.get({"--conv"}, "vicuna_v1");
+  opt.gen = generate_options(a);
+  opt.session = session_options(a);
+  return loupe_cli::caption(a, loras, opt, a.integer({"-t", "--threads"}, 2));
+}
+
 int cmd_tokenize(const loupe_cli::Args& a) {
   const std::string path = a.get({"-m", "--model"});
   if (path.empty()) loupe::fail("tokenize: -m MODEL.gguf or tokenizer.model is required");
@@ -456,8 +483,8 @@ int main(int argc, char** argv) {
     const std::string cmd = argv[1];
     auto a = loupe_cli::Args::parse(argc, argv, 2, kValueFlags, kBoolFlags, kTwoValueFlags);
     const auto loras = lora_flags(a);
-    if (!loras.empty() && cmd != "generate" && cmd != "describe" && cmd != "chat" && cmd != "eval" && cmd != "serve")
-      loupe::fail(cmd, ": --lora is for generate, describe, chat, eval and serve");
+    if (!loras.empty() && cmd != "generate" && cmd != "describe" && cmd != "chat" && cmd != "eval" && cmd != "serve" && cmd != "caption")
+      loupe::fail(cmd, ": --lora is for generate, describe, chat, eval, serve and caption");
     if (a.has("-h") || a.has("--help")) {
       std::fputs(kHelp, stdout);
       return 0;
@@ -469,6 +496,7 @@ int main(int argc, char** argv) {
     if (cmd == "chat") return cmd_chat(a, loras);
     if (cmd == "eval") return cmd_eval(a, loras);
     if (cmd == "serve") return cmd_serve(a, loras);
+    if (cmd == "caption") return cmd_caption(a, loras);
     loupe::fail("unknown command '", cmd, "' (see --help)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loupe: error: %s\n", e.what());

@@ -19,40 +19,19 @@
 // Exit 0 pass, 1 fail.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import OpenAI from 'openai';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const argv = process.argv.slice(2);
-const build = path.resolve(argv[argv.indexOf('--build') + 1] || path.join(root, 'build'));
-const cli = path.join(build, 'bin/loupe');
-const demo = path.join(root, 'demo');
-const model = path.join(demo, 'shapes-q4_0.gguf'), mmproj = path.join(demo, 'mmproj-shapes-q4_0.gguf');
+import { build, check, cli, demo, demoMmproj as mmproj, demoModel as model, freePort, root, runTest } from '../harness.mjs';
+
 const adapter = path.join(demo, 'shapes-lt-lora.gguf');
 const scenes = JSON.parse(fs.readFileSync(path.join(demo, 'scenes/captions.json'), 'utf8'));
 const names = Object.keys(scenes);
 const KEY = 'test-key';
 
-let failures = 0;
-const check = (ok, what, detail = '') => {
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${ok || !detail ? '' : `\n     ${detail}`}`);
-  if (!ok) failures++;
-};
-
 const servers = [];
 process.on('exit', () => { for (const s of servers) if (s.exitCode === null) s.kill('SIGKILL'); });
-
-function freePort() {
-  return new Promise((resolve) => {
-    const srv = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 // Starts `loupe serve` with `args`; resolves when /health answers (at most 30 s).
 async function startServer(args) {
@@ -305,11 +284,4 @@ async function main() {
   }
 }
 
-try {
-  await main();
-} catch (e) {
-  check(false, 'the test ran to its end', e.stack || String(e));
-}
-for (const s of servers) if (s.exitCode === null) s.kill('SIGKILL');
-console.log(failures ? `${failures} check(s) failed` : 'all checks passed');
-process.exit(failures ? 1 : 0);
+await runTest(main, () => { for (const s of servers) if (s.exitCode === null) s.kill('SIGKILL'); });

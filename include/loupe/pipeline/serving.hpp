@@ -58,6 +58,7 @@ struct ServeRequest {
   // "<image>" in a user turn's text marks where the image goes.
   std::vector<std::pair<int, std::string>> turns;
   std::shared_ptr<const Image> image;  // at most one per conversation, as LLaVA-1.5 is trained
+  std::shared_ptr<const Tensor> pixels;  // or the image already preprocessed, [3, S, S] (prepared on another thread)
   GenerateOptions gen;
   TokenCallback on_text;                    // each piece of the reply (engine thread); false cancels
   std::function<void(ServeResult&&)> done;  // once, at the end (engine thread)
@@ -77,16 +78,20 @@ class ServeEngine {
   ServeEngine(const LanguageModel& lm, const VisionModel* vm, ServeOptions opt, ThreadPool* pool = nullptr);
   ~ServeEngine();
 
-  // An adapter set a request may name (before run()).
-  void add_adapter(const std::string& name, std::shared_ptr<const LoraAdapter> adapter, float scale = 1.0f);
+  // An adapter set a request may name (before run()): one adapter, or several at once.
+  void add_adapter(const std::string& name, std::shared_ptr<const LoraAdapter> adapter, float scale = 1.0f) {
+    add_adapter(name, {{std::move(adapter), scale}});
+  }
+  void add_adapter(const std::string& name, const std::vector<std::pair<std::shared_ptr<const LoraAdapter>, float>>& adapters);
   bool has_adapter(const std::string& name) const { return name.empty() || sets_.count(name) > 0; }
   std::vector<std::string> adapters() const;
   const ServeOptions& options() const { return opt_; }
 
   // Checks the request (fails with a message for a bad one: unknown adapter, an
   // image without a vision model, a prompt longer than the context) and queues
-  // it. False: the queue is full. Any thread.
-  bool submit(ServeRequest r);
+  // it. False: the queue is full (with `wait`: waits for room instead; false
+  // only when the engine stops). Any thread.
+  bool submit(ServeRequest r, bool wait = false);
 
   // The engine loop on the calling thread, until stop().
   void run();
@@ -114,7 +119,7 @@ class ServeEngine {
 
   std::vector<int32_t> tokenize(const ServeRequest& r) const;
   void start(Queued q);  // engine thread: picks a slot, builds the prompt, submits to the generator
-  const std::vector<float>& image_features(const Image& img, const Projector& p, bool* encoded);
+  const std::vector<float>& image_features(const ServeRequest& r, uint64_t key, const Projector& p, bool* encoded);
 
   const LanguageModel& lm_;
   const VisionModel* vm_;
@@ -156,10 +161,10 @@ ServeEngine::ServeEngine(const LanguageModel& lm, const VisionModel* vm, ServeOp
 
 ServeEngine::~ServeEngine() = default;
 
-void ServeEngine::add_adapter(const std::string& name, std::shared_ptr<const LoraAdapter> adapter, float scale) {
+void ServeEngine::add_adapter(const std::string& name, const std::vector<std::pair<std::shared_ptr<const LoraAdapter>, float>>& adapters) {
   if (name.empty() || sets_.count(name)) fail("adapter name '", name, "' is empty or taken");
   LoraSet set(lm_.model, vm_ ? &vm_->projector : nullptr);
-  set.add(std::move(adapter), scale);
+  for (const auto& [adapter, scale] : adapters) set.add(adapter, scale);
   sets_.emplace(name, std::move(set));
 }
 
@@ -181,39 +186,49 @@ std::vector<int32_t> ServeEngine::tokenize(const ServeRequest& r) const {
   return tokenize_image_prompt(lm_.tokenizer, conv.prompt());
 }
 
-bool ServeEngine::submit(ServeRequest r) {
+bool ServeEngine::submit(ServeRequest r, bool wait) {
   if (!has_adapter(r.adapter)) fail("no model or adapter named '", r.adapter, "'");
   if (r.turns.empty() || r.turns.back().first != 0) fail("the conversation must end with a user message");
   size_t tags = 0;
   for (const auto& [role, text] : r.turns)
     for (size_t p = text.find(kImageToken); p != std::string::npos; p = text.find(kImageToken, p + 1)) ++tags;
-  if (r.image && !vm_) fail("this server has no vision model (--mmproj): it cannot take images");
-  if (tags != (r.image ? 1u : 0u))
-    fail(r.image ? "the image must be marked once in the conversation" : "\"<image>\" in a message, but no image was given");
+  const bool has_image = r.image || r.pixels;
+  if (has_image && !vm_) fail("this server has no vision model (--mmproj): it cannot take images");
+  if (r.pixels) {
+    const int64_t S = vm_->clip.cfg.image_size;
+    if (r.pixels->shape != std::vector<int64_t>{3, S, S} || r.pixels->dtype != DType::F32)
+      fail("pixel values have shape ", r.pixels->view().shape_str(), ", the vision tower expects F32 [3, ", S, ", ", S, "]");
+  }
+  if (tags != (has_image ? 1u : 0u))
+    fail(has_image ? "the image must be marked once in the conversation" : "\"<image>\" in a message, but no image was given");
   Queued q{std::move(r), {}};
   q.ids = tokenize(q.req);
-  const int64_t n_img = vm_ && q.req.image ? vm_->clip.cfg.n_patches() : 0;
+  const int64_t n_img = has_image ? vm_->clip.cfg.n_patches() : 0;
   const int64_t positions = int64_t(q.ids.size()) - (n_img ? 1 : 0) + n_img;
   if (positions >= slots_[0].session->n_ctx())
     fail("the prompt needs ", positions, " positions", n_img ? " (" + std::to_string(n_img) + " for the image)" : std::string(),
          " but the context holds ", slots_[0].session->n_ctx());
   if (q.req.gen.stop.empty()) q.req.gen.stop.push_back(chat_template(opt_.conv).stop());
-  std::lock_guard<std::mutex> lk(mu_);
-  if (stopping_) fail("the server is shutting down");
+  std::unique_lock<std::mutex> lk(mu_);
+  if (wait) cv_.wait(lk, [&] { return stopping_ || queue_.size() < std::max<size_t>(1, opt_.queue); });
+  if (stopping_) {
+    if (wait) return false;
+    fail("the server is shutting down");
+  }
   if (queue_.size() >= opt_.queue) return false;
   queue_.push_back(std::move(q));
-  cv_.notify_one();
+  cv_.notify_all();
   return true;
 }
 
-const std::vector<float>& ServeEngine::image_features(const Image& img, const Projector& p, bool* encoded) {
-  const uint64_t key = image_hash(img);
+const std::vector<float>& ServeEngine::image_features(const ServeRequest& r, uint64_t key, const Projector& p, bool* encoded) {
   auto it = images_.begin();
   while (it != images_.end() && it->first != key) ++it;
   *encoded = it == images_.end();
   if (*encoded) {
     Encoded e;
-    e.clip = clip_encode(vm_->clip, preprocess(img, vm_->preprocess_config()).f32(), pool_);
+    const Tensor pixels = r.pixels ? Tensor() : preprocess(*r.image, vm_->preprocess_config());
+    e.clip = clip_encode(vm_->clip, r.pixels ? r.pixels->f32() : pixels.f32(), pool_);
     images_.emplace_front(key, std::move(e));
     if (images_.size() > std::max<size_t>(1, opt_.image_cache)) images_.pop_back();
   } else {
@@ -231,8 +246,10 @@ void ServeEngine::start(Queued q) {
   // Positions: one per token; the image's patches, marked by a value derived
   // from the image so that a cached prefix only matches the same image.
   std::vector<int32_t> positions;
-  const int64_t n_img = vm_ && r.image ? vm_->clip.cfg.n_patches() : 0;
-  const int32_t marker = r.image ? -1 - int32_t(image_hash(*r.image) & 0x3fffffff) : 0;
+  const bool has_image = r.image || r.pixels;
+  const int64_t n_img = has_image ? vm_->clip.cfg.n_patches() : 0;
+  const uint64_t key = r.pixels ? bytes_hash(r.pixels->bytes.data(), r.pixels->bytes.size()) : r.image ? image_hash(*r.image) : 0;
+  const int32_t marker = has_image ? -1 - int32_t(key & 0x3fffffff) : 0;
   for (int32_t id : q.ids)
     if (id == kImageTokenIndex) positions.insert(positions.end(), size_t(n_img), marker);
     else positions.push_back(id);
@@ -275,11 +292,11 @@ void ServeEngine::start(Queued q) {
   const int64_t dim = lm_.model.cfg.dim;
   std::vector<float> x((positions.size() - size_t(keep)) * size_t(dim));
   try {
-    if (r.image) features = &image_features(*r.image, *session.projector(), &result.image_encoded);
+    if (has_image) features = &image_features(r, key, *session.projector(), &result.image_encoded);
     const size_t first_image = size_t(std::find(positions.begin(), positions.end(), marker) - positions.begin());
     for (size_t p = size_t(keep); p < positions.size(); ++p) {
       float* dst = x.data() + (p - size_t(keep)) * size_t(dim);
-      if (r.image && positions[p] == marker) std::copy_n(features->data() + (p - first_image) * size_t(dim), dim, dst);
+      if (has_image && positions[p] == marker) std::copy_n(features->data() + (p - first_image) * size_t(dim), dim, dst);
       else embed(lm_.model.cfg, session.embeddings(), &positions[p], 1, dst);
     }
   } catch (const std::exception& e) {
@@ -313,7 +330,7 @@ void ServeEngine::start(Queued q) {
   ++m_.active;
   m_.prompt_tokens += uint64_t(result.prompt_positions);
   m_.reused_tokens += uint64_t(keep);
-  if (r.image) ++(result.image_encoded ? m_.image_encodes : m_.image_cache_hits);
+  if (has_image) ++(result.image_encoded ? m_.image_encodes : m_.image_cache_hits);
 }
 
 void ServeEngine::run() {
@@ -328,6 +345,7 @@ void ServeEngine::run() {
       for (const Slot& s : slots_) idle += !s.busy;
       while (!stopping && idle > 0 && !queue_.empty()) starting.push_back(std::move(queue_.front())), queue_.pop_front(), --idle;
       m_.queued = queue_.size();
+      if (!starting.empty()) cv_.notify_all();  // room in the queue for waiting submitters
     }
     for (Queued& q : starting) start(std::move(q));
     for (Slot& s : slots_)

@@ -63,14 +63,14 @@ struct Image {
 // (before any pixel memory is allocated).
 constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
 
-// FNV-1a over the size and pixels, never 0: tells "the same image again" (a
-// cached encoding) from another one.
-inline uint64_t image_hash(const Image& img) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](uint64_t b) { h = (h ^ b) * 1099511628211ull; };
-  mix(uint64_t(img.width)), mix(uint64_t(img.height));
-  for (uint8_t b : img.rgb) mix(b);
+// FNV-1a, never 0: tells "the same image again" (a cached encoding) from another one.
+inline uint64_t bytes_hash(const uint8_t* p, size_t n, uint64_t h = 1469598103934665603ull) {
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
   return h | 1;
+}
+inline uint64_t image_hash(const Image& img) {
+  const uint64_t size[2] = {uint64_t(img.width), uint64_t(img.height)};
+  return bytes_hash(img.rgb.data(), img.rgb.size(), bytes_hash(reinterpret_cast<const uint8_t*>(size), sizeof size));
 }
 
 // Decode an image file held in memory; `name` is used in error messages.
