@@ -164,3 +164,47 @@ TEST_CASE("loupe eval: the table and --jsonl on the bundled scenes; a failed run
   CHECK_FALSE(fs::exists(bad_out));
   CHECK_FALSE(fs::exists(dir / "bad.jsonl.tmp"));
 }
+
+// A turn that does not fit the context fails alone: the conversation is what it was
+// before it (the next turn is the one a chat without the failed turn would see), and
+// `loupe chat` says so and goes on instead of ending the session.
+TEST_CASE("chat: a turn too long for the context is refused, the conversation stays as it was") {
+  const fs::path demo = loupe_test::source_dir() / "demo";
+  LanguageModel lm = LanguageModel::open((demo / "shapes-q4_0.gguf").string());
+  VisionModel vm = VisionModel::open((demo / "mmproj-shapes-q4_0.gguf").string());
+  const Image img = load_image((demo / "scenes" / "scene-1000-0005.png").string());
+  DescribeOptions opt;
+  opt.session.n_ctx = 720;  // the image's 576 positions, the first turn and its reply, a short second turn
+  std::string too_long;
+  for (int i = 0; i < 40; ++i) too_long += "Tell me again, in other words, what you see. ";
+
+  VisionChat chat(lm, vm, opt);
+  chat.set_image(img);
+  const std::string first = chat.ask("What does this image show?").text;
+  const auto messages = chat.conversation().messages;
+  CHECK_THROWS_WITH_AS(chat.ask(too_long), doctest::Contains("but the context holds 720"), Error);
+  CHECK(chat.conversation().messages == messages);
+  const Generation after = chat.ask("What colour is the background?");
+
+  VisionChat fresh(lm, vm, opt);
+  fresh.set_image(img);
+  CHECK(fresh.ask("What does this image show?").text == first);
+  const Generation want = fresh.ask("What colour is the background?");
+  CHECK(chat.prompt_ids == fresh.prompt_ids);
+  CHECK(after.tokens == want.tokens);
+
+  const fs::path dir = loupe_test::scratch("chat_full_context");
+  std::ofstream(dir / "in.txt") << "What does this image show?\n" << too_long << "\nWhat colour is the background?\n";
+  const std::string cmd = (fs::path(LOUPE_BINARY_DIR) / "bin/loupe").string() + " chat -c 720 -m " +
+                          loupe_test::quote((demo / "shapes-q4_0.gguf").string()) + " --mmproj " +
+                          loupe_test::quote((demo / "mmproj-shapes-q4_0.gguf").string()) + " --image " +
+                          loupe_test::quote((demo / "scenes" / "scene-1000-0005.png").string()) + " < " +
+                          loupe_test::quote((dir / "in.txt").string()) + " > " + loupe_test::quote((dir / "out.txt").string()) +
+                          " 2> " + loupe_test::quote((dir / "err.txt").string());
+  CHECK(std::system(cmd.c_str()) == 0);
+  const std::string out = loupe_test::slurp(dir / "out.txt"), err = loupe_test::slurp(dir / "err.txt");
+  INFO(out << err);
+  CHECK(out.find(first) != std::string::npos);
+  CHECK(out.find(after.text) != std::string::npos);
+  CHECK(err.find("this turn was not answered") != std::string::npos);
+}

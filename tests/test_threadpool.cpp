@@ -93,6 +93,47 @@ TEST_CASE("threadpool: a worker that keeps arriving late makes the pool back off
   // (A loaded CI machine may still back off now and then; only correctness is required here.)
 }
 
+// A pool the system refuses threads to fails with a message; before, the joinable
+// handles of the threads already started terminated the process, or their waits
+// deadlocked the destruction of the condition variables. The address space is
+// limited in a child process, so that 300 threads' stacks cannot all be mapped.
+// (Not under AddressSanitizer: its shadow memory needs the address space.)
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LOUPE_TEST_ASAN 1
+#endif
+#endif
+#if !defined(__SANITIZE_ADDRESS__) && !defined(LOUPE_TEST_ASAN)
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+TEST_CASE("threadpool: when the system refuses threads, construction fails with a message, no crash or hang") {
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    alarm(20);  // a deadlock ends as SIGALRM, not a hung test
+    rlimit lim{};
+    getrlimit(RLIMIT_AS, &lim);
+    lim.rlim_cur = rlim_t(512) << 20;  // 512 MiB: far below 300 stacks of 8 MiB
+    if (setrlimit(RLIMIT_AS, &lim) != 0) _exit(4);
+    try {
+      ThreadPool pool(300);
+      _exit(2);  // all started: the limit did not bite
+    } catch (const std::exception& e) {
+      _exit(std::strstr(e.what(), "cannot start 300 threads") ? 0 : 3);
+    }
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  INFO("child status " << status);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+#endif
+
 // End to end: a real model's greedy continuation is the same with 1 and 2
 // threads, for quantised and float weights and an f16 KV cache (prefill goes
 // through the gemm and blocked attention, decode through the gemv paths).

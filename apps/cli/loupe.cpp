@@ -9,6 +9,7 @@
 #include <loupe/pipeline/pipeline.hpp>
 #include "../common/progress.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -140,13 +141,13 @@ loupe::SessionOptions session_options(const loupe_cli::Args& a) {
 loupe::GenerateOptions generate_options(const loupe_cli::Args& a) {
   loupe::GenerateOptions o;
   o.max_tokens = a.integer({"-n", "--n-predict"}, 128);
-  o.sampling.temperature = float(a.number({"--temp"}, 0.0));
+  o.sampling.temperature = a.real({"--temp"}, 0.0f);
   o.sampling.top_k = a.integer({"--top-k"}, 40);
-  o.sampling.top_p = float(a.number({"--top-p"}, 0.95));
-  o.sampling.min_p = float(a.number({"--min-p"}, 0.05));
-  o.sampling.repeat_penalty = float(a.number({"--repeat-penalty"}, 1.0));
+  o.sampling.top_p = a.real({"--top-p"}, 0.95f);
+  o.sampling.min_p = a.real({"--min-p"}, 0.05f);
+  o.sampling.repeat_penalty = a.real({"--repeat-penalty"}, 1.0f);
   o.sampling.repeat_last_n = a.integer({"--repeat-last-n"}, 64);
-  o.sampling.seed = uint64_t(a.number({"-s", "--seed"}, 42));
+  o.sampling.seed = a.unsigned64({"-s", "--seed"}, 42);
   o.stop = a.all("-r");
   for (auto& s : a.all("--reverse-prompt")) o.stop.push_back(s);
   return o;
@@ -160,7 +161,8 @@ std::vector<std::pair<std::string, float>> lora_flags(const loupe_cli::Args& a) 
   for (size_t i = 0; i + 1 < two.size(); i += 2) {
     char* end = nullptr;
     const double s = std::strtod(two[i + 1].c_str(), &end);
-    if (!end || *end || two[i + 1].empty()) loupe::fail("--lora-scaled ", two[i], " ", two[i + 1], ": the scale is not a number");
+    if (!end || *end || two[i + 1].empty() || !(std::fabs(s) <= 1e6))
+      loupe::fail("--lora-scaled ", two[i], " ", two[i + 1], ": the scale is not a number (of at most 1e6 in magnitude)");
     out.emplace_back(two[i], float(s));
   }
   return out;
@@ -308,9 +310,17 @@ int cmd_chat(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
       continue;
     }
     std::fputs("ASSISTANT: ", stdout);
-    loupe::Generation g = s->chat->ask(line, print_text);
+    loupe::Generation g;
+    try {
+      g = s->chat->ask(line, print_text);
+    } catch (const loupe::Error& e) {  // e.g. the context is full: this turn fails, the chat goes on
+      std::fflush(stdout);
+      std::fprintf(stderr, "\nloupe: %s (this turn was not answered; -c raises the context)\n", e.what());
+      --turn;
+      continue;
+    }
     std::fputc('\n', stdout);
-  std::fflush(stdout);
+    std::fflush(stdout);
     print_timings(*s, g);
     if (turn == 0 && a.has("--dump")) dump(a.get({"--dump"}), *s, g);
   }

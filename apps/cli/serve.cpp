@@ -482,7 +482,7 @@ int serve(const Args& a, const std::vector<std::pair<std::string, float>>& loras
   cfg.model_name = a.get({"--alias"}, fs::path(model).stem().string());
   cfg.api_key = a.get({"--api-key"});
   cfg.media_path = a.get({"--media-path"});
-  cfg.max_body = size_t(a.number({"--max-body"}, double(cfg.max_body)));
+  cfg.max_body = size_t(a.unsigned64({"--max-body"}, cfg.max_body));
   cfg.max_tokens = describe.gen.max_tokens;
   if (!cfg.media_path.empty() && !fs::is_directory(cfg.media_path)) loupe::fail("--media-path ", cfg.media_path, ": not a directory");
   if (engine.has_adapter(cfg.model_name) && !cfg.model_name.empty())

@@ -1,6 +1,11 @@
 // A tiny command-line parser shared by the frontends: flags with values,
 // repeatable flags, booleans, and a clear error for anything unknown.
 #pragma once
+#include <cerrno>
+#include <climits>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -25,7 +30,7 @@ struct Args {
     Args a;
     for (int i = first; i < argc; ++i) {
       std::string f = argv[i];
-      if (f.size() > 1 && f[0] == '-' && !(f.size() > 1 && (std::isdigit(f[1]) || f[1] == '.'))) {
+      if (f.size() > 1 && f[0] == '-' && !(f.size() > 1 && (std::isdigit(static_cast<unsigned char>(f[1])) || f[1] == '.'))) {
         std::string val;
         if (size_t eq = f.find('='); eq != std::string::npos && f.rfind("--", 0) == 0) val = f.substr(eq + 1), f = f.substr(0, eq);
         if (in(with_value, f)) {
@@ -66,13 +71,31 @@ struct Args {
     if (s.empty()) return dflt;
     char* end = nullptr;
     double v = std::strtod(s.c_str(), &end);
-    if (!end || *end) loupe::fail("option ", *names.begin(), ": '", s, "' is not a number");
+    if (!end || *end || !std::isfinite(v)) loupe::fail("option ", *names.begin(), ": '", s, "' is not a number");
     return v;
   }
+  float real(std::initializer_list<const char*> names, float dflt) const {
+    const double v = number(names, dflt);
+    if (std::fabs(v) > double(FLT_MAX)) loupe::fail("option ", *names.begin(), ": '", get(names), "' is out of range");
+    return float(v);
+  }
+  // The range is checked before the conversion (out of range, it is undefined behaviour).
   int integer(std::initializer_list<const char*> names, int dflt) const {
-    double v = number(names, dflt);
-    if (v != double(int(v))) loupe::fail("option ", *names.begin(), ": expected an integer");
+    const double v = number(names, dflt);
+    if (!(v >= double(INT_MIN) && v <= double(INT_MAX)) || v != std::floor(v))
+      loupe::fail("option ", *names.begin(), ": expected an integer from ", INT_MIN, " to ", INT_MAX, ", got '", get(names), "'");
     return int(v);
+  }
+  // 0 .. 2^64-1, all of them exactly (a double holds only 53 bits).
+  uint64_t unsigned64(std::initializer_list<const char*> names, uint64_t dflt) const {
+    const std::string s = get(names);
+    if (s.empty()) return dflt;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+    if (s.find_first_not_of("0123456789") != std::string::npos || !end || *end || errno == ERANGE)
+      loupe::fail("option ", *names.begin(), ": expected an integer from 0 to ", UINT64_MAX, ", got '", s, "'");
+    return uint64_t(v);
   }
 };
 

@@ -3,6 +3,8 @@
 #include <loupe/convert/convert.hpp>
 #include <loupe/convert/inspect.hpp>
 
+#include <cmath>
+#include <csignal>
 #include <cstdio>
 
 #include "../common/args.hpp"
@@ -54,7 +56,10 @@ static std::pair<std::string, float> path_and_scale(const std::string& s) {
   if (c != std::string::npos && c + 1 < s.size()) {
     char* end = nullptr;
     const double v = std::strtod(s.c_str() + c + 1, &end);
-    if (end && *end == 0) return {s.substr(0, c), float(v)};
+    if (end && *end == 0) {
+      if (!std::isfinite(v) || std::fabs(v) > 1e6) loupe::fail("--lora ", s, ": the scale must be a finite number within +-1e6");
+      return {s.substr(0, c), float(v)};
+    }
   }
   return {s, 1.0f};
 }
@@ -67,7 +72,16 @@ static loupe::ConvertOptions cli_options(const loupe_cli::Args& a) {
   return opt;
 }
 
+// Ctrl-C, kill or a closed terminal mid-conversion: remove the temporary
+// files (async-signal-safe), then die of the signal as the default would.
+static void on_signal(int sig) {
+  loupe::remove_temp_outputs();
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
 int main(int argc, char** argv) {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, on_signal);
   try {
     auto a = loupe_cli::Args::parse(argc, argv, 1,
                                     {"--model", "--vision-tower", "--outtype", "-o", "--outdir", "--name", "--inspect", "--lora",

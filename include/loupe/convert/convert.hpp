@@ -189,12 +189,14 @@ struct LoraMerge {
   }
 };
 
-// Writes `w` to `path` (atomically, GgufWriter::write_file), reporting each tensor to `progress`.
-inline void write_with_progress(const GgufWriter& w, const std::string& path, size_t total_bytes, const ProgressFn& progress) {
+// Writes `w` to `path` as part of the set `out` (it appears when the set is
+// committed, with the conversion's other files), reporting each tensor to `progress`.
+inline void write_with_progress(const GgufWriter& w, OutputFiles& out, const std::string& path, size_t total_bytes,
+                                const ProgressFn& progress) {
   Progress p;
   p.task = "writing " + std::filesystem::path(path).filename().string();
   p.total = w.tensors.size(), p.bytes_total = total_bytes;
-  w.write_file(path, [&](size_t n, size_t bytes) {
+  w.write_file(out, path, [&](size_t n, size_t bytes) {
     if (!progress) return;
     p.done = n, p.bytes_done = bytes;
     progress(p);
@@ -240,20 +242,20 @@ struct TensorPlanner {
     used[s->name] = true;
   }
 
-  void write(GgufWriter& w, const std::string& path) const {
+  void write(GgufWriter& w, OutputFiles& out, const std::string& path) const {
     namespace fs = std::filesystem;
     size_t total = 0;
     for (const convert_detail::Plan& p : plans) {
       w.add_tensor(p.out_name, p.type, p.shape, [p](std::vector<uint8_t>& out) { convert_detail::produce(p, out); });
       total += w.tensors.back().nbytes();
     }
-    write_with_progress(w, path, total, opt.progress);
+    write_with_progress(w, out, path, total, opt.progress);
   }
 };
 
 // Writes the text model of the HF directory `dir` (config.json, checkpoint,
 // tokenizer.model) to `out_path`.
-inline void convert_text_model(const std::string& dir, const Checkpoint& ck, const Json& config, const std::string& out_path,
+inline void convert_text_model(const std::string& dir, const Checkpoint& ck, const Json& config, OutputFiles& out, const std::string& out_path,
                                const ConvertOptions& opt, const std::string& name, LoraMerge* merge = nullptr) {
   namespace fs = std::filesystem;
   const HfTextConfig c = HfTextConfig::parse(config);
@@ -281,7 +283,7 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
   if (is_quantized(opt.outtype)) w.set("general.quantization_version", GgufValue::u32(2));
   write_vocab(w, tok, c.n_vocab);
   if (merge) merge->apply(tp.plans, true);
-  tp.write(w, out_path);
+  tp.write(w, out, out_path);
 }
 
 // Where the vision tower's weights and config come from.
@@ -354,7 +356,7 @@ inline HfVisionConfig read_vision_config(const std::string& dir) {
 // Writes mmproj-<name>.gguf: CLIP tower (blocks up to the selected feature layer)
 // + mlp2x_gelu projector, with clip.* metadata in llama.cpp's layout.
 inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const Json& config, const VisionSource& vs,
-                           const std::string& out_path, const ConvertOptions& opt, const std::string& name,
+                           OutputFiles& out, const std::string& out_path, const ConvertOptions& opt, const std::string& name,
                            LoraMerge* merge = nullptr) {
   const Checkpoint& vck = vs.own ? *vs.own : llm;
   const std::string& vwhere = vs.own ? vs.where : dir;
@@ -409,7 +411,7 @@ inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const 
   w.set("general.file_type", GgufValue::u32(gguf_file_type(opt.outtype)));
   if (is_quantized(opt.outtype)) w.set("general.quantization_version", GgufValue::u32(2));
   if (merge) merge->apply(tp.plans, false);
-  tp.write(w, out_path);
+  tp.write(w, out, out_path);
 }
 
 // Finds the vision tower for an LLaVA-style config: --vision-tower, the
@@ -499,8 +501,9 @@ inline std::string requantize_gguf(const std::string& path, const std::string& o
   }
   if (requantised && opt.log)
     opt.log("note: " + std::to_string(requantised) + " tensors were already quantised: they are dequantised to f32 and requantised (extra rounding)");
-  fs::create_directories(out_dir);
-  write_with_progress(w, out, total, opt.progress);
+  OutputFiles files;
+  write_with_progress(w, files, out, total, opt.progress);
+  files.commit();
   return out;
 }
 
@@ -547,19 +550,17 @@ inline ConvertResult convert_model(const std::string& dir, const std::string& ou
       merge->adapters.emplace_back(std::move(a), scale);
     }
   }
-  fs::create_directories(out_dir);
+  // Both files appear together, replacing earlier ones only then: a failure
+  // in the second leaves the output folder as it was (all or nothing).
+  OutputFiles files;
   ConvertResult r;
   r.text_path = (fs::path(out_dir) / (name + ".gguf")).string();
-  convert_text_model(dir, ck, config, r.text_path, opt, name, merge ? &*merge : nullptr);
+  convert_text_model(dir, ck, config, files, r.text_path, opt, name, merge ? &*merge : nullptr);
   if (tower) {
     r.mmproj_path = (fs::path(out_dir) / ("mmproj-" + name + ".gguf")).string();
-    try {
-      convert_mmproj(dir, ck, config, *tower, r.mmproj_path, opt, name, merge ? &*merge : nullptr);
-    } catch (...) {
-      std::remove(r.text_path.c_str());  // all or nothing
-      throw;
-    }
+    convert_mmproj(dir, ck, config, *tower, files, r.mmproj_path, opt, name, merge ? &*merge : nullptr);
   }
+  files.commit();
   return r;
 }
 
@@ -596,7 +597,6 @@ inline LoraConvertResult convert_lora(const std::string& path, const std::string
     for (const std::string& n : a.notes) opt.log(n);
     opt.log("LoRA " + a.summary());
   }
-  fs::create_directories(out_dir);
   LoraConvertResult r;
   r.lora_path = (fs::path(out_dir) / (a.name + ".gguf")).string();
   r.replace_path = write_lora_gguf(a, r.lora_path, opt.outtype);

@@ -31,6 +31,8 @@
 #include <thread>
 #include <vector>
 
+#include "error.hpp"
+
 namespace loupe {
 
 // A non-owning reference to a callable (C++26's std::function_ref): what the
@@ -84,17 +86,18 @@ class ThreadPool {
 
   explicit ThreadPool(int n_threads = 1) {
     if (n_threads < 1) n_threads = 1;
-    for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker(); });
-  }
-  ~ThreadPool() {
-    quit_.store(true);
-    gen_.fetch_add(1);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
+    try {
+      for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker(); });
+    } catch (const std::exception& e) {
+      // The system refused a thread (limits, memory): stop the ones started, or their
+      // joinable handles would terminate the process and their waits deadlock the
+      // condition variables' destruction.
+      const size_t started = workers_.size() + 1;
+      shutdown();
+      fail("cannot start ", n_threads, " threads (", started, " started): ", e.what());
     }
-    cv_.notify_all();
-    for (auto& t : workers_) t.join();
   }
+  ~ThreadPool() { shutdown(); }
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
@@ -192,6 +195,17 @@ class ThreadPool {
         done_cv_.notify_all();
       }
     }
+  }
+
+  void shutdown() {
+    quit_.store(true);
+    gen_.fetch_add(1);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
   }
 
   std::vector<std::thread> workers_;

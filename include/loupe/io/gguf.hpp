@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "file.hpp"
+#include "output_files.hpp"
 #include "../core/tensor.hpp"
 
 namespace loupe {
@@ -374,30 +375,18 @@ struct GgufWriter {
     return out;
   }
 
-  // Write to `path` through `path.tmp`, renamed only on success: a failed or
-  // interrupted run leaves no half-written file behind.
+  // Writes into `out`: the file appears at `path` when out.commit() puts the
+  // set in place, together with the set's other files (OutputFiles).
+  void write_file(OutputFiles& out, const std::string& path, const std::function<void(size_t, size_t)>& progress = nullptr) const {
+    OutputFiles::File& f = out.create(path);
+    write([&](const void* p, size_t n) { f.write(p, n); }, progress);
+  }
+  // Writes `path` alone, through a temporary file renamed only on success: a
+  // failed or interrupted run leaves no half-written file behind.
   void write_file(const std::string& path, const std::function<void(size_t, size_t)>& progress = nullptr) const {
-    const std::string tmp = path + ".tmp";
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (!f) fail(path, ": cannot create ", tmp);
-    try {
-      write([&](const void* p, size_t n) {
-        if (std::fwrite(p, 1, n, f) != n) fail(path, ": write failed (disk full?)");
-      }, progress);
-      if (std::fflush(f) != 0) fail(path, ": write failed (disk full?)");
-    } catch (...) {
-      std::fclose(f);
-      std::remove(tmp.c_str());
-      throw;
-    }
-    if (std::fclose(f) != 0) {
-      std::remove(tmp.c_str());
-      fail(path, ": write failed (disk full?)");
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      std::remove(tmp.c_str());
-      fail(path, ": cannot rename ", tmp, " into place");
-    }
+    OutputFiles out;
+    write_file(out, path, progress);
+    out.commit();
   }
 };
 

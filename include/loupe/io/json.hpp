@@ -5,11 +5,15 @@
 // characters, invalid UTF-8, unpaired surrogates or duplicate object keys. Objects
 // keep their key order. Numbers are doubles; integer literals are also kept as
 // exact int64 (a double loses digits past 2^53). Every error names the source and
-// the byte offset.
+// the byte offset. Files of a model directory are read through load() /
+// parse_file_text(), which refuse a document past kJsonFileLimit (limits.hpp)
+// before parsing it.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <locale>
 #include <memory>
@@ -22,20 +26,48 @@
 
 #include "../core/error.hpp"
 #include "file.hpp"
+#include "limits.hpp"
 
 namespace loupe {
 
 struct Json {
-  enum class Type { Null, Bool, Number, String, Array, Object };
+  enum class Type : uint8_t { Null, Bool, Number, String, Array, Object };
 
-  Type type = Type::Null;
+  Type type = Type::Null;                // read-only: set by the parser
   size_t offset = 0;                     // where the value starts in the source text
   std::shared_ptr<const std::string> source;  // name for messages, shared by all nodes
 
   static constexpr int kMaxDepth = 128;  // nesting limit: the parser recurses
 
   static Json parse(std::string_view text, const std::string& source_name);
-  static Json load(const std::string& path) { return parse(read_text_file(path), path); }
+  // A file from a model directory (config.json, adapter_config.json, an index),
+  // refused past kJsonFileLimit before anything is parsed.
+  static Json load(const std::string& path);
+  // Text read from a file of a model directory (an index, a safetensors header):
+  // the same limit as load(), then parse().
+  static Json parse_file_text(std::string_view text, const std::string& source_name);
+
+  Json() : int_(0) {}
+  Json(const Json& o) : type(o.type), offset(o.offset), source(o.source), b_(o.b_), exact_(o.exact_) { copy_value(o); }
+  Json(Json&& o) noexcept : type(o.type), offset(o.offset), source(std::move(o.source)), b_(o.b_), exact_(o.exact_) {
+    move_value(std::move(o));
+  }
+  Json& operator=(const Json& o) {
+    if (this != &o) {
+      Json copy(o);
+      *this = std::move(copy);
+    }
+    return *this;
+  }
+  Json& operator=(Json&& o) noexcept {
+    if (this != &o) {
+      destroy_value();
+      type = o.type, offset = o.offset, source = std::move(o.source), b_ = o.b_, exact_ = o.exact_;
+      move_value(std::move(o));
+    }
+    return *this;
+  }
+  ~Json() { destroy_value(); }
 
   bool is_null() const { return type == Type::Null; }
   bool is_bool() const { return type == Type::Bool; }
@@ -49,7 +81,7 @@ struct Json {
   }
 
   bool boolean() const { expect(Type::Bool); return b_; }
-  double number() const { expect(Type::Number); return num_; }
+  double number() const { expect(Type::Number); return exact_ ? double(int_) : num_; }
   // The exact integer value; fails for 1.5, 1e300 and anything not a number.
   int64_t integer() const {
     expect(Type::Number);
@@ -62,20 +94,25 @@ struct Json {
   // True for a number written as an integer literal that fits int64 (exact in integer()).
   bool is_integer_literal() const { return type == Type::Number && exact_; }
   const std::string& str() const { expect(Type::String); return str_; }
-  const std::vector<Json>& array() const { expect(Type::Array); return items_; }
+  const std::vector<Json>& array() const { expect(Type::Array); return members_.items; }
   // Objects: keys()[i] names values()[i], in file order.
-  const std::vector<std::string>& keys() const { expect(Type::Object); return keys_; }
-  const std::vector<Json>& values() const { expect(Type::Object); return items_; }
+  const std::vector<std::string>& keys() const {
+    expect(Type::Object);
+    static const std::vector<std::string> none;
+    return members_.keys ? *members_.keys : none;
+  }
+  const std::vector<Json>& values() const { expect(Type::Object); return members_.items; }
   size_t size() const {
     if (type != Type::Array && type != Type::Object) fail(where(), "expected an array or object, got ", type_name(type));
-    return items_.size();
+    return members_.items.size();
   }
 
   // Object member or nullptr (fails if this is not an object).
   const Json* find(std::string_view key) const {
     expect(Type::Object);
-    for (size_t i = 0; i < keys_.size(); ++i)
-      if (keys_[i] == key) return &items_[i];
+    const std::vector<std::string>& k = keys();
+    for (size_t i = 0; i < k.size(); ++i)
+      if (k[i] == key) return &members_.items[i];
     return nullptr;
   }
   const Json& at(std::string_view key) const {
@@ -112,16 +149,51 @@ struct Json {
   }
 
  private:
+  struct Members {
+    std::unique_ptr<std::vector<std::string>> keys;  // objects with members only: 8 bytes in every node, not 24
+    std::vector<Json> items;
+    Members() = default;
+    Members(Members&&) = default;
+    Members(const Members& o)
+        : keys(o.keys ? std::make_unique<std::vector<std::string>>(*o.keys) : nullptr), items(o.items) {}
+  };
   bool b_ = false, exact_ = false;
-  double num_ = 0;
-  int64_t int_ = 0;
-  std::string str_;
-  std::vector<std::string> keys_;
-  std::vector<Json> items_;
+  // One value, chosen by `type` (and exact_ for numbers). A hostile document
+  // makes one node per 2 bytes ("0,"), so a node's size is what a parse costs:
+  // 64 bytes here, against 136 with a member per kind.
+  union {
+    int64_t int_;      // Number written as an integer literal that fits (exact_); Null, Bool: 0
+    double num_;       // other Numbers
+    std::string str_;  // String
+    Members members_;  // Array (keys empty), Object
+  };
 
   void expect(Type t) const {
     if (type != t) fail(where(), "expected ", type_name(t), ", got ", type_name(type));
   }
+  void copy_value(const Json& o) {
+    if (o.type == Type::String) new (&str_) std::string(o.str_);
+    else if (o.type == Type::Array || o.type == Type::Object) new (&members_) Members(o.members_);
+    else if (o.type == Type::Number && !o.exact_) num_ = o.num_;
+    else int_ = o.int_;
+  }
+  void move_value(Json&& o) noexcept {
+    if (o.type == Type::String) new (&str_) std::string(std::move(o.str_));
+    else if (o.type == Type::Array || o.type == Type::Object) new (&members_) Members(std::move(o.members_));
+    else if (o.type == Type::Number && !o.exact_) num_ = o.num_;
+    else int_ = o.int_;
+  }
+  void destroy_value() noexcept {
+    if (type == Type::String) str_.~basic_string();
+    else if (type == Type::Array || type == Type::Object) members_.~Members();
+    type = Type::Null, int_ = 0;
+  }
+  // The parser fills a Null node in once.
+  void set_string(std::string s) { new (&str_) std::string(std::move(s)), type = Type::String; }
+  void set_members(Type t, Members m) { new (&members_) Members(std::move(m)), type = t; }
+  void set_number(double d) { num_ = d, exact_ = false, type = Type::Number; }
+  void set_integer(int64_t i) { int_ = i, exact_ = true, type = Type::Number; }
+  void set_bool(bool b) { int_ = 0, b_ = b, type = Type::Bool; }
   friend struct JsonParser;
 };
 
@@ -129,6 +201,13 @@ struct JsonParser {
   std::string_view s;
   std::shared_ptr<const std::string> src;
   size_t p = 0;
+  // Children of the containers being parsed, one level per nesting depth, in
+  // deques (no doubling, so no unused capacity) that are emptied front to back
+  // into an exactly sized vector when their container closes: the peak is about
+  // one copy of the tree, where growing each vector by push_back can hold three.
+  std::vector<std::deque<Json>> items_at;
+  std::vector<std::deque<std::string>> keys_at;
+  std::vector<std::deque<size_t>> key_offsets_at;
 
   [[noreturn]] void error(size_t at, const std::string& what) const { fail(*src, ": offset ", at, ": ", what); }
   void ws() {
@@ -141,6 +220,40 @@ struct JsonParser {
     return true;
   }
 
+  // The scratch vectors of nesting level `depth`, empty.
+  void level(int depth) {
+    const size_t need = size_t(depth) + 1;
+    if (items_at.size() < need) items_at.resize(need), keys_at.resize(need), key_offsets_at.resize(need);
+  }
+  Json::Members take(int depth) {
+    Json::Members m;
+    std::deque<Json>& items = items_at[size_t(depth)];
+    m.items.reserve(items.size());
+    for (; !items.empty(); items.pop_front()) m.items.push_back(std::move(items.front()));
+    std::deque<std::string>& keys = keys_at[size_t(depth)];
+    if (!keys.empty()) {
+      m.keys = std::make_unique<std::vector<std::string>>();
+      m.keys->reserve(keys.size());
+      for (; !keys.empty(); keys.pop_front()) m.keys->push_back(std::move(keys.front()));
+    }
+    return m;
+  }
+  // Duplicate keys of the object being closed: the first repeat in file order is
+  // the error. Sorting indices costs 4 bytes a key, where a set of the keys
+  // would copy every one.
+  void check_duplicates(int depth) {
+    const std::deque<std::string>& keys = keys_at[size_t(depth)];
+    if (keys.size() < 2) return;
+    std::vector<uint32_t> order(keys.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = uint32_t(i);
+    std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return keys[a] != keys[b] ? keys[a] < keys[b] : a < b; });
+    size_t first_repeat = SIZE_MAX;
+    for (size_t k = 1; k < order.size(); ++k)
+      if (keys[order[k]] == keys[order[k - 1]]) first_repeat = std::min(first_repeat, size_t(order[k]));
+    if (first_repeat != SIZE_MAX)
+      error(key_offsets_at[size_t(depth)][first_repeat], "duplicate key '" + keys[first_repeat] + "'");
+  }
+
   Json value(int depth) {
     ws();
     if (p >= s.size()) error(p, "unexpected end of input, expected a value");
@@ -150,44 +263,55 @@ struct JsonParser {
     j.source = src;
     char c = s[p];
     if (c == '{') {
-      j.type = Json::Type::Object;
       ++p;
       ws();
-      std::unordered_set<std::string> seen;
-      if (p < s.size() && s[p] == '}') return ++p, j;
+      if (p < s.size() && s[p] == '}') return ++p, j.set_members(Json::Type::Object, {}), j;
+      level(depth);
       for (;;) {
         ws();
         if (p >= s.size() || s[p] != '"') error(p, "expected a string key");
         size_t key_at = p;
         std::string k = string();
-        if (!seen.insert(k).second) error(key_at, "duplicate key '" + k + "'");
         ws();
         if (p >= s.size() || s[p] != ':') error(p, "expected ':' after key '" + k + "'");
         ++p;
-        j.keys_.push_back(std::move(k));
-        j.items_.push_back(value(depth + 1));
+        keys_at[size_t(depth)].push_back(std::move(k));
+        key_offsets_at[size_t(depth)].push_back(key_at);
+        Json v = value(depth + 1);
+        items_at[size_t(depth)].push_back(std::move(v));
         ws();
         if (p < s.size() && s[p] == ',') { ++p; continue; }
-        if (p < s.size() && s[p] == '}') return ++p, j;
+        if (p < s.size() && s[p] == '}') {
+          ++p;
+          check_duplicates(depth);
+          key_offsets_at[size_t(depth)].clear();
+          j.set_members(Json::Type::Object, take(depth));
+          return j;
+        }
         error(p, "expected ',' or '}' in object");
       }
     }
     if (c == '[') {
-      j.type = Json::Type::Array;
       ++p;
       ws();
-      if (p < s.size() && s[p] == ']') return ++p, j;
+      if (p < s.size() && s[p] == ']') return ++p, j.set_members(Json::Type::Array, {}), j;
+      level(depth);
       for (;;) {
-        j.items_.push_back(value(depth + 1));
+        Json v = value(depth + 1);
+        items_at[size_t(depth)].push_back(std::move(v));
         ws();
         if (p < s.size() && s[p] == ',') { ++p; continue; }
-        if (p < s.size() && s[p] == ']') return ++p, j;
+        if (p < s.size() && s[p] == ']') {
+          ++p;
+          j.set_members(Json::Type::Array, take(depth));
+          return j;
+        }
         error(p, "expected ',' or ']' in array");
       }
     }
-    if (c == '"') return j.type = Json::Type::String, j.str_ = string(), j;
-    if (lit("true")) return j.type = Json::Type::Bool, j.b_ = true, j;
-    if (lit("false")) return j.type = Json::Type::Bool, j;
+    if (c == '"') return j.set_string(string()), j;
+    if (lit("true")) return j.set_bool(true), j;
+    if (lit("false")) return j.set_bool(false), j;
     if (lit("null")) return j;
     if (c == '-' || (c >= '0' && c <= '9')) return number(j);
     error(p, std::string("unexpected character '") + c + "'");
@@ -215,8 +339,7 @@ struct JsonParser {
       if (p < s.size() && (s[p] == '+' || s[p] == '-')) ++p;
       digits();
     }
-    std::string text(s.substr(b, p - b));
-    j.type = Json::Type::Number;
+    const std::string_view text = s.substr(b, p - b);
     if (is_int) {  // exact int64 when it fits
       bool neg = text[0] == '-';
       uint64_t mag = 0, lim = neg ? uint64_t(1) << 63 : (uint64_t(1) << 63) - 1;
@@ -227,19 +350,19 @@ struct JsonParser {
         else mag = mag * 10 + d;
       }
       if (fits) {
-        j.exact_ = true;
-        j.int_ = neg ? int64_t(0 - mag) : int64_t(mag);  // two's complement wrap gives INT64_MIN
-        j.num_ = double(j.int_);
+        j.set_integer(neg ? int64_t(0 - mag) : int64_t(mag));  // two's complement wrap gives INT64_MIN
         return j;
       }
     }
-    std::istringstream in(text);  // classic locale: '.' whatever the global locale says
+    std::istringstream in{std::string(text)};  // classic locale: '.' whatever the global locale says
     in.imbue(std::locale::classic());
-    in >> j.num_;  // the grammar is already checked; only range can go wrong
+    double d = 0;
+    in >> d;  // the grammar is already checked; only range can go wrong
     // Overflow reads as +-max with failbit (libstdc++) or +-inf (libc++); underflow
     // gives 0 or a subnormal, as Python's float() does, and is accepted.
-    if (!std::isfinite(j.num_) || (in.fail() && std::fabs(j.num_) >= std::numeric_limits<double>::max()))
-      error(b, "number '" + text + "' is out of range");
+    if (!std::isfinite(d) || (in.fail() && std::fabs(d) >= std::numeric_limits<double>::max()))
+      error(b, "number '" + std::string(text) + "' is out of range");
+    j.set_number(d);
     return j;
   }
 
@@ -334,11 +457,22 @@ struct JsonParser {
 };
 
 inline Json Json::parse(std::string_view text, const std::string& source_name) {
-  JsonParser ps{text, std::make_shared<const std::string>(source_name)};
+  JsonParser ps{text, std::make_shared<const std::string>(source_name), 0, {}, {}, {}};
   Json j = ps.value(0);
   ps.ws();
   if (ps.p != text.size()) ps.error(ps.p, "unexpected data after the JSON value");
   return j;
+}
+
+inline Json Json::parse_file_text(std::string_view text, const std::string& source_name) {
+  if (text.size() > kJsonFileLimit.value())
+    fail(source_name, ": ", text.size(), " bytes of JSON is more than ", kJsonFileLimit.describe());
+  return parse(text, source_name);
+}
+
+inline Json Json::load(const std::string& path) {
+  Blob b = Blob::open(path);  // mapped: the limit is checked before anything is copied
+  return parse_file_text(b.view(), path);
 }
 
 // Escape a UTF-8 string for use between double quotes in JSON (quotes not added).

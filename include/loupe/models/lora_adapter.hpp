@@ -95,7 +95,10 @@ inline std::vector<int64_t> shape_of(const TensorView& v) { return {v.shape.begi
 // <stem>.replace.gguf beside it (general.type=adapter, adapter.type=replace,
 // GGUF tensor names), which the adapter names in loupe.adapter.replace_file;
 // llama.cpp ignores the key. Returns the replacement file's path, or "".
-std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType type = DType::F32);
+// Both files appear together or neither does; with `into` they join that set
+// and appear when it is committed.
+std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType type = DType::F32,
+                            OutputFiles* into = nullptr);
 
 }  // namespace loupe
 
@@ -528,7 +531,7 @@ LoraAdapter LoraAdapter::load(const std::string& path, const LlamaConfig& base) 
 // <stem>.replace.gguf beside it (general.type=adapter, adapter.type=replace,
 // GGUF tensor names), which the adapter names in loupe.adapter.replace_file;
 // llama.cpp ignores the key. Returns the replacement file's path, or "".
-std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType type) {
+std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType type, OutputFiles* into) {
   namespace fs = std::filesystem;
   if (type != DType::F32 && type != DType::F16 && type != DType::BF16)
     fail(path, ": LoRA GGUFs are written in f32, f16 or bf16, not ", dtype_name(type));
@@ -559,6 +562,8 @@ std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType
       w.add_tensor(lw.target + ".lora_b", convert(b.view(), type));
     }
   }
+  OutputFiles own;
+  OutputFiles& out = into ? *into : own;
   if (!rpath.empty()) {
     GgufWriter r;
     r.set("general.architecture", GgufValue::str("llama"));
@@ -566,9 +571,10 @@ std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType
     r.set("general.name", GgufValue::str(a.name));
     r.set("adapter.type", GgufValue::str("replace"));
     for (const auto& [name, t] : a.replaces) r.add_tensor(name, t);
-    r.write_file(rpath);
+    r.write_file(out, rpath);
   }
-  w.write_file(path);
+  w.write_file(out, path);
+  if (!into) own.commit();
   return rpath;
 }
 

@@ -139,6 +139,42 @@ struct ClipConfig {
   int64_t n_patches() const { return grid() * grid(); }
 };
 
+// Names of a tower's sizes in the file they are read from, for messages.
+struct ClipSizeKeys {
+  const char *image_size, *patch_size, *dim, *ffn_dim, *n_heads, *n_layers;
+};
+inline constexpr ClipSizeKeys kHfClipKeys{"image_size",        "patch_size",          "hidden_size",
+                                          "intermediate_size", "num_attention_heads", "num_hidden_layers"};
+inline constexpr ClipSizeKeys kGgufClipKeys{"clip.vision.image_size",          "clip.vision.patch_size",
+                                            "clip.vision.embedding_length",    "clip.vision.feed_forward_length",
+                                            "clip.vision.attention.head_count", "clip.vision.block_count"};
+
+// A tower's sizes as read from a file (config.json by the converter, clip.* by
+// the loader), checked before anything is computed from them: all positive,
+// the image a whole number of patches, the width a whole number of heads, and
+// within bounds far above any published CLIP-style tower (ViT-22B: width 6144,
+// MLP 24576, 48 layers; SigLIP at 980 px: a 70 x 70 grid) that keep tensor
+// sizes and the attention's positions x positions scores in range. `n_layers`:
+// the tower's blocks. Fails naming `where`, the key and its value.
+inline void check_clip_sizes(const ClipConfig& c, int64_t n_layers, const std::string& where, const ClipSizeKeys& k) {
+  constexpr int64_t kMaxImage = 4096, kMaxGrid = 256, kMaxWidth = 65536, kMaxLayers = 1024;
+  auto in_range = [&](const char* key, int64_t v, int64_t lo, int64_t hi) {
+    if (v < lo || v > hi) fail(where, ": ", key, " ", v, " is out of range (", lo, " to ", hi, ")");
+  };
+  in_range(k.image_size, c.image_size, 1, kMaxImage);
+  in_range(k.patch_size, c.patch_size, 1, c.image_size);
+  if (c.image_size % c.patch_size)
+    fail(where, ": ", k.image_size, " ", c.image_size, " is not a multiple of ", k.patch_size, " ", c.patch_size);
+  if (c.grid() > kMaxGrid)
+    fail(where, ": ", k.image_size, " ", c.image_size, " / ", k.patch_size, " ", c.patch_size, " is a grid of ", c.grid(),
+         " x ", c.grid(), " patches, more than ", kMaxGrid, " x ", kMaxGrid);
+  in_range(k.dim, c.dim, 1, kMaxWidth);
+  in_range(k.ffn_dim, c.ffn_dim, 1, 4 * kMaxWidth);
+  in_range(k.n_heads, c.n_heads, 1, c.dim);
+  if (c.dim % c.n_heads) fail(where, ": ", k.dim, " ", c.dim, " is not a multiple of ", k.n_heads, " ", c.n_heads);
+  in_range(k.n_layers, n_layers, 1, kMaxLayers);
+}
+
 // How a tensor is stored when converted: F32 (norms, biases, embeddings added
 // to activations), the patch convolution (F16 unless the output is F32), or a
 // weight matrix (the requested type).
@@ -258,12 +294,11 @@ inline ClipConfig read_clip_config(const GgufFile& f) {
   const GgufValue& sd = f.get_array("clip.vision.image_std", GgufType::F32);
   if (mean.arr.size() != 3 || sd.arr.size() != 3) fail(f.name(), ": image_mean / image_std must have 3 values");
   for (size_t i = 0; i < 3; ++i) c.mean[i] = float(mean.arr[i].f), c.std[i] = float(sd.arr[i].f);
-  if (c.dim <= 0 || c.n_heads <= 0 || c.dim % c.n_heads || c.patch_size <= 0 || c.image_size % c.patch_size)
-    fail(f.name(), ": inconsistent clip.vision metadata (width ", c.dim, ", heads ", c.n_heads, ", image ", c.image_size,
-         ", patch ", c.patch_size, ")");
+  const int64_t blocks = f.get_int("clip.vision.block_count");
+  check_clip_sizes(c, blocks, f.name(), kGgufClipKeys);
   int64_t present = 0;
   while (f.tensor(clip_block_gguf(present) + "attn_q.weight")) ++present;
-  c.n_layers_run = std::min(f.get_int("clip.vision.block_count"), present);
+  c.n_layers_run = std::min(blocks, present);
   // clip.vision.feature_layer: indices into hidden_states (0 = embeddings); LLaVA uses one.
   if (const GgufValue* fl = f.find("clip.vision.feature_layer")) {
     if (fl->type != GgufType::ARRAY || fl->arr.empty()) fail(f.name(), ": clip.vision.feature_layer must be a non-empty array");

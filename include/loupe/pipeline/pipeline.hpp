@@ -195,6 +195,7 @@ VisionChat::Turn VisionChat::begin_turn(const std::string& prompt) {
   const size_t tags = count_tags(prompt);
   if (tags > (first_turn ? 1u : 0u))
     fail("the prompt contains ", tags, " <image> tags but one image was given", first_turn ? "" : " (and it is already in the conversation)");
+  const size_t before = conv_.messages.size();
   conv_.add_user(first_turn && tags == 0 ? with_image(prompt) : prompt);
   conv_.add_assistant();
   prompt_ids = tokenize_image_prompt(lm_.tokenizer, conv_.prompt());
@@ -206,8 +207,10 @@ VisionChat::Turn VisionChat::begin_turn(const std::string& prompt) {
   for (int32_t id : prompt_ids)
     if (id == kImageTokenIndex) positions.insert(positions.end(), size_t(n_img), kImageTokenIndex);
     else positions.push_back(id);
-  if (int64_t(positions.size()) >= session_.n_ctx())
+  if (int64_t(positions.size()) >= session_.n_ctx()) {
+    conv_.messages.resize(before);  // the turn is not taken: the conversation stays as it was
     fail("the prompt needs ", positions.size(), " positions (", n_img, " for the image) but the context holds ", session_.n_ctx());
+  }
   // Reuse what the session holds of this conversation, prefill the rest (at
   // least one position, for fresh logits).
   const std::vector<int32_t>& held = session_.positions();

@@ -1,0 +1,21 @@
+// Image decoding (JPEG, PNG, BMP, GIF through stb_image behind loupe's own
+// header checks) and CLIP preprocessing as LLaVA / ShareGPT4V do it: pad to a
+// square, resize, center crop, normalise. The first byte picks the geometry
+// (336 with padding, as the 7B models; 224 without). Seeds: ../shared/images,
+// demo/scenes.
+#include <loupe/vision/image.hpp>
+#include <loupe/vision/preprocess.hpp>
+
+#include "fuzz.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  loupe::PreprocessConfig cfg;
+  const bool pad = data[0] & 1;
+  cfg.pad_to_square = pad;
+  cfg.shortest_edge = cfg.crop_width = cfg.crop_height = pad ? 336 : 224;
+  return loupe_fuzz::guarded([&] {
+    const loupe::Image img = loupe::decode_image(data + 1, size - 1, "fuzz-image");
+    (void)loupe::preprocess(img, cfg);
+  });
+}
