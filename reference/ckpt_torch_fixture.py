@@ -177,6 +177,8 @@ write_bad("byte", FakeTensor(StorageRef(torch.ByteStorage, "0", 40), 0, (2,), (1
 write_bad("huge", FakeTensor(f10, 0, (2 ** 62, 4), (4, 1)))
 write_bad("huge_stride", FakeTensor(f10, 0, (3,), (2 ** 62,)))
 write_bad("rank", FakeTensor(f10, 0, (2, 2), (2,)))
+# A stride-0 view of one float as [32768, 16384]: 2 GiB if copied out.
+write_bad("expand", FakeTensor(f10, 0, (32768, 16384), (0, 0)))
 # Two entries under one name: no Python dict does that, but a pickle can say it.
 buf = __import__("io").BytesIO()
 TorchLikePickler(buf, protocol=2).dump({"dup.a": FakeTensor(f10, 0, (2,), (1,)), "dup.b": FakeTensor(f10, 2, (2,), (1,))})

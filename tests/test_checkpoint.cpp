@@ -73,8 +73,9 @@ TEST_CASE("checkpoint: the sharded bf16 llama2xs loads through its index, as tor
     want.push_back({p + "post_attention_layernorm.weight", {d}});
   }
   CHECK(want.size() == 47);
-  for (const auto& [name, shape] : want) {
-    INFO(name);
+  for (const auto& entry : want) {
+    const auto& [name, shape] = entry;
+    INFO(entry.first);  // (clang 14: a lambda, as INFO makes, cannot capture a structured binding)
     const loupe::SourceTensor* t = c.find(name);
     REQUIRE(t);
     CHECK(t->dtype == loupe::DType::BF16);

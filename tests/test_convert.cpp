@@ -4,8 +4,11 @@
 
 #include <loupe/convert/convert.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace loupe;
 using loupe_test::error_of;
@@ -143,6 +146,86 @@ TEST_CASE("convert: failures name the file and the problem and leave no output")
     std::signal(SIGXFSZ, prev);
     CHECK(e.find("write failed (File too large)") != std::string::npos);  // strerror(EFBIG)
     CHECK(no_outputs(out));
+  }
+  SUBCASE("absurd sizes in a config are refused before anything is computed from them") {
+    // Each crafted value once crashed the converter (SIGFPE, SIGSEGV), wrote an
+    // mmproj its own loader rejects, or grew memory until allocation failed.
+    struct Case {
+      fs::path file;
+      std::string from, to, message;
+    };
+    const Case cases[] = {
+        {vit / "config.json", "\"patch_size\": 14", "\"patch_size\": 0", "patch_size 0 is out of range (1 to 84)"},
+        {vit / "config.json", "\"image_size\": 84", "\"image_size\": -9223372036854775808", "image_size -9223372036854775808 is out of range"},
+        {vit / "config.json", "\"num_attention_heads\": 4", "\"num_attention_heads\": 0", "num_attention_heads 0 is out of range (1 to 32)"},
+        {vit / "config.json", "\"num_attention_heads\": 4", "\"num_attention_heads\": 5", "hidden_size 32 is not a multiple of num_attention_heads 5"},
+        {vit / "config.json", "\"image_size\": 84", "\"image_size\": 85", "image_size 85 is not a multiple of patch_size 14"},
+        {vit / "config.json", "\"layer_norm_eps\": 1e-05", "\"layer_norm_eps\": 0", "layer_norm_eps 0 is out of range"},
+        {llm / "config.json", "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 300000000", "num_hidden_layers 300000000 is out of range (1 to 1024)"},
+        {llm / "config.json", "\"hidden_size\": ", "\"hidden_size\": -", "is out of range (1 to 65536)"},
+    };
+    for (const Case& c : cases) {
+      const std::string saved = loupe_test::slurp(c.file);
+      edit_json(c.file, c.from, c.to);
+      const std::string e = error_of([&] { convert_model(llm.string(), out.string(), opts); });
+      INFO(c.to << ": " << e);
+      CHECK(e.rfind(c.file.string() + ": ", 0) == 0);
+      CHECK(e.find(c.message) != std::string::npos);
+      CHECK(no_outputs(out));
+      std::ofstream(c.file, std::ios::binary) << saved;
+    }
+  }
+}
+
+TEST_CASE("convert: a failed re-conversion leaves the earlier results exactly as they were") {
+  LOUPE_REQUIRE_SHARED();
+  fs::path d = fixture("reconvert");
+  auto opts = quiet();
+  opts.vision_tower = (d / "vit").string();
+  const fs::path out = d / "out";
+  const ConvertResult first = convert_model((d / "llm").string(), out.string(), opts);
+  const std::string text = loupe_test::slurp(first.text_path), mmproj = loupe_test::slurp(first.mmproj_path);
+  // The text model converts (into a temporary), then the tower fails.
+  edit_json(d / "vit" / "config.json", "\"hidden_act\": \"quick_gelu\"", "\"hidden_act\": \"relu\"");
+  opts.outtype = DType::Q8_0;  // different bytes, had they landed
+  CHECK(error_of([&] { convert_model((d / "llm").string(), out.string(), opts); }).find("hidden_act 'relu'") != std::string::npos);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(out)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  CHECK(names == std::vector<std::string>{"m.gguf", "mmproj-m.gguf"});
+  CHECK(loupe_test::slurp(first.text_path) == text);
+  CHECK(loupe_test::slurp(first.mmproj_path) == mmproj);
+}
+
+TEST_CASE("convert: loupe-convert interrupted by SIGINT, SIGTERM or SIGHUP leaves no temporary file") {
+  LOUPE_REQUIRE_SHARED();
+  const fs::path model = loupe_test::shared_dir() / "models/llama2xs-bf16-sharded";
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    const fs::path out = loupe_test::scratch("convert_signal_" + std::to_string(sig));
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const std::string m = model.string(), o = out.string(), exe = bin("loupe-convert");
+      freopen("/dev/null", "w", stderr);
+      execl(exe.c_str(), exe.c_str(), "--model", m.c_str(), "--outtype", "q4_0", "-q", "-o", o.c_str(), (char*)nullptr);
+      _exit(127);
+    }
+    // Wait until the temporary file exists, then interrupt.
+    bool seen = false;
+    for (int i = 0; i < 20000 && !seen; ++i) {
+      if (fs::exists(out))
+        for (const auto& e : fs::directory_iterator(out)) seen |= e.path().extension() == ".tmp";
+      if (!seen) usleep(500);
+    }
+    kill(pid, sig);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    INFO("signal " << sig);
+    REQUIRE_MESSAGE(seen, "the conversion never showed its temporary file");
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == sig);
+    if (fs::exists(out))
+      for (const auto& e : fs::directory_iterator(out)) CHECK_MESSAGE(false, "left behind: " << e.path());
   }
 }
 

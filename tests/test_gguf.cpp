@@ -2,7 +2,10 @@
 
 #include <loupe/io/gguf.hpp>
 
+#include <cstdlib>
 #include <random>
+
+#include <sys/resource.h>
 
 using namespace loupe;
 using loupe_test::error_of;
@@ -120,8 +123,9 @@ TEST_CASE("gguf: write_file is atomic") {
   bad.add_tensor("broken", DType::F32, {4}, [](std::vector<uint8_t>&) { fail("source shard vanished"); });
   const std::string p2 = (dir / "bad.gguf").string();
   CHECK(error_of([&] { bad.write_file(p2); }) == "source shard vanished");
-  CHECK(!std::filesystem::exists(p2));
-  CHECK(!std::filesystem::exists(p2 + ".tmp"));
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) left.push_back(e.path().filename().string());
+  CHECK(left == std::vector<std::string>{"m.gguf"});  // no bad.gguf, no temporary
   // A producer with the wrong size is refused.
   GgufWriter wrong;
   wrong.add_tensor("w", DType::F32, {4}, [](std::vector<uint8_t>& out) { out.resize(8); });
@@ -179,4 +183,61 @@ TEST_CASE("gguf: malformed files are refused with a message naming the file and 
   CHECK(error_of([&] { GgufFile::parse(blob_of(one_tensor(1024, 0, 0))); })
             .find("test.gguf: tensor 'w' (F32 [1024], 4096 bytes at data offset 0) runs past the end of the file") == 0);
   CHECK(error_of([&] { GgufFile::parse(blob_of(one_tensor(64, 0, 0, uint64_t(1) << 60))); }).find("claims") != std::string::npos);
+}
+
+namespace {
+// A GGUF by hand: one u8 array of `n` zeros under "big", no tensors.
+std::vector<uint8_t> gguf_with_u8_array(uint64_t n) {
+  std::vector<uint8_t> b;
+  auto put = [&](const void* p, size_t k) { b.insert(b.end(), (const uint8_t*)p, (const uint8_t*)p + k); };
+  auto u32 = [&](uint32_t x) { put(&x, 4); };
+  auto u64 = [&](uint64_t x) { put(&x, 8); };
+  put("GGUF", 4), u32(3), u64(0), u64(1);
+  u64(3), put("big", 3), u32(uint32_t(GgufType::ARRAY)), u32(uint32_t(GgufType::U8)), u64(n);
+  b.resize(b.size() + n, 0);
+  return b;
+}
+long peak_rss_mb() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024;
+}
+}  // namespace
+
+TEST_CASE("gguf: metadata that would balloon in memory is refused before it is allocated, under a limit the user can raise") {
+  // 20 MB of u8 array would cost 20M parsed values (~1.7 GB): refused, and the
+  // process grows by little more than the file's own 20 MB.
+  unsetenv("LOUPE_MAX_GGUF_METADATA_MB");
+  Blob big = blob_of(gguf_with_u8_array(20'000'000), "big.gguf");
+  const long before = peak_rss_mb();
+  const std::string e = error_of([&] { GgufFile::parse(big); });
+  CHECK(e == "big.gguf: metadata 'big' would take more memory than the 256 MiB limit (LOUPE_MAX_GGUF_METADATA_MB=256; "
+             "set LOUPE_MAX_GGUF_METADATA_MB higher if the file is legitimate)");
+  CHECK(peak_rss_mb() - before < 64);
+  // The limit is the variable's: 20000 values (~1.8 MB) pass at 4 MiB, not at 1.
+  const Blob small = blob_of(gguf_with_u8_array(20000), "small.gguf");
+  setenv("LOUPE_MAX_GGUF_METADATA_MB", "1", 1);
+  CHECK(error_of([&] { GgufFile::parse(small); }).find("the 1 MiB limit") != std::string::npos);
+  setenv("LOUPE_MAX_GGUF_METADATA_MB", "4", 1);
+  CHECK(GgufFile::parse(small).get_array("big", GgufType::U8).arr.size() == 20000);
+  setenv("LOUPE_MAX_GGUF_METADATA_MB", "lots", 1);
+  CHECK(error_of([&] { GgufFile::parse(small); }) == "LOUPE_MAX_GGUF_METADATA_MB='lots' is not a positive whole number of MiB");
+  unsetenv("LOUPE_MAX_GGUF_METADATA_MB");
+}
+
+TEST_CASE("gguf: general.alignment 1 is read, but a tensor it leaves misaligned for its loads is refused") {
+  GgufWriter w;
+  w.set("general.alignment", GgufValue::u32(1));
+  w.set("pad", GgufValue::str("x"));  // makes the data start at an odd offset
+  w.add_tensor("w", DType::F32, {8}, [](std::vector<uint8_t>& out) { out.assign(32, 0); });
+  std::vector<uint8_t> bytes = w.to_bytes();
+  const std::string e = error_of([&] { GgufFile::parse(blob_of(bytes)); });
+  CHECK(e.rfind("test.gguf: tensor 'w' starts at file offset ", 0) == 0);
+  CHECK(e.find("not a multiple of 4 (its element alignment; general.alignment is 1)") != std::string::npos);
+  // Bytes (I8) need no alignment and load.
+  GgufWriter ok;
+  ok.set("general.alignment", GgufValue::u32(1));
+  ok.set("pad", GgufValue::str("x"));
+  ok.add_tensor("w", DType::I8, {8}, [](std::vector<uint8_t>& out) { out.assign(8, 7); });
+  CHECK(GgufFile::parse(blob_of(ok.to_bytes())).get_tensor("w").view.nbytes() == 8);
 }

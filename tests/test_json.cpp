@@ -5,6 +5,7 @@
 #include <loupe/io/json.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -209,4 +210,25 @@ TEST_CASE("json: load names the file") {
   Json c = Json::load(path);
   CHECK(c.at("hidden_size").integer() == 64);
   CHECK(error_of([&] { c.at("no_such_key"); }).find(path) == 0);
+}
+
+TEST_CASE("json: a model-directory file past the size limit is refused before it is parsed; the limit can be raised") {
+  const auto dir = loupe_test::scratch("json_limit");
+  const std::string path = (dir / "config.json").string();
+  {
+    // 2 MiB of small numbers: the shape that costs the most memory per byte.
+    std::ofstream f(path, std::ios::binary);
+    f << "[0";
+    for (int i = 0; i < (1 << 20); ++i) f << ",0";
+    f << "]";
+  }
+  setenv("LOUPE_MAX_JSON_MB", "1", 1);
+  CHECK(error_of([&] { Json::load(path); }) ==
+        path + ": 2097155 bytes of JSON is more than the 1 MiB limit (LOUPE_MAX_JSON_MB=1; set LOUPE_MAX_JSON_MB higher "
+               "if the file is legitimate)");
+  setenv("LOUPE_MAX_JSON_MB", "3", 1);
+  CHECK(Json::load(path).size() == (1 << 20) + 1);
+  unsetenv("LOUPE_MAX_JSON_MB");
+  // A node is what a hostile document multiplies (one per two bytes): keep it small.
+  CHECK(sizeof(Json) <= 64);
 }

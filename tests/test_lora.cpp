@@ -7,6 +7,8 @@
 //   the real stories260K weights.
 #include "test_util.hpp"
 
+#include <chrono>
+
 #include <loupe/convert/convert.hpp>
 #include <loupe/pipeline/lora.hpp>
 #include <loupe/io/npy.hpp>
@@ -330,6 +332,89 @@ TEST_CASE("lora: clear errors for broken adapters and adapters of another base")
   CHECK(err(f.gguf, cfg).find("not a LoRA adapter") != std::string::npos);
   // A base GGUF whose config cannot be found for the q/k order.
   CHECK(error_of([&] { convert_lora(d + "/bad_rank", (f.dir / "x").string(), o, d + "/none"); }).find("config.json") != std::string::npos);
+}
+
+namespace {
+
+// The demo model's config (demo/, in the repository): a base for adapters written here.
+const LlamaConfig& demo_config() {
+  static const LlamaConfig c = LanguageModel::open(loupe_test::source_dir().string() + "/demo/shapes-q4_0.gguf").model.cfg;
+  return c;
+}
+
+// A PEFT directory written here, without the reference: adapter_config.json as
+// given and, when rank >= 0, adapter_model.safetensors with a zero F32
+// lora_A [rank, in] / lora_B [out, rank] for layer 0's q_proj of `c`.
+fs::path peft_dir(const std::string& name, const std::string& config, const LlamaConfig& c, int64_t rank = -1) {
+  const fs::path d = loupe_test::scratch("lora_cfg_" + name);
+  std::ofstream(d / "adapter_config.json") << config;
+  if (rank < 0) return d;
+  std::vector<int64_t> shape;
+  for (const LlamaTensor& t : llama_tensors(c))
+    if (t.hf == "model.layers.0.self_attn.q_proj.weight") shape = t.shape;
+  REQUIRE(shape.size() == 2);
+  const std::string m = "base_model.model.model.layers.0.self_attn.q_proj";
+  const int64_t na = rank * shape[1] * 4, nb = shape[0] * rank * 4;
+  std::string h = "{\"" + m + ".lora_A.weight\":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(rank) + "," +
+                  std::to_string(shape[1]) + "],\"data_offsets\":[0," + std::to_string(na) + "]},\"" + m +
+                  ".lora_B.weight\":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(shape[0]) + "," + std::to_string(rank) +
+                  "],\"data_offsets\":[" + std::to_string(na) + "," + std::to_string(na + nb) + "]}}";
+  std::ofstream f(d / "adapter_model.safetensors", std::ios::binary);
+  const uint64_t len = h.size();
+  for (int i = 0; i < 8; ++i) f.put(char((len >> (8 * i)) & 0xFF));
+  f << h << std::string(size_t(na + nb), '\0');
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("lora: hostile adapter_config.json (catastrophic regex, deep nesting, rank 0) is a clear error naming the file") {
+  const LlamaConfig& c = demo_config();
+  auto err = [&](const fs::path& d) { return error_of([&] { LoraAdapter::load(d.string(), c); }); };
+  // The pattern that makes a backtracking engine (std::regex) run for ever: matched in linear time here.
+  auto t0 = std::chrono::steady_clock::now();
+  std::string e = err(peft_dir("redos", R"({"r": 1, "target_modules": "((\\w|\\.)*)*Z"})", c, 1));
+  MESSAGE(e);
+  CHECK(e.find("adapter_config.json: target_modules '((\\w|\\.)*)*Z' matches no module of the base model") != std::string::npos);
+  CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 2.0);
+  // ... and as a rank_pattern key it is tried on every module, quickly, matching none.
+  t0 = std::chrono::steady_clock::now();
+  const LoraAdapter a = LoraAdapter::load(
+      peft_dir("redos_key", R"({"r": 1, "lora_alpha": 2, "target_modules": ["q_proj"], "rank_pattern": {"((\\w|\\.)*)*Z": 4},
+            "alpha_pattern": {"layers\\.0\\.self_attn\\.q_proj": 3}})", c, 1).string(), c);
+  CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 2.0);
+  REQUIRE(a.weights.size() == 1);
+  CHECK(a.weights[0].scaling == 3.0f);  // alpha_pattern's 3 / r 1
+  // Deep nesting: an error, not a stack overflow.
+  const std::string deep = std::string(20000, '(') + "q_proj" + std::string(20000, ')');
+  e = err(peft_dir("deep", "{\"target_modules\": \"" + deep + "\"}", c));
+  CHECK(e.find("adapter_config.json: target_modules: the pattern is 40006 bytes long") != std::string::npos);
+  CHECK(e.size() < 400);
+  e = err(peft_dir("deep_key", "{\"rank_pattern\": {\"" + std::string(100, '(') + "q" + std::string(100, ')') + "\": 4}}", c));
+  CHECK(e.find("adapter_config.json: rank_pattern '((((") != std::string::npos);
+  CHECK(e.find("groups nested more than 64 deep") != std::string::npos);
+  // Syntax outside the subset names the file, the key and the construct.
+  e = err(peft_dir("lookahead", R"({"alpha_pattern": {"(?!lm_head)q_proj": 4}})", c));
+  CHECK(e.find("adapter_config.json: alpha_pattern '(?!lm_head)q_proj': lookahead assertions") != std::string::npos);
+  // Rank 0 (a division by zero in alpha / r) and other out-of-range values, named by key.
+  e = err(peft_dir("rank0", R"({"r": 8, "rank_pattern": {"q_proj": 0}})", c, 0));
+  MESSAGE(e);
+  CHECK(e.find("adapter_config.json: rank_pattern 'q_proj' must be an integer from 1 to 65536, is 0") != std::string::npos);
+  CHECK(err(peft_dir("r0", R"({"r": 0})", c)).find("adapter_config.json: r must be an integer from 1 to 65536, is 0") !=
+        std::string::npos);
+  CHECK(err(peft_dir("rbig", R"({"rank_pattern": {"v_proj": 1e9}})", c)).find("rank_pattern 'v_proj' must be an integer") !=
+        std::string::npos);
+  CHECK(err(peft_dir("rfrac", R"({"rank_pattern": {"v_proj": 2.5}})", c)).find("rank_pattern 'v_proj' must be an integer") !=
+        std::string::npos);
+  CHECK(err(peft_dir("rstr", R"({"rank_pattern": {"v_proj": "8"}})", c)).find("is string") != std::string::npos);
+  CHECK(err(peft_dir("abig", R"({"alpha_pattern": {"v_proj": 1e39}})", c))
+            .find("adapter_config.json: alpha_pattern 'v_proj' must be a finite number") != std::string::npos);
+  CHECK(err(peft_dir("anull", R"({"lora_alpha": true})", c)).find("adapter_config.json: lora_alpha must be a finite number") !=
+        std::string::npos);
+  // Rank-0 tensors (safetensors allow 0-sized dimensions) are an error too, not a SIGFPE.
+  e = err(peft_dir("tensors0", R"({"r": 8})", c, 0));
+  CHECK(e.find("adapter_model.safetensors: module 'model.layers.0.self_attn.q_proj': lora_A [0, ") != std::string::npos);
+  CHECK(e.find("has rank 0") != std::string::npos);
 }
 
 TEST_CASE("lora: QLoRA — an adapter on a Q4_0 base equals PEFT's forward on the dequantised Q4_0 weights") {

@@ -211,6 +211,9 @@ TEST_CASE("torch.save: refused inputs say which file and what is wrong") {
       {"bad_huge.bin", "tensor 'bad.huge': size overflows 64 bits"},
       {"bad_huge_stride.bin", "tensor 'bad.huge_stride': size overflows 64 bits"},
       {"bad_rank.bin", "tensor 'bad.rank': size has 2 dims but stride has 1"},
+      // A stride-0 view whose copy would be 2 GiB: refused before anything is allocated.
+      {"bad_expand.bin", "tensor 'bad.expand': a strided view (shape [32768, 16384]) whose copy of 2147483648 bytes would take "
+                         "the copies of this "},
   };
   for (const Bad& b : bad) {
     msg = torch_error(p(b.file));
@@ -218,6 +221,9 @@ TEST_CASE("torch.save: refused inputs say which file and what is wrong") {
     CHECK(msg.rfind(p(b.file) + ": tensor", 0) == 0);
     CHECK(contains(msg, b.message));
   }
+
+  CHECK(contains(torch_error(p("bad_expand.bin")), "past its size plus the 256 MiB limit (LOUPE_MAX_STRIDED_COPY_MB=256; "
+                                                    "set LOUPE_MAX_STRIDED_COPY_MB higher if the file is legitimate)"));
 
   // Duplicate names: the reader hands both out, Checkpoint refuses them.
   CHECK(loupe::read_torch_checkpoint(p("bad_dup.bin")).size() == 2);

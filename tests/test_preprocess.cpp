@@ -6,8 +6,11 @@
 #include <loupe/vision/preprocess.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <random>
+
+#include <sys/resource.h>
 
 namespace {
 namespace fs = std::filesystem;
@@ -244,4 +247,59 @@ TEST_CASE("tiny and odd-shaped images go through the whole pipeline like the ref
     REQUIRE(t.shape == std::vector<int64_t>{3, c.crop, c.crop});
     CHECK(max_abs_diff(t, dir / ("out" + std::to_string(i) + ".npy")) <= 1e-5f);
   }
+}
+
+namespace {
+size_t peak_rss_mb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return size_t(ru.ru_maxrss) / 1024;  // KiB on Linux
+}
+// The call must throw loupe::Error containing every one of `parts`.
+template <class F>
+void check_error(F&& f, std::initializer_list<const char*> parts) {
+  std::string msg;
+  try {
+    f();
+  } catch (const loupe::Error& e) {
+    msg = e.what();
+  }
+  INFO("message: " << msg);
+  REQUIRE(!msg.empty());
+  for (const char* p : parts) CHECK(msg.find(p) != std::string::npos);
+}
+}  // namespace
+
+TEST_CASE("preprocess: a padded square past the pixel limit is refused before it is allocated") {
+  loupe::PreprocessConfig cfg;  // pad_to_square, 336
+  const size_t rss0 = peak_rss_mb();  // the process's peak so far (earlier cases, sanitizer shadow)
+  // 100000 x 1 passes the limit (100000 pixels); its square, 10^10 pixels, is 30 GB.
+  const loupe::Image wide(100000, 1);
+  check_error([&] { loupe::preprocess(wide, cfg, "wide.png"); },
+              {"wide.png: padding the 100000x1 image to a square", "100000x100000 = 10000000000 pixels",
+               "more than the limit of 178956970", "LOUPE_MAX_IMAGE_PIXELS"});
+  const loupe::Image tall(3, 70000);  // 4.9e9 pixels padded
+  check_error([&] { loupe::expand_to_square(tall, {1, 2, 3}, "tall.gif"); }, {"tall.gif: padding the 3x70000", "4900000000 pixels"});
+  MESSAGE("peak RSS " << rss0 << " MB before, " << peak_rss_mb() << " MB after");
+  CHECK(peak_rss_mb() < rss0 + 100);
+
+  // At the limit exactly the square is made; one pixel of side more, it is not.
+  ::setenv("LOUPE_MAX_IMAGE_PIXELS", "10000", 1);
+  cfg.shortest_edge = cfg.crop_width = cfg.crop_height = 64;  // the resize target (64 x 64) within the limit too
+  const loupe::Tensor t = loupe::preprocess(loupe::Image(100, 1), cfg, "ok.png");
+  CHECK(t.shape == std::vector<int64_t>{3, 64, 64});
+  check_error([&] { loupe::preprocess(loupe::Image(101, 1), cfg, "big.png"); }, {"big.png", "101x101 = 10201 pixels", "limit of 10000"});
+  ::unsetenv("LOUPE_MAX_IMAGE_PIXELS");
+}
+
+TEST_CASE("preprocess: a resize whose long side passes int or the pixel limit is refused, not converted") {
+  loupe::PreprocessConfig cfg;
+  cfg.pad_to_square = false;
+  const size_t rss0 = peak_rss_mb();
+  // 1 x 100000, shortest edge 336: 336 x 33600000 = 11289600000 pixels.
+  check_error([&] { loupe::preprocess(loupe::Image(1, 100000), cfg, "needle.png"); },
+              {"needle.png: resizing 1x100000 to shortest edge 336 gives 336x33600000 pixels", "more than the limit"});
+  // 336 * 2^30 = 360777252864 does not fit int.
+  check_error([&] { loupe::shortest_edge_size(1, 1 << 30, 336); }, {"shortest_edge_size", "too many"});
+  CHECK(peak_rss_mb() < rss0 + 100);
 }

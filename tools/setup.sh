@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 debs=(cmake g++ make pkg-config libeigen3-dev libstb-dev libsentencepiece-dev doctest-dev
       python3-torch python3-numpy python3-pil python3-sentencepiece emscripten chromium
-      libcpp-httplib-dev slurm-wlm munge g++-aarch64-linux-gnu qemu-user)
+      libcpp-httplib-dev slurm-wlm munge g++-aarch64-linux-gnu qemu-user clang libclang-rt-dev)
 # cpp-httplib: loupe serve; slurm-wlm + munge: the caption_slurm test starts a one-node cluster;
-# the last two: the NEON kernels run under qemu (tests/cross)
+# g++-aarch64 + qemu-user: the NEON kernels run under qemu (tests/cross); clang + its runtime
+# (libFuzzer, ASan, UBSan): the sanitizer job and tests/fuzz
 command -v node >/dev/null 2>&1 || debs+=(nodejs npm)
 missing=()
 for p in "${debs[@]}"; do

@@ -407,7 +407,7 @@ int caption(const Args& a, const std::vector<std::pair<std::string, float>>& lor
           const loupe::Image img = it.tar ? loupe::decode_image(reinterpret_cast<const uint8_t*>(it.tar->data(*it.member).data()),
                                                                 it.member->size, it.image)
                                           : loupe::load_image(it.image);
-          p.pixels = std::make_shared<const loupe::Tensor>(loupe::preprocess(img, pre));
+          p.pixels = std::make_shared<const loupe::Tensor>(loupe::preprocess(img, pre, it.image));
         } catch (const std::exception& e) {
           p.error = e.what();
         }

@@ -233,7 +233,7 @@ std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a, const std::
   s->chat = std::make_unique<loupe::VisionChat>(s->lm, s->vm, opt, s->pool.get());
   load_loras(s->chat->session(), loras);
   s->load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  if (with_image) s->chat->set_image(loupe::load_image(image));
+  if (with_image) s->chat->set_image(loupe::load_image(image), image);
   return s;
 }
 
@@ -405,7 +405,8 @@ int cmd_eval(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
     loupe::ProgressBar bar("eval " + cond, items.size(), 0);
     bar.unit("images");
     for (size_t i = 0; i < items.size(); ++i) {
-      s->chat->set_image(loupe::load_image((fs::path(dir) / items[i].image).string()));
+      const std::string path = (fs::path(dir) / items[i].image).string();
+      s->chat->set_image(loupe::load_image(path), path);
       loupe::Generation g = s->chat->ask(items[i].prompt);
       const char* ws = " \t\n\r\f\v";  // the text without surrounding whitespace, as Python's strip()
       const size_t b0 = g.text.find_first_not_of(ws);

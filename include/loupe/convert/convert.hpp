@@ -68,10 +68,12 @@ struct HfTextConfig {
     c.tied = j.get_or<bool>("tie_word_embeddings", false);
     if (const Json* rs = j.find("rope_scaling"); rs && !rs->is_null())
       fail(j.where(), "rope_scaling is not supported");
-    if (c.dim <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.dim % c.n_heads || c.n_heads % c.n_kv_heads ||
-        (c.dim / c.n_heads) % 2)
-      fail(j.where(), "inconsistent sizes: hidden_size ", c.dim, ", num_attention_heads ", c.n_heads,
-           ", num_key_value_heads ", c.n_kv_heads);
+    LlamaConfig l;
+    l.n_vocab = c.n_vocab, l.dim = c.dim, l.n_layers = c.n_layers, l.n_heads = c.n_heads, l.n_kv_heads = c.n_kv_heads;
+    l.ffn_dim = c.ffn_dim, l.n_ctx = c.n_ctx, l.rms_eps = float(c.rms_eps), l.rope_base = float(c.rope_theta);
+    const std::string src = j.source ? *j.source : std::string("config.json");
+    check_llama_sizes(l, src, kHfLlamaKeys);
+    if (c.n_vocab < 1) fail(src, ": vocab_size ", c.n_vocab, " is out of range");
     return c;
   }
 };
@@ -311,6 +313,15 @@ inline int64_t known_tower_heads(const std::string& hub_id) {
   return 0;
 }
 
+// check_clip_sizes for a tower's config.json (or its weights' shapes).
+inline void check_vision_sizes(const HfVisionConfig& v, const std::string& where) {
+  ClipConfig c;
+  c.image_size = v.image_size, c.patch_size = v.patch_size, c.dim = v.dim, c.ffn_dim = v.ffn_dim, c.n_heads = v.n_heads;
+  c.eps = float(v.eps);
+  for (size_t i = 0; i < 3; ++i) c.mean[i] = float(v.mean[i]), c.std[i] = float(v.std[i]);
+  check_clip_sizes(c, v.n_layers, where, kHfClipKeys);
+}
+
 inline HfVisionConfig read_vision_config(const std::string& dir) {
   namespace fs = std::filesystem;
   HfVisionConfig v;
@@ -326,6 +337,7 @@ inline HfVisionConfig read_vision_config(const std::string& dir) {
   v.eps = j.get_or<double>("layer_norm_eps", 1e-5);
   v.act = j.get_or<std::string>("hidden_act", "quick_gelu");
   if (v.act != "quick_gelu" && v.act != "gelu") fail(dir, "/config.json: hidden_act '", v.act, "' is not supported (quick_gelu or gelu)");
+  check_vision_sizes(v, (fs::path(dir) / "config.json").string());
   const fs::path pp = fs::path(dir) / "preprocessor_config.json";
   if (fs::exists(pp)) {
     const Json p = Json::load(pp.string());
@@ -336,6 +348,7 @@ inline HfVisionConfig read_vision_config(const std::string& dir) {
       auto& dst = std::string(key) == "image_mean" ? v.mean : v.std;
       for (size_t i = 0; i < 3; ++i) dst[i] = a->array()[i].number();
     }
+    check_vision_sizes(v, pp.string());  // image_mean / image_std
     // crop_size / size may be ints (CLIPFeatureExtractor) or objects (CLIPImageProcessor).
     auto side = [&](const char* key, const char* sub) -> int64_t {
       const Json* x = p.find(key);
@@ -370,8 +383,11 @@ inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const 
     const SourceTensor& pe = vck.get(P + "embeddings.patch_embedding.weight");
     const SourceTensor& pos = vck.get(P + "embeddings.position_embedding.weight");
     const SourceTensor& fc1 = vck.get(P + clip_block_hf(0) + "mlp.fc1.weight");
+    if (pe.shape.size() != 4 || pos.shape.size() != 2 || fc1.shape.size() != 2 || pos.shape[0] < 2)
+      fail(vwhere, ": the tower's patch embedding (", pe.shape_str(), "), position embedding (", pos.shape_str(),
+           ") or first MLP (", fc1.shape_str(), ") has the wrong number of dimensions");
     v.dim = pe.shape[0];
-    v.patch_size = pe.shape.size() == 4 ? pe.shape[2] : 0;
+    v.patch_size = pe.shape[2];
     v.ffn_dim = fc1.shape[0];
     while (vck.find(P + clip_block_hf(v.n_layers) + "self_attn.q_proj.weight")) ++v.n_layers;
     const int64_t g = int64_t(std::lround(std::sqrt(double(pos.shape[0] - 1))));
@@ -379,6 +395,7 @@ inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const 
     v.n_heads = known_tower_heads(hub);
     if (!v.n_heads)
       fail(dir, ": the checkpoint embeds vision tower '", hub, "' but no tower config.json was found; pass --vision-tower DIR");
+    check_vision_sizes(v, vwhere + " (the tower's sizes, read from its weights)");
   }
   const std::string select_feature = config.get_or<std::string>("mm_vision_select_feature", "patch");
   if (select_feature != "patch") fail(dir, "/config.json: mm_vision_select_feature '", select_feature, "' is not supported (patch)");

@@ -97,7 +97,7 @@ struct Checkpoint {
 
   void open_index(const std::string& text) {
     namespace fs = std::filesystem;
-    Json idx = Json::parse(text, source);
+    Json idx = Json::parse_file_text(text, source);
     const Json* wm = idx.is_object() ? idx.find("weight_map") : nullptr;
     if (!wm || !wm->is_object()) fail(source, ": index has no \"weight_map\" object");
     std::unordered_map<std::string, std::string> shard_of;

@@ -15,15 +15,39 @@
 
 #include "../core/error.hpp"
 
+#include <sys/stat.h>
 #if !defined(_WIN32) && !defined(__EMSCRIPTEN__)
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #define LOUPE_HAVE_MMAP 1
 #endif
 
 namespace loupe {
+
+namespace detail {
+// Only regular files are read: a FIFO would block the open or the read for ever,
+// /dev/zero would never end. Empty when `mode` is a regular file, else what it is.
+inline const char* not_regular_file(unsigned mode) {
+  switch (mode & S_IFMT) {
+    case S_IFREG: return "";
+    case S_IFDIR: return "a directory";
+#ifdef S_IFIFO
+    case S_IFIFO: return "a FIFO (named pipe)";
+#endif
+#ifdef S_IFCHR
+    case S_IFCHR: return "a character device";
+#endif
+#ifdef S_IFBLK
+    case S_IFBLK: return "a block device";
+#endif
+#ifdef S_IFSOCK
+    case S_IFSOCK: return "a socket";
+#endif
+    default: return "not a regular file";
+  }
+}
+}  // namespace detail
 
 struct Blob {
   const uint8_t* data = nullptr;
@@ -34,16 +58,17 @@ struct Blob {
   // Map (or read) a whole file.
   static Blob open(const std::string& path) {
 #ifdef LOUPE_HAVE_MMAP
-    int fd = ::open(path.c_str(), O_RDONLY);
+    // O_NONBLOCK: opening a FIFO without a writer returns at once (then refused below).
+    int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
     struct stat st {};
     if (fstat(fd, &st) != 0) {
       ::close(fd);
       fail(path, ": cannot stat: ", std::strerror(errno));
     }
-    if (S_ISDIR(st.st_mode)) {
+    if (const char* what = detail::not_regular_file(unsigned(st.st_mode)); *what) {
       ::close(fd);
-      fail(path, ": is a directory, expected a file");
+      fail(path, ": is ", what, ", expected a regular file");
     }
     Blob b;
     b.name = path;
@@ -61,6 +86,10 @@ struct Blob {
     b.data = static_cast<const uint8_t*>(p);
     return b;
 #else
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) fail(path, ": cannot open: ", std::strerror(errno));
+    if (const char* what = detail::not_regular_file(unsigned(st.st_mode)); *what)
+      fail(path, ": is ", what, ", expected a regular file");
     std::FILE* f = std::fopen(path.c_str(), "rb");
     if (!f) fail(path, ": cannot open");
     std::vector<uint8_t> buf;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "file.hpp"
+#include "limits.hpp"
 #include "output_files.hpp"
 #include "../core/tensor.hpp"
 
@@ -158,7 +159,18 @@ inline size_t scalar_size(GgufType t) {
   }
 }
 
-inline GgufValue read_value(Reader& r, GgufType t, const std::string& key, int depth) {
+// What the parsed metadata may still take (kGgufMetadataLimit), charged before
+// each allocation the file's numbers ask for.
+struct MetadataBudget {
+  uint64_t left = kGgufMetadataLimit.value();
+  void charge(const Reader& r, const std::string& key, uint64_t bytes) {
+    if (bytes > left)
+      fail(r.blob.name, ": metadata '", key, "' would take more memory than ", kGgufMetadataLimit.describe());
+    left -= bytes;
+  }
+};
+
+inline GgufValue read_value(Reader& r, GgufType t, const std::string& key, int depth, MetadataBudget& budget) {
   GgufValue v;
   v.type = t;
   switch (t) {
@@ -178,7 +190,10 @@ inline GgufValue read_value(Reader& r, GgufType t, const std::string& key, int d
       v.i = b;
       break;
     }
-    case GgufType::STRING: v.s = read_string(r, "string value"); break;
+    case GgufType::STRING:
+      v.s = read_string(r, "string value");  // no longer than the file
+      budget.charge(r, key, v.s.size());     // (the GgufValue itself is charged by the caller)
+      break;
     case GgufType::ARRAY: {
       if (depth > 0) fail(r.blob.name, ": metadata '", key, "': nested arrays are not supported");
       uint32_t et = r.read<uint32_t>("array element type");
@@ -188,8 +203,9 @@ inline GgufValue read_value(Reader& r, GgufType t, const std::string& key, int d
       size_t min_size = v.elem == GgufType::STRING ? 8 : v.elem == GgufType::ARRAY ? 12 : scalar_size(v.elem);
       if (n > r.left() / min_size)
         fail(r.blob.name, ": metadata '", key, "': array of ", n, " ", gguf_type_name(v.elem), " does not fit in the ", r.left(), " bytes left");
+      budget.charge(r, key, n * sizeof(GgufValue));
       v.arr.reserve(size_t(n));
-      for (uint64_t k = 0; k < n; ++k) v.arr.push_back(read_value(r, v.elem, key, depth + 1));
+      for (uint64_t k = 0; k < n; ++k) v.arr.push_back(read_value(r, v.elem, key, depth + 1, budget));
       break;
     }
   }
@@ -217,11 +233,13 @@ inline GgufFile GgufFile::parse(Blob b) {
   if (n_kv > r.left() / 12) fail(fn, ": metadata count ", n_kv, " cannot fit in a ", g.blob.size, "-byte file");
   if (n_tensors > r.left() / 24) fail(fn, ": tensor count ", n_tensors, " cannot fit in a ", g.blob.size, "-byte file");
 
+  MetadataBudget budget;
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key = read_string(r, "metadata key");
+    budget.charge(r, key, sizeof(GgufValue) + 2 * key.size() + 64);  // the entry, its key twice (kv, kv_index), the index node
     uint32_t t = r.read<uint32_t>("metadata type");
     if (t > 12) fail(fn, ": metadata '", key, "' has invalid type ", t, " at offset ", r.pos - 4);
-    GgufValue v = read_value(r, GgufType(t), key, 0);
+    GgufValue v = read_value(r, GgufType(t), key, 0, budget);
     if (g.kv_index.count(key)) fail(fn, ": duplicate metadata key '", key, "'");
     g.kv_index[key] = g.kv.size();
     g.kv.emplace_back(std::move(key), std::move(v));
@@ -268,6 +286,13 @@ inline GgufFile GgufFile::parse(Blob b) {
       fail(fn, ": tensor '", t.name, "' (", dtype_name(t.dtype), " ", t.view.shape_str(), ", ", n, " bytes at data offset ",
            t.offset, ") runs past the end of the file (truncated?)");
     t.view.data = g.blob.data + g.data_offset + t.offset;
+    // general.alignment may legally be 1, but kernels load an F32 as a float
+    // and a block's f16 scale as a uint16: a misaligned tensor would be UB.
+    const DTypeInfo info = dtype_info(t.dtype);
+    const size_t need = info.block == 1 ? size_t(info.block_bytes) : info.block_bytes % 2 ? 1 : 2;
+    if (reinterpret_cast<uintptr_t>(t.view.data) % need)
+      fail(fn, ": tensor '", t.name, "' starts at file offset ", g.data_offset + t.offset, ", not a multiple of ", need,
+           " (its element alignment; general.alignment is ", g.alignment, "): re-write the file with the default alignment 32");
   }
   return g;
 }

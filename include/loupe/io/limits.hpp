@@ -5,7 +5,9 @@
 //
 //   LOUPE_MAX_JSON_MB    JSON read from a model directory: config.json,
 //                        adapter_config.json, *.index.json, safetensors headers
-//   LOUPE_MAX_GGUF_KEYS  metadata entries in a GGUF file
+//   LOUPE_MAX_GGUF_METADATA_MB  memory a GGUF file's metadata takes once parsed
+//   LOUPE_MAX_STRIDED_COPY_MB   copies of strided tensors in a torch.save file,
+//                               beyond the file's own size
 //
 // A limit is checked before the parse that would allocate, and the error names
 // the file, the limit and its variable.
@@ -50,9 +52,17 @@ struct ReadLimit {
 // index ~60 KB, config.json ~2 KB.
 inline constexpr ReadLimit kJsonFileLimit{"LOUPE_MAX_JSON_MB", 8, uint64_t(1) << 20, "MiB"};
 
-// llama.cpp's GGUFs hold 20-60 metadata keys; each costs ~250 bytes of index,
-// so 65536 keys cap that near 16 MB (array values are stored compactly and do
-// not count against this).
-inline constexpr ReadLimit kGgufKeyLimit{"LOUPE_MAX_GGUF_KEYS", 65536, 1, "keys"};
+// What a GGUF's metadata may cost in memory once parsed: each key or array
+// element is a GgufValue (~90 bytes) plus its string's characters, so a 20 MB
+// u8 array would cost 1.7 GB. Real files are far smaller: LLaMA-2's 32000-token
+// vocabulary (three arrays) ~9 MB, Llama 3's 128k tokens + 280k merges ~65 MB.
+inline constexpr ReadLimit kGgufMetadataLimit{"LOUPE_MAX_GGUF_METADATA_MB", 256, uint64_t(1) << 20, "MiB"};
+
+// A torch.save file's strided views (a transpose, a slice, an expand) are
+// copied out at open. A real checkpoint's copies are at most its own size (a
+// transposed weight is as big as its storage; the one expand in CLIP, the
+// position_ids buffer, has a size-1 dimension), so the copies may take the
+// file's size plus this: an expand of a 514-byte file to 2 GB is refused.
+inline constexpr ReadLimit kStridedCopyLimit{"LOUPE_MAX_STRIDED_COPY_MB", 256, uint64_t(1) << 20, "MiB"};
 
 }  // namespace loupe

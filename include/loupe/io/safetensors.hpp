@@ -49,7 +49,7 @@ inline SafetensorsFile read_safetensors(const Blob& file) {
   if (n > kSafetensorsMaxHeader) fail(fn, ": safetensors header length ", n, " exceeds the 100 MiB limit");
   std::string_view text(reinterpret_cast<const char*>(file.data + 8), size_t(n));
   if (text.empty() || text[0] != '{') fail(fn, ": safetensors header does not start with '{' (not a safetensors file?)");
-  Json h = Json::parse(text, fn + " (safetensors header)");
+  Json h = Json::parse_file_text(text, fn + " (safetensors header)");
   const size_t data_start = 8 + size_t(n);
   const uint64_t data_size = file.size - data_start;
 

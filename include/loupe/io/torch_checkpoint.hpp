@@ -6,12 +6,14 @@
 // requires_grad, backward_hooks[, metadata]) with the storage a persistent id
 // ('storage', torch.<T>Storage, key, location, numel); offsets, sizes and strides
 // count elements. Contiguous tensors become zero-copy slices of the mmapped file;
-// strided views (a transpose, a column slice, an expand) are gathered into owned memory.
+// strided views (a transpose, a column slice, an expand) are gathered into owned
+// memory, within a budget (kStridedCopyLimit) so a stride-0 view cannot blow up.
 #pragma once
 #include <new>
 #include <string>
 #include <vector>
 
+#include "limits.hpp"
 #include "pickle.hpp"
 #include "source_tensor.hpp"
 #include "zip.hpp"
@@ -26,8 +28,9 @@ struct TorchCheckpointReader {
   ZipArchive zip;
   std::string prefix;  // "<archive>/"
   std::vector<SourceTensor> tensors;
+  uint64_t copy_budget;  // bytes strided copies may still take
 
-  explicit TorchCheckpointReader(const Blob& f) : file(f) {}
+  explicit TorchCheckpointReader(const Blob& f) : file(f), copy_budget(f.size + kStridedCopyLimit.value()) {}
 
   void read() {
     const std::string& fn = file.name;
@@ -163,7 +166,10 @@ struct TorchCheckpointReader {
       t.data = st.bytes.slice(size_t(offset) * es, size_t(nbytes), file.name + ":" + name);
       return t;
     }
-    if (nbytes > SIZE_MAX) fail(what, ": ", nbytes, " bytes do not fit in memory");
+    if (nbytes > copy_budget)
+      fail(what, ": a strided view (shape ", t.shape_str(), ") whose copy of ", nbytes, " bytes would take the copies of this ",
+           file.size, "-byte file past its size plus ", kStridedCopyLimit.describe());
+    copy_budget -= nbytes;
     std::vector<uint8_t> out;
     try {
       out.resize(size_t(nbytes));

@@ -27,6 +27,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -35,6 +36,7 @@
 #include "../io/checkpoint.hpp"
 #include "../io/gguf.hpp"
 #include "../io/json.hpp"
+#include "../text/module_pattern.hpp"
 #include "tensors.hpp"
 
 namespace loupe {
@@ -82,6 +84,43 @@ struct LoraAdapter {
   static LoraAdapter from_gguf(const GgufFile& f, const LlamaConfig& base, const GgufFile* replace_file = nullptr);
 };
 
+// adapter_config.json as loupe reads it (PEFT's LoraConfig), checked before any
+// weight is read: the directory is untrusted input, so r, lora_alpha and the
+// rank_pattern / alpha_pattern values are range-checked (a rank of 0 would
+// divide by zero) and every regular expression is compiled by ModulePattern
+// (linear-time, bounded), never by std::regex.
+struct PeftLoraConfig {
+  static constexpr int64_t kMaxRank = 65536;  // far above any published adapter's
+
+  std::string path;  // adapter_config.json, for messages
+  int64_t r = 8;     // PEFT's LoraConfig defaults
+  double alpha = 8.0;
+  bool rslora = false;
+  std::vector<std::string> notes;
+  // target_modules (PEFT's check_target_module_exists): a list of module-name
+  // suffixes (name == t or name ends with "." + t), a regular expression the
+  // whole name must match (re.fullmatch), or "all-linear" (every linear layer
+  // but the output). None: the tensors decide.
+  bool all_linear = false;
+  std::vector<std::string> target_list;
+  std::optional<ModulePattern> target_re;
+  // rank_pattern / alpha_pattern in file order, each key compiled as PEFT's
+  // get_pattern_key matches it: (.*\.)?(key) against the whole module name.
+  struct Pattern {
+    std::string key;
+    ModulePattern re;
+    double value;
+  };
+  std::vector<Pattern> rank_pattern, alpha_pattern;
+
+  // Parses and checks `cfg` (read from `path`); the target list and regular
+  // expression must name modules of `base`.
+  static PeftLoraConfig parse(const Json& cfg, const std::string& path, const LlamaConfig& base);
+  bool targets(const std::string& module) const;
+  int64_t rank_for(const std::string& module) const;  // rank_pattern's first match, else r
+  double alpha_for(const std::string& module) const;  // alpha_pattern's first match, else lora_alpha
+};
+
 namespace lora_detail {
 inline bool is_projector_name(const std::string& gguf) { return gguf.rfind("mm.", 0) == 0; }
 inline std::vector<int64_t> shape_of(const TensorView& v) { return {v.shape.begin(), v.shape.begin() + v.ndim}; }
@@ -103,7 +142,6 @@ std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType
 }  // namespace loupe
 
 #ifdef LOUPE_IMPLEMENTATION
-#include <regex>
 
 namespace loupe {
 
@@ -135,9 +173,12 @@ inline std::vector<Slot> replaceable_slots(const LlamaConfig& c) {
 // LLaVA's mlp2x_gelu projector: model.mm_projector.{0,2}.* -> mm.{0,2}.* (shapes
 // are checked against the vision model when the adapter is activated or merged).
 inline std::string projector_gguf_name(const std::string& hf) {
-  static const std::regex re(R"(^model\.mm_projector\.([02])\.(weight|bias)$)");
-  std::smatch m;
-  return std::regex_match(hf, m, re) ? "mm." + m[1].str() + "." + m[2].str() : std::string();
+  const std::string p = "model.mm_projector.";  // then "0." or "2.", then "weight" or "bias"
+  if (hf.size() < p.size() + 2 || hf.compare(0, p.size(), p) != 0) return "";
+  const char layer = hf[p.size()];
+  const std::string rest = hf.substr(p.size() + 1);
+  if ((layer != '0' && layer != '2') || (rest != ".weight" && rest != ".bias")) return "";
+  return std::string("mm.") + layer + rest;
 }
 
 // An owned copy of `v` with its rows permuted per head (heads > 0), in `to`
@@ -181,24 +222,154 @@ inline Tensor replacement(const TensorView& v, int64_t heads, bool force_f32) {
   return copy_rows(v, heads, (force_f32 || v.ndim == 1) ? std::optional<DType>(DType::F32) : std::nullopt);
 }
 
-// PEFT's get_pattern_key on an ordered {pattern: value} object; nullopt: no key matches.
-inline std::optional<double> pattern_value(const Json* patterns, const std::string& module, const std::string& where) {
-  if (!patterns || patterns->is_null()) return std::nullopt;
-  if (!patterns->is_object()) fail(where, ": rank_pattern / alpha_pattern must be an object");
-  for (size_t i = 0; i < patterns->keys().size(); ++i) {
-    const std::string& key = patterns->keys()[i];
-    std::regex re;
-    try {
-      re = std::regex("(.*\\.)?(" + key + ")");
-    } catch (const std::regex_error&) {
-      fail(where, ": pattern '", key, "' is not a regular expression loupe can read");
-    }
-    if (std::regex_match(module, re)) return patterns->values()[i].number();
+// PEFT's modules_to_save keys: "<module>.modules_to_save[.<adapter>].(weight|bias)"
+// -> "<module>.(weight|bias)"; other names unchanged. (The regular expression
+// ^(.*)\.modules_to_save(\.[^.]+)?\.(weight|bias)$ with its greedy (.*): the
+// shorter form, without an adapter name, wins.)
+inline std::string strip_modules_to_save(const std::string& k) {
+  const std::string tag = ".modules_to_save";
+  const size_t dot = k.rfind('.');
+  if (dot == std::string::npos) return k;
+  const std::string kind = k.substr(dot + 1);
+  if (kind != "weight" && kind != "bias") return k;
+  std::string head = k.substr(0, dot);
+  if (!ends_with(head, tag)) {
+    const size_t d2 = head.rfind('.');  // an adapter name: one non-empty segment
+    if (d2 == std::string::npos || d2 + 1 == head.size()) return k;
+    head = head.substr(0, d2);
+    if (!ends_with(head, tag)) return k;
   }
-  return std::nullopt;
+  return head.substr(0, head.size() - tag.size()) + "." + kind;
+}
+
+// "model.layers.<n>.<a LLaMA linear>" -> "<n>", else "" (for the message about
+// an adapter of a deeper model).
+inline std::string llama_layer_of(const std::string& module) {
+  const std::string p = "model.layers.";
+  if (!starts_with(module, p)) return "";
+  size_t i = p.size();
+  while (i < module.size() && module[i] >= '0' && module[i] <= '9') ++i;
+  if (i == p.size() || i >= module.size() || module[i] != '.') return "";
+  static const char* const linears[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                        "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+  const std::string rest = module.substr(i + 1);
+  for (const char* l : linears)
+    if (rest == l) return module.substr(p.size(), i - p.size());
+  return "";
+}
+
+// A config string for a message: long ones (a hostile pattern) cut short.
+inline std::string shorten(const std::string& s) { return s.size() > 80 ? s.substr(0, 80) + "..." : s; }
+
+// A config number for a message: 0, 2.5, 1e+09.
+inline std::string number_str(double d) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", d);
+  return b;
+}
+
+// r or a rank_pattern value: an integer in 1..kMaxRank (0 would divide by zero in alpha / r).
+inline int64_t checked_rank(const Json& v, const std::string& path, const std::string& what) {
+  const double d = v.is_number() ? v.number() : 0.0;
+  if (!v.is_number() || !(d >= 1 && d <= double(PeftLoraConfig::kMaxRank)) || d != std::floor(d))
+    fail(path, ": ", what, " must be an integer from 1 to ", PeftLoraConfig::kMaxRank, ", is ",
+         v.is_number() ? number_str(d) : std::string(Json::type_name(v.type)));
+  return int64_t(d);
+}
+
+// lora_alpha or an alpha_pattern value: finite, and alpha / r finite in float.
+inline double checked_alpha(const Json& v, const std::string& path, const std::string& what) {
+  if (!v.is_number() || !std::isfinite(v.number()) || std::fabs(v.number()) > double(std::numeric_limits<float>::max()))
+    fail(path, ": ", what, " must be a finite number, is ",
+         v.is_number() ? number_str(v.number()) : std::string(Json::type_name(v.type)));
+  return v.number();
+}
+
+// rank_pattern / alpha_pattern: {key: value} in file order, keys compiled as
+// peft.utils.other.get_pattern_key matches them.
+inline std::vector<PeftLoraConfig::Pattern> read_patterns(const Json& cfg, const char* name, const std::string& path) {
+  std::vector<PeftLoraConfig::Pattern> out;
+  const Json* obj = cfg.find(name);
+  if (!obj || obj->is_null()) return out;
+  if (!obj->is_object()) fail(path, ": ", name, " must be an object ({module pattern: value})");
+  for (size_t i = 0; i < obj->keys().size(); ++i) {
+    const std::string& key = obj->keys()[i];
+    const std::string what = std::string(name) + " '" + shorten(key) + "'";
+    const double value = std::string(name) == "rank_pattern" ? double(checked_rank(obj->values()[i], path, what))
+                                                             : checked_alpha(obj->values()[i], path, what);
+    out.push_back({key, ModulePattern("(.*\\.)?(" + key + ")", path + ": " + what), value});
+  }
+  return out;
 }
 
 }  // namespace lora_detail
+
+PeftLoraConfig PeftLoraConfig::parse(const Json& cfg, const std::string& path, const LlamaConfig& base) {
+  using namespace lora_detail;
+  if (!cfg.is_object()) fail(path, ": expected a JSON object");
+  const std::string peft_type = cfg.get_or<std::string>("peft_type", "LORA");
+  if (peft_type != "LORA") fail(path, ": peft_type '", shorten(peft_type), "' is not supported (only LORA)");
+  if (cfg.get_or<bool>("use_dora", false)) fail(path, ": use_dora is true: DoRA adapters are not supported");
+  if (cfg.get_or<bool>("lora_bias", false)) fail(path, ": lora_bias is true: LoRA B biases are not supported");
+
+  PeftLoraConfig c;
+  c.path = path;
+  if (const Json* r = cfg.find("r"); r && !r->is_null()) c.r = checked_rank(*r, path, "r");
+  if (const Json* al = cfg.find("lora_alpha"); al && !al->is_null()) c.alpha = checked_alpha(*al, path, "lora_alpha");
+  c.rslora = cfg.get_or<bool>("use_rslora", false);
+  c.rank_pattern = read_patterns(cfg, "rank_pattern", path);
+  c.alpha_pattern = read_patterns(cfg, "alpha_pattern", path);
+  if (cfg.get_or<bool>("fan_in_fan_out", false))
+    c.notes.push_back(path + ": fan_in_fan_out is ignored for LLaMA's nn.Linear layers (as PEFT does)");
+
+  const std::vector<Slot> linears = linear_slots(base);
+  const char* module_names = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head";
+  const Json* tm = cfg.find("target_modules");
+  if (tm && tm->is_array()) {
+    for (const Json& t : tm->array()) {
+      if (!t.is_string()) fail(path, ": target_modules must be a list of module names or a string");
+      c.target_list.push_back(t.str());
+    }
+  } else if (tm && tm->is_string()) {
+    if (tm->str() == "all-linear") c.all_linear = true;
+    else c.target_re.emplace(tm->str(), path + ": target_modules");
+  } else if (tm && !tm->is_null()) {
+    fail(path, ": target_modules must be a list of module names or a string");
+  }
+  for (const std::string& t : c.target_list) {
+    bool found = false;
+    for (const Slot& s : linears) found |= s.hf == t || ends_with(s.hf, "." + t);
+    if (!found) fail(path, ": unknown target module '", shorten(t), "': a LLaMA adapter may target ", module_names);
+  }
+  if (c.target_re) {
+    bool found = false;
+    for (const Slot& s : linears) found = found || c.target_re->fullmatch(s.hf);
+    if (!found)
+      fail(path, ": target_modules '", shorten(tm->str()), "' matches no module of the base model (", module_names, ")");
+  }
+  return c;
+}
+
+bool PeftLoraConfig::targets(const std::string& module) const {
+  if (all_linear) return module != "lm_head";
+  if (target_re) return target_re->fullmatch(module);
+  if (target_list.empty()) return true;  // no list: the tensors decide
+  for (const std::string& t : target_list)
+    if (module == t || lora_detail::ends_with(module, "." + t)) return true;
+  return false;
+}
+
+int64_t PeftLoraConfig::rank_for(const std::string& module) const {
+  for (const Pattern& p : rank_pattern)
+    if (p.re.fullmatch(module)) return int64_t(p.value);
+  return r;
+}
+
+double PeftLoraConfig::alpha_for(const std::string& module) const {
+  for (const Pattern& p : alpha_pattern)
+    if (p.re.fullmatch(module)) return p.value;
+  return alpha;
+}
 
 LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig& base) {
   namespace fs = std::filesystem;
@@ -206,68 +377,19 @@ LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig
   const fs::path d(dir);
   const std::string cfg_path = (d / "adapter_config.json").string();
   if (!fs::exists(cfg_path)) fail(dir, ": adapter_config.json is missing (expected a PEFT LoRA directory)");
-  const Json cfg = Json::load(cfg_path);
-  const std::string peft_type = cfg.get_or<std::string>("peft_type", "LORA");
-  if (peft_type != "LORA") fail(cfg_path, ": peft_type '", peft_type, "' is not supported (only LORA)");
-  if (cfg.get_or<bool>("use_dora", false)) fail(cfg_path, ": use_dora is true: DoRA adapters are not supported");
-  if (cfg.get_or<bool>("lora_bias", false)) fail(cfg_path, ": lora_bias is true: LoRA B biases are not supported");
+  const PeftLoraConfig cfg = PeftLoraConfig::parse(Json::load(cfg_path), cfg_path, base);
 
   LoraAdapter a;
   a.name = name_of(dir);
   a.source = dir;
-  a.r = cfg.get_or<int64_t>("r", 8);  // PEFT's LoraConfig defaults
-  a.alpha = cfg.get_or<double>("lora_alpha", 8.0);
-  a.rslora = cfg.get_or<bool>("use_rslora", false);
-  if (a.r <= 0) fail(cfg_path, ": r must be positive, is ", a.r);
-  const Json* rank_pattern = cfg.find("rank_pattern");
-  const Json* alpha_pattern = cfg.find("alpha_pattern");
-  if (cfg.get_or<bool>("fan_in_fan_out", false))
-    a.notes.push_back(cfg_path + ": fan_in_fan_out is ignored for LLaMA's nn.Linear layers (as PEFT does)");
-
+  a.r = cfg.r;
+  a.alpha = cfg.alpha;
+  a.rslora = cfg.rslora;
+  a.notes = cfg.notes;
   const std::vector<Slot> linears = linear_slots(base), whole = replaceable_slots(base);
   auto module_names = [&] {
     return std::string("q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head");
   };
-
-  // target_modules: a list of module-name suffixes (PEFT's check_target_module_exists:
-  // name == t or name ends with "." + t), a regular expression matched against the
-  // whole name, or "all-linear" (every linear layer but the output).
-  const Json* tm = cfg.find("target_modules");
-  std::vector<std::string> target_list;
-  std::optional<std::regex> target_re;
-  bool all_linear = false;
-  if (tm && tm->is_array()) {
-    for (const Json& t : tm->array()) target_list.push_back(t.str());
-  } else if (tm && tm->is_string()) {
-    if (tm->str() == "all-linear") {
-      all_linear = true;
-    } else {
-      try {
-        target_re = std::regex(tm->str());
-      } catch (const std::regex_error&) {
-        fail(cfg_path, ": target_modules '", tm->str(), "' is not a regular expression loupe can read");
-      }
-    }
-  }
-  auto targeted = [&](const std::string& module) {
-    if (all_linear) return module != "lm_head";
-    if (target_re) return std::regex_match(module, *target_re);
-    if (target_list.empty()) return true;  // no list: the tensors decide
-    for (const std::string& t : target_list)
-      if (module == t || ends_with(module, "." + t)) return true;
-    return false;
-  };
-  for (const std::string& t : target_list) {
-    bool found = false;
-    for (const Slot& s : linears) found |= s.hf == t || ends_with(s.hf, "." + t);
-    if (!found)
-      fail(cfg_path, ": unknown target module '", t, "': a LLaMA adapter may target ", module_names());
-  }
-  if (target_re) {
-    bool found = false;
-    for (const Slot& s : linears) found |= std::regex_match(s.hf, *target_re);
-    if (!found) fail(cfg_path, ": target_modules '", tm->str(), "' matches no module of the base model (", module_names(), ")");
-  }
 
   // Weights.
   std::string wpath = (d / "adapter_model.safetensors").string();
@@ -316,9 +438,7 @@ LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig
     if (!is_a) p = k.find(".lora_B.");
     if (p == std::string::npos) {
       // modules_to_save: "<module>.weight" (older PEFT: "<module>.modules_to_save.<adapter>.weight").
-      static const std::regex mts(R"(^(.*)\.modules_to_save(\.[^.]+)?\.(weight|bias)$)");
-      std::smatch m;
-      if (std::regex_match(k, m, mts)) k = m[1].str() + "." + m[3].str();
+      k = strip_modules_to_save(k);
       add_replacement(k, t, wpath);
       continue;
     }
@@ -336,17 +456,15 @@ LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig
     for (const Slot& s : linears)
       if (s.hf == module) slot = &s;
     if (!slot) {
-      static const std::regex layer_re(R"(^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$)");
-      std::smatch m;
-      if (std::regex_match(module, m, layer_re))
-        fail(wpath, ": tensor '", any->name, "' adapts layer ", m[1].str(), " but the base model has ", base.n_layers,
+      if (const std::string layer = llama_layer_of(module); !layer.empty())
+        fail(wpath, ": tensor '", any->name, "' adapts layer ", layer, " but the base model has ", base.n_layers,
              " layers (adapter for a different base model?)");
       fail(wpath, ": tensor '", any->name, "': unknown target module '", module, "' (a LLaMA adapter may target ",
            module_names(), ")");
     }
     if (!pr.a || !pr.b)
       fail(wpath, ": module '", module, "' has lora_", pr.a ? "A" : "B", " but no lora_", pr.a ? "B" : "A");
-    if (!targeted(module))
+    if (!cfg.targets(module))
       fail(wpath, ": tensor '", any->name, "' adapts '", module, "', which adapter_config.json's target_modules does not name");
     check_float(*pr.a, wpath);
     check_float(*pr.b, wpath);
@@ -356,11 +474,12 @@ LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig
     if (B.shape[1] != rank)
       fail(wpath, ": rank mismatch in module '", module, "': lora_A ", A.shape_str(), " has rank ", rank, " but lora_B ",
            B.shape_str(), " has rank ", B.shape[1]);
+    if (rank < 1) fail(wpath, ": module '", module, "': lora_A ", A.shape_str(), " has rank 0");  // safetensors allow 0-sized dims
     if (A.shape[1] != slot->shape[1] || B.shape[0] != slot->shape[0])
       fail(wpath, ": tensor '", A.shape[1] != slot->shape[1] ? A.name : B.name, "' (", (A.shape[1] != slot->shape[1] ? A : B).shape_str(),
            ") does not fit the base model's ", module, " ", shape_str(slot->shape), " (adapter for a different base model?)");
-    const double r_cfg = pattern_value(rank_pattern, module, cfg_path).value_or(double(a.r));
-    const double alpha = pattern_value(alpha_pattern, module, cfg_path).value_or(a.alpha);
+    const double r_cfg = double(cfg.rank_for(module));  // ≥ 1: checked when parsed
+    const double alpha = cfg.alpha_for(module);
     if (double(rank) != r_cfg)
       fail(wpath, ": rank mismatch in module '", module, "': the tensors have rank ", rank,
            " but adapter_config.json gives r = ", r_cfg, " (r / rank_pattern)");
@@ -422,6 +541,8 @@ LoraAdapter LoraAdapter::from_gguf(const GgufFile& f, const LlamaConfig& base, c
   if (a.name.empty()) a.name = f.get_str("general.name", "lora");
   a.source = f.name();
   a.alpha = f.get_float("adapter.lora.alpha", 0.0);
+  if (!std::isfinite(a.alpha) || std::fabs(a.alpha) > double(std::numeric_limits<float>::max()))
+    fail(f.name(), ": adapter.lora.alpha must be a finite number, is ", a.alpha);
 
   const std::vector<Slot> linears = linear_slots(base), whole = replaceable_slots(base);
   std::map<std::string, std::pair<const GgufTensor*, const GgufTensor*>> pairs;
@@ -536,8 +657,18 @@ std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType
   if (type != DType::F32 && type != DType::F16 && type != DType::BF16)
     fail(path, ": LoRA GGUFs are written in f32, f16 or bf16, not ", dtype_name(type));
   if (a.weights.empty()) fail(a.source, ": the adapter has no LoRA weights to write as a llama.cpp LoRA GGUF");
-  // One alpha: the config's when it gives every standard (non-rslora) weight its scaling, else the first weight's.
-  double alpha = a.rslora || a.alpha <= 0 ? double(a.weights[0].scaling) * double(a.weights[0].rank()) : a.alpha;
+  // One alpha: the config's when it gives every standard (non-rslora) weight its
+  // scaling, else the first non-zero weight's (alpha_pattern may give a weight 0,
+  // which could not carry the others' ratios).
+  double alpha = a.alpha;
+  if (a.rslora || a.alpha <= 0) {
+    alpha = 0;
+    for (const LoraWeight& lw : a.weights)
+      if (lw.scaling != 0) {
+        alpha = double(lw.scaling) * double(lw.rank());
+        break;
+      }
+  }
   GgufWriter w;
   w.set("general.architecture", GgufValue::str("llama"));
   w.set("general.type", GgufValue::str("adapter"));
@@ -552,7 +683,7 @@ std::string write_lora_gguf(const LoraAdapter& a, const std::string& path, DType
   }
   for (const LoraWeight& lw : a.weights) {
     const float llama_scale = float(alpha) / float(lw.rank());
-    const double ratio = double(lw.scaling) / double(llama_scale);
+    const double ratio = llama_scale != 0 ? double(lw.scaling) / double(llama_scale) : 0.0;  // 0: every weight scales by 0
     w.add_tensor(lw.target + ".lora_a", convert(lw.a.view(), type));
     if (std::fabs(ratio - 1.0) <= 1e-7) {
       w.add_tensor(lw.target + ".lora_b", convert(lw.b.view(), type));

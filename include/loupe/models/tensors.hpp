@@ -76,6 +76,51 @@ inline int64_t qk_source_row(int64_t r, int64_t head_dim) {
   return h * head_dim + (j % 2) * (head_dim / 2) + j / 2;
 }
 
+// A size read from a file, checked before anything is computed from it.
+inline void check_size(const std::string& where, const char* key, int64_t v, int64_t lo, int64_t hi) {
+  if (v < lo || v > hi) fail(where, ": ", key, " ", v, " is out of range (", lo, " to ", hi, ")");
+}
+// A real number read from a file: finite, lo < v <= hi.
+inline void check_real(const std::string& where, const char* key, double v, double lo, double hi) {
+  if (!(v > lo && v <= hi)) fail(where, ": ", key, " ", v, " is out of range (more than ", lo, ", at most ", hi, ")");
+}
+
+// Names of a LLaMA's sizes in the file they are read from, for messages.
+struct LlamaSizeKeys {
+  const char *dim, *n_layers, *n_heads, *n_kv_heads, *ffn_dim, *n_ctx, *n_vocab, *rms_eps, *rope_base;
+};
+inline constexpr LlamaSizeKeys kHfLlamaKeys{"hidden_size",     "num_hidden_layers",       "num_attention_heads",
+                                            "num_key_value_heads", "intermediate_size",   "max_position_embeddings",
+                                            "vocab_size",      "rms_norm_eps",            "rope_theta"};
+inline constexpr LlamaSizeKeys kGgufLlamaKeys{"llama.embedding_length",       "llama.block_count",
+                                              "llama.attention.head_count",   "llama.attention.head_count_kv",
+                                              "llama.feed_forward_length",    "llama.context_length",
+                                              "token_embd.weight rows",       "llama.attention.layer_norm_rms_epsilon",
+                                              "llama.rope.freq_base"};
+
+// A LLaMA's sizes as read from a file (config.json or llama.*), checked before
+// anything is allocated from them: heads divide the width, kv heads divide the
+// heads, the head dimension is even (RoPE pairs), and every size within bounds
+// far above published LLaMAs (Llama 3.1 405B: width 16384, MLP 53248, 126
+// layers, 128k positions; vocabularies to 256k) so that a config with
+// num_hidden_layers 300000000 is an error, not an allocation that grows until
+// the machine runs out. n_vocab 0 means "not known yet" (GGUF: from the tensor).
+inline void check_llama_sizes(const LlamaConfig& c, const std::string& where, const LlamaSizeKeys& k) {
+  constexpr int64_t kMaxWidth = 65536, kMaxLayers = 1024, kMaxCtx = int64_t(1) << 24, kMaxVocab = int64_t(1) << 24;
+  check_size(where, k.dim, c.dim, 1, kMaxWidth);
+  check_size(where, k.n_layers, c.n_layers, 1, kMaxLayers);
+  check_size(where, k.n_heads, c.n_heads, 1, c.dim);
+  check_size(where, k.n_kv_heads, c.n_kv_heads, 1, c.n_heads);
+  if (c.dim % c.n_heads) fail(where, ": ", k.dim, " ", c.dim, " is not a multiple of ", k.n_heads, " ", c.n_heads);
+  if (c.n_heads % c.n_kv_heads) fail(where, ": ", k.n_heads, " ", c.n_heads, " is not a multiple of ", k.n_kv_heads, " ", c.n_kv_heads);
+  if ((c.dim / c.n_heads) % 2) fail(where, ": head dimension ", c.dim / c.n_heads, " is odd; RoPE needs pairs");
+  check_size(where, k.ffn_dim, c.ffn_dim, 1, 4 * kMaxWidth);
+  check_size(where, k.n_ctx, c.n_ctx, 1, kMaxCtx);
+  check_size(where, k.n_vocab, c.n_vocab, 0, kMaxVocab);
+  check_real(where, k.rms_eps, c.rms_eps, 0, 1);
+  check_real(where, k.rope_base, c.rope_base, 0, 1e12);
+}
+
 // llama.* metadata (llama.cpp's LLM_KV_*), read with llama.cpp's defaults and checked.
 inline LlamaConfig read_llama_config(const GgufFile& f) {
   const std::string arch = f.get_str("general.architecture");
@@ -89,13 +134,11 @@ inline LlamaConfig read_llama_config(const GgufFile& f) {
   c.n_ctx = f.get_int("llama.context_length", 2048);
   c.rms_eps = float(f.get_float("llama.attention.layer_norm_rms_epsilon", 1e-5));
   c.rope_base = float(f.get_float("llama.rope.freq_base", 10000.0));
-  if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.dim % c.n_heads || c.n_heads % c.n_kv_heads)
-    fail(f.name(), ": inconsistent llama metadata (dim ", c.dim, ", heads ", c.n_heads, ", kv heads ", c.n_kv_heads, ")");
+  if (const GgufTensor* e = f.tensor("token_embd.weight"); e && e->shape.size() == 2) c.n_vocab = e->shape[0];
+  check_llama_sizes(c, f.name(), kGgufLlamaKeys);
   c.head_dim = c.dim / c.n_heads;
-  if (c.head_dim % 2) fail(f.name(), ": head dimension ", c.head_dim, " is odd; RoPE needs pairs");
   if (f.get_int("llama.rope.dimension_count", c.head_dim) != c.head_dim)
     fail(f.name(), ": partial rotary embeddings (llama.rope.dimension_count) are not supported");
-  if (const GgufTensor* e = f.tensor("token_embd.weight"); e && e->shape.size() == 2) c.n_vocab = e->shape[0];
   return c;
 }
 
@@ -158,21 +201,20 @@ inline constexpr ClipSizeKeys kGgufClipKeys{"clip.vision.image_size",          "
 // the tower's blocks. Fails naming `where`, the key and its value.
 inline void check_clip_sizes(const ClipConfig& c, int64_t n_layers, const std::string& where, const ClipSizeKeys& k) {
   constexpr int64_t kMaxImage = 4096, kMaxGrid = 256, kMaxWidth = 65536, kMaxLayers = 1024;
-  auto in_range = [&](const char* key, int64_t v, int64_t lo, int64_t hi) {
-    if (v < lo || v > hi) fail(where, ": ", key, " ", v, " is out of range (", lo, " to ", hi, ")");
-  };
-  in_range(k.image_size, c.image_size, 1, kMaxImage);
-  in_range(k.patch_size, c.patch_size, 1, c.image_size);
+  check_size(where, k.image_size, c.image_size, 1, kMaxImage);
+  check_size(where, k.patch_size, c.patch_size, 1, c.image_size);
   if (c.image_size % c.patch_size)
     fail(where, ": ", k.image_size, " ", c.image_size, " is not a multiple of ", k.patch_size, " ", c.patch_size);
   if (c.grid() > kMaxGrid)
     fail(where, ": ", k.image_size, " ", c.image_size, " / ", k.patch_size, " ", c.patch_size, " is a grid of ", c.grid(),
          " x ", c.grid(), " patches, more than ", kMaxGrid, " x ", kMaxGrid);
-  in_range(k.dim, c.dim, 1, kMaxWidth);
-  in_range(k.ffn_dim, c.ffn_dim, 1, 4 * kMaxWidth);
-  in_range(k.n_heads, c.n_heads, 1, c.dim);
+  check_size(where, k.dim, c.dim, 1, kMaxWidth);
+  check_size(where, k.ffn_dim, c.ffn_dim, 1, 4 * kMaxWidth);
+  check_size(where, k.n_heads, c.n_heads, 1, c.dim);
   if (c.dim % c.n_heads) fail(where, ": ", k.dim, " ", c.dim, " is not a multiple of ", k.n_heads, " ", c.n_heads);
-  in_range(k.n_layers, n_layers, 1, kMaxLayers);
+  check_size(where, k.n_layers, n_layers, 1, kMaxLayers);
+  check_real(where, "layer_norm_eps", c.eps, 0, 1);
+  for (size_t i = 0; i < 3; ++i) check_real(where, "image_std", c.std[i], 1e-6, 1e6), check_real(where, "image_mean", c.mean[i], -1e6, 1e6);
 }
 
 // How a tensor is stored when converted: F32 (norms, biases, embeddings added

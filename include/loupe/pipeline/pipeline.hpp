@@ -73,7 +73,7 @@ class VisionChat {
 
   // Preprocess and encode an image and start a new conversation about it. The
   // same image again (equal pixels) keeps its encoding: only the conversation restarts.
-  void set_image(const Image& img);
+  void set_image(const Image& img, const std::string& name = "image");  // name: for error messages (the file)
 
   // Already preprocessed pixel values [3, S, S].
   void set_pixels(Tensor pixels);
@@ -153,7 +153,7 @@ VisionChat::VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeO
          lm.model.cfg.dim, " (mmproj from a different model?)");
 }
 
-void VisionChat::set_image(const Image& img) {
+void VisionChat::set_image(const Image& img, const std::string& name) {
   const uint64_t key = image_hash(img);
   if (key == image_key_ && !clip_features_.empty()) {
     image_cached = true, encode_ms = project_ms = 0;
@@ -161,7 +161,7 @@ void VisionChat::set_image(const Image& img) {
     new_conversation();
     return;
   }
-  set_pixels(preprocess(img, vm_.preprocess_config()));
+  set_pixels(preprocess(img, vm_.preprocess_config(), name));
   image_key_ = key;
 }
 

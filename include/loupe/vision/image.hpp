@@ -25,11 +25,15 @@
 //   - WebP, TIFF and other formats PIL reads are rejected with a clear message.
 //   - stb does not verify PNG chunk CRCs (PIL rejects a bad IHDR/PLTE CRC).
 // Robustness: sizes are checked from the header against PIL's decompression-bomb
-// limit before anything is allocated; truncated JPEG / BMP / GIF files are
-// refused as PIL refuses them; JPEG Huffman tables are validated before stb
-// 2.27 (Debian's) parses them, since it overruns its arrays on > 256 codes.
-// Fuzzed (mutated files, ASan + UBSan): no memory errors; on corrupt JPEG
-// coefficients stb's integer IDCT can overflow `int` (wraps in practice).
+// limit before anything is allocated (size arithmetic in uint64, never trusting
+// a header to fit); truncated JPEG / BMP / GIF files are refused as PIL refuses
+// them; JPEG Huffman tables are validated before stb 2.27 (Debian's) parses
+// them, since it overruns its arrays on > 256 codes, and a JPEG frame must have
+// a scan (stb would hand back pixels it never decoded); stb's allocations are
+// zeroed, so what a corrupt scan leaves undecoded is defined. On corrupt JPEG
+// coefficients stb's integer IDCT overflows `int`: src/loupe.cpp is compiled
+// with -fwrapv (CMakeLists.txt) so that wraps, defined.
+// Fuzzed (mutated files, ASan + UBSan).
 #pragma once
 #include <algorithm>
 #include <array>
@@ -41,6 +45,7 @@
 
 #include "../core/error.hpp"
 #include "../io/file.hpp"
+#include "../io/limits.hpp"
 
 namespace loupe {
 
@@ -50,18 +55,42 @@ struct Image {
   std::vector<uint8_t> rgb;
 
   Image() = default;
-  Image(int w, int h) : width(w), height(h), rgb(size_t(w) * size_t(h) * 3) {}  // black
+  Image(int w, int h) : width(w), height(h), rgb(bytes_for(w, h)) {}  // black
   Image(int w, int h, std::vector<uint8_t> pixels) : width(w), height(h), rgb(std::move(pixels)) {
     if (w < 0 || h < 0 || rgb.size() != size_t(w) * size_t(h) * 3)
       fail("Image: ", rgb.size(), " bytes given for ", w, "x", h, " RGB (needs ", int64_t(w) * h * 3, ")");
   }
   uint8_t* at(int x, int y) { return rgb.data() + (size_t(y) * size_t(width) + size_t(x)) * 3; }
   const uint8_t* at(int x, int y) const { return rgb.data() + (size_t(y) * size_t(width) + size_t(x)) * 3; }
+
+ private:
+  // w * h * 3, refused where it would not fit size_t (32-bit WASM) rather than wrap to a short buffer.
+  static size_t bytes_for(int w, int h) {
+    if (w < 0 || h < 0) fail("Image: negative size ", w, "x", h);
+    const uint64_t n = uint64_t(w) * uint64_t(h);  // < 2^62
+    if (n > uint64_t(SIZE_MAX) / 3) fail("Image: ", w, "x", h, " RGB does not fit in this machine's memory");
+    return size_t(n * 3);
+  }
 };
 
 // PIL raises DecompressionBombError above 2 * Image.MAX_IMAGE_PIXELS; so do we
-// (before any pixel memory is allocated).
+// (before any pixel memory is allocated): for the decoded image, LLaVA's padded
+// square and every resize target. As PIL's Image.MAX_IMAGE_PIXELS, the limit can
+// be raised for a legitimate image: LOUPE_MAX_IMAGE_PIXELS (the pixel count
+// refused above; kMaxImagePixels by default).
 constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
+inline constexpr ReadLimit kImagePixelLimit{"LOUPE_MAX_IMAGE_PIXELS", uint64_t(kMaxImagePixels), 1, "pixels"};
+
+// a * b, saturating at UINT64_MAX: sizes from a file are compared with limits, never wrapped.
+inline uint64_t mul_sat(uint64_t a, uint64_t b) { return a != 0 && b > UINT64_MAX / a ? UINT64_MAX : a * b; }
+
+// The pixel limit in force, and the end of a message that refuses an image over it.
+inline uint64_t max_image_pixels() { return kImagePixelLimit.value(); }
+inline std::string image_pixel_limit_text() {
+  const std::string v = std::to_string(max_image_pixels());
+  return "more than the limit of " + v + " (PIL's decompression-bomb limit; LOUPE_MAX_IMAGE_PIXELS=" + v +
+         ", set it higher if the image is legitimate)";
+}
 
 // FNV-1a, never 0: tells "the same image again" (a cached encoding) from another one.
 inline uint64_t bytes_hash(const uint8_t* p, size_t n, uint64_t h = 1469598103934665603ull) {
@@ -98,6 +127,12 @@ Image load_image(const std::string& path);
 #define STBI_NO_LINEAR
 #define STBI_NO_HDR
 #define STBI_NO_SIMD
+// Zeroed allocations: whatever a corrupt file leaves undecoded (a component no
+// JPEG scan names, a progressive refinement before its first scan, a scan stb
+// ends early at a missing restart marker) is then zeros, not uninitialised memory.
+#define STBI_MALLOC(sz) calloc(1, (sz))
+#define STBI_REALLOC(p, sz) realloc((p), (sz))
+#define STBI_FREE(p) free(p)
 #if defined(__GNUC__) || defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"
@@ -122,11 +157,15 @@ namespace loupe {
 
 namespace detail {
 
+// w and h as the header gives them (PNG: up to 2^32 - 1 each, so w * h needs uint64).
 inline void check_image_size(const std::string& name, const char* fmt, int64_t w, int64_t h) {
   if (w <= 0 || h <= 0) fail(name, ": ", fmt, " image has zero size (", w, "x", h, ")");
-  if (w * h > kMaxImagePixels)
-    fail(name, ": ", fmt, " image is ", w, "x", h, " = ", w * h, " pixels, more than the limit of ", kMaxImagePixels,
-         " (PIL's decompression-bomb limit)");
+  const uint64_t px = mul_sat(uint64_t(w), uint64_t(h));
+  if (px > max_image_pixels())
+    fail(name, ": ", fmt, " image is ", w, "x", h, " = ", px, " pixels, ", image_pixel_limit_text());
+  // Only with a raised limit: an Image is int-sized and its bytes must fit size_t (32-bit WASM).
+  if (w > INT32_MAX || h > INT32_MAX || mul_sat(px, 3) > uint64_t(SIZE_MAX))
+    fail(name, ": ", fmt, " image is ", w, "x", h, " pixels, too large for this machine");
 }
 
 // --- GIF, first frame, Pillow 9.4 GifImagePlugin semantics -------------------
@@ -309,20 +348,33 @@ inline Image decode_gif(const uint8_t* d, size_t n, const std::string& name) {
 }
 
 // Walks a JPEG's marker segments (skipping entropy-coded data) before stb sees
-// it, for two things stb_image 2.27 gets wrong:
+// it, for what stb_image 2.27 gets wrong:
 //   - a truncated file decodes in stb (the missing part comes out grey) while PIL
 //     raises "image file is truncated": we require the EOI marker;
 //   - a DHT table whose 16 code counts add up to more than 256 makes stb write
-//     past its Huffman arrays (fixed in stb 2.28); libjpeg rejects it too.
+//     past its Huffman arrays (fixed in stb 2.28); libjpeg rejects it too;
+//   - a frame with no scan (a progressive header alone) "decodes" in stb, to
+//     buffers it never wrote, where PIL refuses the file: we require one frame
+//     header, then at least one scan, each naming components of the frame
+//     (PIL refuses a bad selector too). A scan that leaves a component out is
+//     decoded, as libjpeg does: stb's buffers are zeroed (STBI_MALLOC below).
 // Returns an empty string when the structure is sound, else what is wrong.
 inline std::string jpeg_structure_error(const uint8_t* d, size_t n) {
+  int frame = 0;        // SOF marker seen (0: none yet)
+  int ncomp = 0;        // components in the frame
+  uint8_t ids[4] = {};  // their ids
+  int scans = 0;
   size_t p = 2;  // after SOI
   while (true) {
     while (p < n && d[p] != 0xff) ++p;  // libjpeg skips extraneous bytes before a marker
     while (p < n && d[p] == 0xff) ++p;  // fill bytes
     if (p >= n) return "truncated JPEG (no end-of-image marker)";
     const uint8_t m = d[p++];
-    if (m == 0xd9) return "";                                      // EOI
+    if (m == 0xd9) {  // EOI
+      if (!frame) return "corrupt JPEG (no frame header before the end-of-image marker)";
+      if (!scans) return "corrupt JPEG (frame header but no scan: no image data)";
+      return "";
+    }
     if (m == 0x00 || m == 0x01 || (m >= 0xd0 && m <= 0xd8)) continue;  // no length field
     if (p + 2 > n) return "truncated JPEG (marker segment cut short)";
     const size_t len = size_t(d[p]) << 8 | d[p + 1];
@@ -336,6 +388,36 @@ inline std::string jpeg_structure_error(const uint8_t* d, size_t n) {
         q += 17 + codes;
         if (q > p + len) return "corrupt JPEG (bad Huffman table length)";
       }
+    }
+    if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc) {  // SOFn: P, Y, X, Nf, Nf x (id, HV, Tq)
+      if (frame) return "corrupt JPEG (more than one frame header)";
+      if (len < 8) return "corrupt JPEG (frame header cut short)";
+      ncomp = d[p + 7];
+      if (ncomp < 1 || ncomp > 4 || len != 8 + 3 * size_t(ncomp))
+        return "corrupt JPEG (frame header with " + std::to_string(ncomp) + " components, length " + std::to_string(len) + ")";
+      for (int c = 0; c < ncomp; ++c) {
+        ids[c] = d[p + 8 + 3 * size_t(c)];
+        for (int e = 0; e < c; ++e)
+          if (ids[e] == ids[c]) return "corrupt JPEG (component id " + std::to_string(ids[c]) + " twice in the frame header)";
+      }
+      frame = m;
+    }
+    if (m == 0xda) {  // SOS: Ns, Ns x (selector, tables), Ss, Se, Ah/Al
+      if (!frame) return "corrupt JPEG (scan before the frame header)";
+      if (len < 3) return "corrupt JPEG (scan header cut short)";
+      const int ns = d[p + 2];
+      if (ns < 1 || ns > ncomp || len != 6 + 2 * size_t(ns))
+        return "corrupt JPEG (scan header with " + std::to_string(ns) + " components, length " + std::to_string(len) + ")";
+      bool in_scan[4] = {};
+      for (int i = 0; i < ns; ++i) {
+        const uint8_t id = d[p + 3 + 2 * size_t(i)];
+        int c = 0;
+        while (c < ncomp && ids[c] != id) ++c;
+        if (c == ncomp) return "corrupt JPEG (scan names component " + std::to_string(id) + ", not in the frame)";
+        if (in_scan[c]) return "corrupt JPEG (scan names component " + std::to_string(id) + " twice)";
+        in_scan[c] = true;
+      }
+      ++scans;
     }
     p += len;
     if (m == 0xda) {  // scan data runs to the next marker that is not a restart (0xFF is stuffed as FF 00)
@@ -394,9 +476,13 @@ Image decode_image(const uint8_t* data, size_t n, const std::string& name) {
       fail(name, ": RLE-compressed BMP is not supported (save it as PNG or uncompressed BMP)");
     // PIL refuses a BMP whose pixel rows are cut short ("image file is truncated");
     // stb would read zeros past the end.
-    const int64_t stride = (w * bpp + 31) / 32 * 4;
-    if ((compression == 0 || compression == 3 || compression == 6) && offset + stride * h > int64_t(n))
-      fail(name, ": truncated BMP (pixel data needs ", offset + stride * h, " bytes, file has ", n, ")");
+    // uint64: w < 2^31 and bpp < 2^16 from the header, so w * bpp fits; times h it may not.
+    const uint64_t stride = (uint64_t(w) * uint64_t(bpp) + 31) / 32 * 4;
+    const uint64_t rows = mul_sat(stride, uint64_t(h));
+    const uint64_t need = rows > UINT64_MAX - uint64_t(offset) ? UINT64_MAX : rows + uint64_t(offset);
+    if ((compression == 0 || compression == 3 || compression == 6) && need > uint64_t(n))
+      fail(name, ": truncated BMP (pixel data needs ", need == UINT64_MAX ? std::string("over 2^64") : std::to_string(need),
+           " bytes, file has ", n, ")");
   } else if (f == "JPEG") {  // before stb parses any of it
     const std::string err = detail::jpeg_structure_error(data, n);
     if (!err.empty()) fail(name, ": ", err);

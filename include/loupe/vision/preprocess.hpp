@@ -19,6 +19,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "../core/error.hpp"
@@ -53,9 +54,16 @@ inline std::array<uint8_t, 3> pad_color(const std::array<double, 3>& mean) {
 
 // LLaVA / ShareGPT4V expand2square: paste onto a max(W, H) square filled with
 // `bg`, at ((side - W) // 2, (side - H) // 2) (one of the two offsets is 0).
-inline Image expand_to_square(const Image& im, std::array<uint8_t, 3> bg) {
+// The square is held to the decoded image's pixel limit before it is allocated:
+// a 65535 x 2730 GIF passes that limit, its square (12.9 GB) must not.
+// `name` (the image's file) starts the error message.
+inline Image expand_to_square(const Image& im, std::array<uint8_t, 3> bg, const std::string& name = "expand_to_square") {
   if (im.width == im.height) return im;
   const int side = std::max(im.width, im.height);
+  const uint64_t px = uint64_t(side) * uint64_t(side);  // side < 2^31
+  if (px > max_image_pixels())
+    fail(name, ": padding the ", im.width, "x", im.height, " image to a square (LLaVA's pad) gives ", side, "x", side,
+         " = ", px, " pixels, ", image_pixel_limit_text());
   Image out(side, side);
   for (size_t i = 0; i < out.rgb.size(); i += 3) out.rgb[i] = bg[0], out.rgb[i + 1] = bg[1], out.rgb[i + 2] = bg[2];
   const int ox = (side - im.width) / 2, oy = (side - im.height) / 2;
@@ -137,7 +145,8 @@ inline uint8_t clip8(int32_t s) {
 inline Image resize_bicubic(const Image& in, int w, int h) {
   if (w < 1 || h < 1) fail("resize_bicubic: target size ", w, "x", h, " must be at least 1x1");
   if (in.width < 1 || in.height < 1) fail("resize_bicubic: empty input image (", in.width, "x", in.height, ")");
-  if (int64_t(w) * h > kMaxImagePixels) fail("resize_bicubic: target size ", w, "x", h, " is too large");
+  if (uint64_t(w) * uint64_t(h) > max_image_pixels())
+    fail("resize_bicubic: target size ", w, "x", h, " is ", image_pixel_limit_text());
   using detail::clip8;
   constexpr int32_t half = 1 << (detail::ResampleTaps::kPrecisionBits - 1);
   const bool need_h = w != in.width, need_v = h != in.height;
@@ -197,7 +206,11 @@ inline Image resize_bicubic(const Image& in, int w, int h) {
 inline std::array<int, 2> shortest_edge_size(int width, int height, int shortest_edge) {
   const bool portrait = width <= height;
   const int s = portrait ? width : height, l = portrait ? height : width;
-  const int new_long = int(double(shortest_edge) * double(l) / double(s));
+  const double v = double(shortest_edge) * double(l) / double(s);
+  if (!(v < 2147483648.0))  // converting it to int would be undefined
+    fail("shortest_edge_size: resizing ", width, "x", height, " to shortest edge ", shortest_edge, " gives a long side of ",
+         v, " pixels, too many");
+  const int new_long = int(v);
   return portrait ? std::array<int, 2>{shortest_edge, new_long} : std::array<int, 2>{new_long, shortest_edge};
 }
 
@@ -221,16 +234,22 @@ inline Image center_crop(const Image& in, int crop_w, int crop_h) {
   return out;
 }
 
-// CLIPImageProcessor pixel_values for one image: F32 [3, H, W] (CHW).
-inline Tensor preprocess(const Image& image, const PreprocessConfig& cfg) {
-  if (image.width < 1 || image.height < 1) fail("preprocess: empty image (", image.width, "x", image.height, ")");
-  Image im = cfg.pad_to_square ? expand_to_square(image, pad_color(cfg.mean)) : image;
+// CLIPImageProcessor pixel_values for one image: F32 [3, H, W] (CHW). `name`
+// (the image's file) starts the error messages.
+inline Tensor preprocess(const Image& image, const PreprocessConfig& cfg, const std::string& name = "preprocess") {
+  if (image.width < 1 || image.height < 1) fail(name, ": empty image (", image.width, "x", image.height, ")");
+  Image im = cfg.pad_to_square ? expand_to_square(image, pad_color(cfg.mean), name) : image;
   if (cfg.do_resize) {
-    if (cfg.shortest_edge < 1) fail("preprocess: shortest_edge ", cfg.shortest_edge, " must be positive");
+    if (cfg.shortest_edge < 1) fail(name, ": shortest_edge ", cfg.shortest_edge, " must be positive");
+    // The long side, as shortest_edge_size computes it, checked before it becomes an int.
+    const double new_long = double(cfg.shortest_edge) * double(std::max(im.width, im.height)) / double(std::min(im.width, im.height));
+    if (!(std::trunc(new_long) * double(cfg.shortest_edge) <= double(max_image_pixels()))) {
+      const std::string l = new_long < 1e18 ? std::to_string(uint64_t(new_long)) : "over 10^18";
+      const std::string e = std::to_string(cfg.shortest_edge);
+      fail(name, ": resizing ", im.width, "x", im.height, " to shortest edge ", e, " gives ",
+           im.width <= im.height ? e + "x" + l : l + "x" + e, " pixels, ", image_pixel_limit_text());
+    }
     const auto sz = shortest_edge_size(im.width, im.height, cfg.shortest_edge);
-    if (int64_t(sz[0]) * sz[1] > kMaxImagePixels)
-      fail("preprocess: resizing ", im.width, "x", im.height, " to shortest edge ", cfg.shortest_edge, " gives ",
-           sz[0], "x", sz[1], " pixels, too many");
     im = resize_bicubic(im, sz[0], sz[1]);
   }
   if (cfg.do_center_crop) im = center_crop(im, cfg.crop_width, cfg.crop_height);
