@@ -126,6 +126,14 @@ TEST_CASE("gguf: write_file is atomic") {
   std::vector<std::string> left;
   for (const auto& e : std::filesystem::directory_iterator(dir)) left.push_back(e.path().filename().string());
   CHECK(left == std::vector<std::string>{"m.gguf"});  // no bad.gguf, no temporary
+  // A symlink planted where the temporary used to be named (path.tmp) points
+  // nowhere it can write: temporaries get random names, created exclusively.
+  const std::filesystem::path victim = dir / "victim.txt";
+  std::ofstream(victim) << "precious";
+  std::filesystem::create_symlink(victim, dir / "m.gguf.tmp");
+  w.write_file(path);
+  CHECK(loupe_test::slurp(victim) == "precious");
+  CHECK(GgufFile::open(path).tensors.size() == 5);
   // A producer with the wrong size is refused.
   GgufWriter wrong;
   wrong.add_tensor("w", DType::F32, {4}, [](std::vector<uint8_t>& out) { out.resize(8); });
@@ -197,11 +205,6 @@ std::vector<uint8_t> gguf_with_u8_array(uint64_t n) {
   b.resize(b.size() + n, 0);
   return b;
 }
-long peak_rss_mb() {
-  struct rusage u {};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_maxrss / 1024;
-}
 }  // namespace
 
 TEST_CASE("gguf: metadata that would balloon in memory is refused before it is allocated, under a limit the user can raise") {
@@ -209,11 +212,11 @@ TEST_CASE("gguf: metadata that would balloon in memory is refused before it is a
   // process grows by little more than the file's own 20 MB.
   unsetenv("LOUPE_MAX_GGUF_METADATA_MB");
   Blob big = blob_of(gguf_with_u8_array(20'000'000), "big.gguf");
-  const long before = peak_rss_mb();
+  const long before = loupe_test::peak_rss_mb();
   const std::string e = error_of([&] { GgufFile::parse(big); });
   CHECK(e == "big.gguf: metadata 'big' would take more memory than the 256 MiB limit (LOUPE_MAX_GGUF_METADATA_MB=256; "
              "set LOUPE_MAX_GGUF_METADATA_MB higher if the file is legitimate)");
-  CHECK(peak_rss_mb() - before < 64);
+  CHECK(loupe_test::peak_rss_mb() - before < 64);
   // The limit is the variable's: 20000 values (~1.8 MB) pass at 4 MiB, not at 1.
   const Blob small = blob_of(gguf_with_u8_array(20000), "small.gguf");
   setenv("LOUPE_MAX_GGUF_METADATA_MB", "1", 1);

@@ -54,12 +54,7 @@ void write_file(const fs::path& p, const std::string& bytes) {
 // The call must throw loupe::Error whose message names `name` and contains `what`.
 template <class F>
 void check_fails(F&& f, const std::string& name, const std::string& what) {
-  std::string msg;
-  try {
-    f();
-  } catch (const loupe::Error& e) {
-    msg = e.what();
-  }
+  const std::string msg = loupe_test::error_of(f);
   INFO("message: " << msg);
   CHECK(!msg.empty());
   CHECK(msg.find(name) != std::string::npos);
@@ -288,11 +283,6 @@ std::string jpeg_max_coefficients() {
 }
 const std::string kSoi("\xff\xd8", 2), kEoi("\xff\xd9", 2);
 
-size_t peak_rss_mb() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return size_t(ru.ru_maxrss) / 1024;  // KiB on Linux
-}
 }  // namespace
 
 TEST_CASE("image: a JPEG frame without a scan, or whose scan names no frame component, is refused as PIL refuses it") {
@@ -417,10 +407,10 @@ TEST_CASE("image: a FIFO, a directory or a device given as an image is refused a
 
 TEST_CASE("image: a GIF inside the pixel limit is decoded within its own size (peak RSS)") {
   // 65535 x 100 (6.5 M pixels: 26 MB of index + RGB) whatever its padded square would be.
-  const size_t rss0 = peak_rss_mb();
+  const long rss0 = loupe_test::peak_rss_mb();
   const std::string gif = std::string("GIF89a\xff\xff\x64\x00\x00\x00\x00,\0\0\0\0\x01\0\x01\0\x00\x02\x02\x44\x01\x00;", 29);
   const loupe::Image im = loupe::decode_image(reinterpret_cast<const uint8_t*>(gif.data()), gif.size(), "wide.gif");
   CHECK(im.width == 65535);
   CHECK(im.height == 100);
-  CHECK(peak_rss_mb() < rss0 + 100);
+  CHECK(loupe_test::peak_rss_mb() < rss0 + 100);
 }

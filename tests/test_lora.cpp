@@ -258,8 +258,9 @@ TEST_CASE("lora: llama.cpp LoRA GGUF written by loupe-convert reads back to the 
   LanguageModel lm = LanguageModel::open(f.gguf);
   ConvertOptions o;
   o.outtype = DType::F32;
-  for (const auto& [dir, refname] : {std::pair{f.a1, std::string("a1")}, std::pair{f.a2, std::string("a2")}, std::pair{f.a3, std::string("a3")}}) {
-    CAPTURE(refname);
+  for (const auto& adapter : {std::pair{f.a1, std::string("a1")}, std::pair{f.a2, std::string("a2")}, std::pair{f.a3, std::string("a3")}}) {
+    const auto& [dir, refname] = adapter;
+    CAPTURE(adapter.second);  // (clang 14: INFO/CAPTURE lambdas cannot capture structured bindings)
     // No config.json in a PEFT dir: the base comes from base_model_name_or_path (a local dir here).
     LoraConvertResult r = convert_lora(dir.string(), (f.dir / "lora-gguf").string(), o);
     CHECK(r.lora_path == (f.dir / "lora-gguf" / (refname + ".gguf")).string());

@@ -283,7 +283,8 @@ TEST_CASE("module_pattern: syntax outside the subset is a clear error naming the
       {R"([\1])", "octal escapes"},
       {R"(\N{DIGIT ONE})", "named characters"},
   };
-  for (const auto& [pattern, what] : cases) {
+  for (const auto& c : cases) {
+    const std::string pattern = c.first, what = c.second;  // (clang 14: lambdas cannot capture structured bindings)
     const std::string e = loupe_test::error_of([&] { ModulePattern(pattern, "dir/adapter_config.json: rank_pattern 'k'"); });
     INFO("pattern: " << pattern << "  error: " << e);
     CHECK(e.rfind("dir/adapter_config.json: rank_pattern 'k': ", 0) == 0);

@@ -250,20 +250,10 @@ TEST_CASE("tiny and odd-shaped images go through the whole pipeline like the ref
 }
 
 namespace {
-size_t peak_rss_mb() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return size_t(ru.ru_maxrss) / 1024;  // KiB on Linux
-}
 // The call must throw loupe::Error containing every one of `parts`.
 template <class F>
 void check_error(F&& f, std::initializer_list<const char*> parts) {
-  std::string msg;
-  try {
-    f();
-  } catch (const loupe::Error& e) {
-    msg = e.what();
-  }
+  const std::string msg = loupe_test::error_of(f);
   INFO("message: " << msg);
   REQUIRE(!msg.empty());
   for (const char* p : parts) CHECK(msg.find(p) != std::string::npos);
@@ -272,7 +262,7 @@ void check_error(F&& f, std::initializer_list<const char*> parts) {
 
 TEST_CASE("preprocess: a padded square past the pixel limit is refused before it is allocated") {
   loupe::PreprocessConfig cfg;  // pad_to_square, 336
-  const size_t rss0 = peak_rss_mb();  // the process's peak so far (earlier cases, sanitizer shadow)
+  const long rss0 = loupe_test::peak_rss_mb();  // the process's peak so far (earlier cases, sanitizer shadow)
   // 100000 x 1 passes the limit (100000 pixels); its square, 10^10 pixels, is 30 GB.
   const loupe::Image wide(100000, 1);
   check_error([&] { loupe::preprocess(wide, cfg, "wide.png"); },
@@ -280,8 +270,8 @@ TEST_CASE("preprocess: a padded square past the pixel limit is refused before it
                "more than the limit of 178956970", "LOUPE_MAX_IMAGE_PIXELS"});
   const loupe::Image tall(3, 70000);  // 4.9e9 pixels padded
   check_error([&] { loupe::expand_to_square(tall, {1, 2, 3}, "tall.gif"); }, {"tall.gif: padding the 3x70000", "4900000000 pixels"});
-  MESSAGE("peak RSS " << rss0 << " MB before, " << peak_rss_mb() << " MB after");
-  CHECK(peak_rss_mb() < rss0 + 100);
+  MESSAGE("peak RSS " << rss0 << " MB before, " << loupe_test::peak_rss_mb() << " MB after");
+  CHECK(loupe_test::peak_rss_mb() < rss0 + 100);
 
   // At the limit exactly the square is made; one pixel of side more, it is not.
   ::setenv("LOUPE_MAX_IMAGE_PIXELS", "10000", 1);
@@ -295,11 +285,11 @@ TEST_CASE("preprocess: a padded square past the pixel limit is refused before it
 TEST_CASE("preprocess: a resize whose long side passes int or the pixel limit is refused, not converted") {
   loupe::PreprocessConfig cfg;
   cfg.pad_to_square = false;
-  const size_t rss0 = peak_rss_mb();
+  const long rss0 = loupe_test::peak_rss_mb();
   // 1 x 100000, shortest edge 336: 336 x 33600000 = 11289600000 pixels.
   check_error([&] { loupe::preprocess(loupe::Image(1, 100000), cfg, "needle.png"); },
               {"needle.png: resizing 1x100000 to shortest edge 336 gives 336x33600000 pixels", "more than the limit"});
   // 336 * 2^30 = 360777252864 does not fit int.
   check_error([&] { loupe::shortest_edge_size(1, 1 << 30, 336); }, {"shortest_edge_size", "too many"});
-  CHECK(peak_rss_mb() < rss0 + 100);
+  CHECK(loupe_test::peak_rss_mb() < rss0 + 100);
 }

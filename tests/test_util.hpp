@@ -14,6 +14,8 @@
 #include <fstream>
 #include <string>
 
+#include <sys/resource.h>
+
 namespace loupe_test {
 namespace fs = std::filesystem;
 
@@ -60,6 +62,14 @@ std::string error_of(F f) {
 }
 
 // max |a − b| / max |b|: the relative error the reference comparisons quote.
+// The process's peak resident memory so far, in MiB (Linux reports KiB). Tests
+// that bound what an input costs compare it before and after.
+inline long peak_rss_mb() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return long(u.ru_maxrss) / 1024;
+}
+
 inline double rel_err(const float* a, const float* b, size_t n) {
   double num = 0, den = 0;
   for (size_t i = 0; i < n; ++i)

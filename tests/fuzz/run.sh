@@ -31,12 +31,15 @@ one() {
   local corpus="$build/fuzz-corpus/$name" artifacts="$build/fuzz-artifacts/$name/" log="$build/fuzz-logs/$name.log"
   rm -rf "$corpus" "$artifacts"
   mkdir -p "$corpus" "$artifacts"
-  local seeds
-  seeds=$(grep "^$name " "$seeds_file" | cut -d' ' -f2-)
+  # libFuzzer takes folders: seed files are copied into the fresh corpus, seed folders read as they are.
+  local seed dirs=()
+  for seed in $(grep "^$name " "$seeds_file" | cut -d' ' -f2-) "$here/regressions/$name"; do
+    if [ -d "$seed" ]; then dirs+=("$seed"); elif [ -f "$seed" ]; then cp "$seed" "$corpus/"; fi
+  done
   local rc=0
   # -rss_limit_mb also caps a single allocation (malloc_limit_mb defaults to it).
   "$exe" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$artifacts" "$corpus" $seeds "$here/regressions/$name" > "$log" 2>&1 || rc=$?
+    -artifact_prefix="$artifacts" "$corpus" "${dirs[@]}" > "$log" 2>&1 || rc=$?
   local runs cov
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
   cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1 || true)

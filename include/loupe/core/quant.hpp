@@ -71,14 +71,25 @@ inline void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
 inline void to_f32(DType t, const void* src, float* dst, int64_t n) {
   switch (t) {
     case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
+    // 16-bit rows are read through memcpy: a checkpoint's tensors sit at any
+    // byte offset (safetensors data_offsets, torch zip entries), so a row may
+    // be misaligned for uint16_t (UBSan's finding); compilers emit plain loads.
     case DType::F16: {
-      auto* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_f32(s[i]);
+      auto* s = static_cast<const unsigned char*>(src);
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, s + 2 * i, 2);
+        dst[i] = fp16_to_f32(h);
+      }
       return;
     }
     case DType::BF16: {
-      auto* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      auto* s = static_cast<const unsigned char*>(src);
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, s + 2 * i, 2);
+        dst[i] = bf16_to_f32(h);
+      }
       return;
     }
     case DType::Q8_0: dequantize_row_q8_0(static_cast<const BlockQ8_0*>(src), dst, n); return;

@@ -33,7 +33,11 @@ struct TensorView {
     return n;
   }
   int64_t cols() const { return ndim ? shape[size_t(ndim - 1)] : 1; }  // innermost length
-  int64_t rows() const { return ndim ? numel() / cols() : 1; }
+  int64_t rows() const {  // the outer dimensions' product (not numel / cols: a [3, 0] tensor has 3 empty rows)
+    int64_t n = 1;
+    for (int i = 0; i + 1 < ndim; ++i) n *= shape[size_t(i)];
+    return n;
+  }
   size_t row_stride() const { return ndim > 1 ? stride[size_t(ndim - 2)] : row_bytes(dtype, cols()); }
   size_t nbytes() const { return size_t(rows()) * row_bytes(dtype, cols()); }  // if contiguous
   bool contiguous() const {

@@ -46,8 +46,8 @@ struct ReadLimit {
   }
 };
 
-// A JSON tree costs ~40x its text where the text is all small numbers (one
-// 80-byte node per 2 bytes of "0,"): 8 MiB caps a parse near 350 MB. Real
+// A JSON tree costs ~32x its text where the text is all small numbers (one
+// 64-byte node per 2 bytes of "0,"): 8 MiB caps a parse near 300 MB. Real
 // files are far smaller: a 7B model's safetensors shard header ~30 KB, a 70B
 // index ~60 KB, config.json ~2 KB.
 inline constexpr ReadLimit kJsonFileLimit{"LOUPE_MAX_JSON_MB", 8, uint64_t(1) << 20, "MiB"};

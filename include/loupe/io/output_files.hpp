@@ -42,15 +42,17 @@ constexpr size_t kPathMax = 4096;
 enum : int { kFree = 0, kBusy = 1, kLive = 2 };
 inline std::atomic<int> slot_state[kSlots]{};
 inline char slot_path[kSlots][kPathMax];
+inline bool slot_folder[kSlots];  // a folder create() made, not a file
 
 // Lists `path`; returns its slot, or -1 when the table is full (the file is
 // then still removed on failure, only not by a signal handler).
-inline int add(const std::string& path) {
+inline int add(const std::string& path, bool folder = false) {
   if (path.size() >= kPathMax) return -1;
   for (int i = 0; i < kSlots; ++i) {
     int expected = kFree;
     if (!slot_state[i].compare_exchange_strong(expected, kBusy)) continue;
     std::memcpy(slot_path[i], path.c_str(), path.size() + 1);
+    slot_folder[i] = folder;
     slot_state[i].store(kLive);
     return i;
   }
@@ -91,12 +93,17 @@ inline void sync_folder(const std::filesystem::path& dir) {
 
 }  // namespace output_detail
 
-// Removes every temporary output file of this process (unlink only:
-// async-signal-safe). For a program's SIGINT/SIGTERM/SIGHUP handler.
+// Removes every temporary output file of this process, then the folders made
+// for them (unlink and rmdir only: async-signal-safe). For a program's
+// SIGINT/SIGTERM/SIGHUP handler.
 inline void remove_temp_outputs() noexcept {
   using namespace output_detail;
   for (int i = 0; i < kSlots; ++i)
-    if (slot_state[i].load() == kLive) ::unlink(slot_path[i]);
+    if (slot_state[i].load() == kLive && !slot_folder[i]) ::unlink(slot_path[i]);
+  // Innermost first: a pass removes the folders that are empty by now.
+  for (int pass = 0; pass < kSlots; ++pass)
+    for (int i = 0; i < kSlots; ++i)
+      if (slot_state[i].load() == kLive && slot_folder[i]) ::rmdir(slot_path[i]);
 }
 
 class OutputFiles {
@@ -187,7 +194,8 @@ class OutputFiles {
       output_detail::sync_folder(dir);
       synced.push_back(dir);
     }
-    if (!made_.empty()) output_detail::sync_folder(made_.front().parent_path());
+    if (!made_.empty()) output_detail::sync_folder(made_.front().path.parent_path());
+    for (const Made& m : made_) output_detail::drop(m.slot);
     made_.clear();  // they hold the outputs now
   }
 
@@ -202,7 +210,8 @@ class OutputFiles {
       if (d == d.parent_path()) break;
     }
     for (auto d = missing.rbegin(); d != missing.rend(); ++d) {
-      if (fs::create_directory(*d, ec)) made_.push_back(*d);
+      output_detail::SignalsHeld hold;  // made and listed as one step
+      if (fs::create_directory(*d, ec)) made_.push_back({*d, output_detail::add(d->string(), true)});
       else if (ec) fail(d->string(), ": cannot create the folder: ", ec.message());
     }
   }
@@ -216,12 +225,19 @@ class OutputFiles {
     }
     files_.clear();
     std::error_code ec;
-    for (auto d = made_.rbegin(); d != made_.rend(); ++d) std::filesystem::remove(*d, ec);  // only if empty
+    for (auto d = made_.rbegin(); d != made_.rend(); ++d) {
+      std::filesystem::remove(d->path, ec);  // only if empty
+      output_detail::drop(d->slot);
+    }
     made_.clear();
   }
 
+  struct Made {
+    std::filesystem::path path;
+    int slot;  // in the signal handler's table
+  };
   std::vector<std::unique_ptr<File>> files_;
-  std::vector<std::filesystem::path> made_;  // folders create() made, outermost first
+  std::vector<Made> made_;  // folders create() made, outermost first
 };
 
 }  // namespace loupe

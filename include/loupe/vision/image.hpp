@@ -110,11 +110,15 @@ Image load_image(const std::string& path);
 
 }  // namespace loupe
 
-#ifdef LOUPE_IMPLEMENTATION
-// stb_image, compiled once, in the implementation's translation unit, with
-// internal linkage (STB_IMAGE_STATIC) so it cannot clash with the
-// application's own copy. Only the formats used; no SIMD so that native and
-// WASM decode identically.
+// stb_image, with internal linkage (STB_IMAGE_STATIC) so it cannot clash with
+// the application's own copy, behind the few functions loupe::stb exports.
+// Only the formats used; no SIMD so that native and WASM decode identically.
+// Corrupt JPEG coefficients overflow int in stb's IDCT and DC prediction, so
+// stb wants -fwrapv: the library build compiles it alone in src/stb_image.cpp
+// (LOUPE_STB_IMPLEMENTATION) with that flag, leaving the kernels' translation
+// unit (LOUPE_STB_SEPARATE) without it; a header-only build compiles it in its
+// LOUPE_IMPLEMENTATION unit.
+#if (defined(LOUPE_IMPLEMENTATION) && !defined(LOUPE_STB_SEPARATE)) || defined(LOUPE_STB_IMPLEMENTATION)
 #ifdef STBI_INCLUDE_STB_IMAGE_H
 #error "loupe/vision/image.hpp builds its own static copy of stb_image: include it instead of stb_image.h in this file"
 #endif
@@ -152,7 +156,36 @@ Image load_image(const std::string& path);
 #if defined(__GNUC__) || defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+#ifdef LOUPE_STB_IMPLEMENTATION
+#define LOUPE_STB_API
+#else
+#define LOUPE_STB_API inline
+#endif
+namespace loupe::stb {
+LOUPE_STB_API int info(const uint8_t* d, int n, int* w, int* h, int* c) { return stbi_info_from_memory(d, n, w, h, c); }
+LOUPE_STB_API int is_16_bit(const uint8_t* d, int n) { return stbi_is_16_bit_from_memory(d, n); }
+LOUPE_STB_API uint8_t* load_8(const uint8_t* d, int n, int* w, int* h, int* c, int want) {
+  return stbi_load_from_memory(d, n, w, h, c, want);
+}
+LOUPE_STB_API uint16_t* load_16(const uint8_t* d, int n, int* w, int* h, int* c, int want) {
+  return stbi_load_16_from_memory(d, n, w, h, c, want);
+}
+LOUPE_STB_API void release(void* p) { stbi_image_free(p); }
+LOUPE_STB_API const char* failure_reason() { return stbi_failure_reason(); }
+}  // namespace loupe::stb
+#undef LOUPE_STB_API
+#elif defined(LOUPE_IMPLEMENTATION)
+namespace loupe::stb {  // defined in src/stb_image.cpp
+int info(const uint8_t* d, int n, int* w, int* h, int* c);
+int is_16_bit(const uint8_t* d, int n);
+uint8_t* load_8(const uint8_t* d, int n, int* w, int* h, int* c, int want);
+uint16_t* load_16(const uint8_t* d, int n, int* w, int* h, int* c, int want);
+void release(void* p);
+const char* failure_reason();
+}  // namespace loupe::stb
+#endif
 
+#ifdef LOUPE_IMPLEMENTATION
 namespace loupe {
 
 namespace detail {
@@ -357,7 +390,7 @@ inline Image decode_gif(const uint8_t* d, size_t n, const std::string& name) {
 //     buffers it never wrote, where PIL refuses the file: we require one frame
 //     header, then at least one scan, each naming components of the frame
 //     (PIL refuses a bad selector too). A scan that leaves a component out is
-//     decoded, as libjpeg does: stb's buffers are zeroed (STBI_MALLOC below).
+//     decoded, as libjpeg does: stb's buffers are zeroed (STBI_MALLOC above).
 // Returns an empty string when the structure is sound, else what is wrong.
 inline std::string jpeg_structure_error(const uint8_t* d, size_t n) {
   int frame = 0;        // SOF marker seen (0: none yet)
@@ -488,35 +521,35 @@ Image decode_image(const uint8_t* data, size_t n, const std::string& name) {
     if (!err.empty()) fail(name, ": ", err);
   }
   int w = 0, h = 0, comp = 0;
-  if (stbi_info_from_memory(data, len, &w, &h, &comp)) {
+  if (stb::info(data, len, &w, &h, &comp)) {
     detail::check_image_size(name, fmt, w, h);
   } else {
     // stb's probe loses the reason (it tries every format); a load gives it.
-    stbi_uc* p = stbi_load_from_memory(data, len, &w, &h, &comp, 3);
-    if (p) stbi_image_free(p);
-    fail(name, ": cannot decode ", f, " (corrupt or truncated): ", stbi_failure_reason());
+    uint8_t* p = stb::load_8(data, len, &w, &h, &comp, 3);
+    if (p) stb::release(p);
+    fail(name, ": cannot decode ", f, " (corrupt or truncated): ", stb::failure_reason());
   }
 
   Image img;
-  if (f == "PNG" && comp == 1 && stbi_is_16_bit_from_memory(data, len)) {
+  if (f == "PNG" && comp == 1 && stb::is_16_bit(data, len)) {
     // 16-bit grey: PIL mode "I", convert('RGB') clips to [0, 255].
     int x, y, c;
-    stbi_us* p = stbi_load_16_from_memory(data, len, &x, &y, &c, 1);
-    if (!p) fail(name, ": cannot decode PNG (corrupt or truncated): ", stbi_failure_reason());
+    uint16_t* p = stb::load_16(data, len, &x, &y, &c, 1);
+    if (!p) fail(name, ": cannot decode PNG (corrupt or truncated): ", stb::failure_reason());
     img = Image(x, y);
     for (size_t i = 0; i < size_t(x) * size_t(y); ++i)
       img.rgb[i * 3] = img.rgb[i * 3 + 1] = img.rgb[i * 3 + 2] = uint8_t(std::min<int>(p[i], 255));
-    stbi_image_free(p);
+    stb::release(p);
     return img;
   }
   // Everything else: stb's 8-bit RGB output drops alpha without compositing,
   // replicates grey and takes the high byte of 16-bit samples, as PIL does.
   int x, y, c;
-  stbi_uc* p = stbi_load_from_memory(data, len, &x, &y, &c, 3);
-  if (!p) fail(name, ": cannot decode ", f, " (corrupt or truncated): ", stbi_failure_reason());
+  uint8_t* p = stb::load_8(data, len, &x, &y, &c, 3);
+  if (!p) fail(name, ": cannot decode ", f, " (corrupt or truncated): ", stb::failure_reason());
   img = Image(x, y);
   std::memcpy(img.rgb.data(), p, img.rgb.size());
-  stbi_image_free(p);
+  stb::release(p);
   return img;
 }
 
