@@ -2,7 +2,9 @@
 """Reference for include/loupe/chat.hpp: a re-implementation of the Conversation
 class of LLaVA (llava/conversation.py) and ShareGPT4V (share4v/conversation.py),
 get_prompt() for SeparatorStyle.SINGLE and .TWO, with their templates, and the
-way LLaVA's CLI (llava/serve/cli.py) builds the first message and the stop string.
+way LLaVA's CLI (llava/serve/cli.py) builds the first message and the stop string;
+and "llava_hf", the chat_template.json of transformers' LLaVA-1.5 checkpoints
+(llava-hf/llava-1.5-7b-hf), transliterated from its Jinja (no jinja2 here).
 
   conversation_ref.py CASES.json OUTDIR
       CASES.json: list of {"template": name, "image": bool, "turns": [user, reply, user, ...]}
@@ -70,8 +72,37 @@ TEMPLATES = {
 
 DEFAULT_IMAGE_TOKEN = "<image>"
 
+# llava-hf/llava-1.5-7b-hf chat_template.json:
+#   {% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}
+#   {% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}
+#   {% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}
+#   {% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}
+# (the assistant's text goes through {% generation %}, which only marks it). Replies end with EOS: no stop text.
+def llava_hf_prompt(case):
+    messages = []
+    for i, text in enumerate(case["turns"]):
+        content = [{"type": "text", "text": text}]
+        if i == 0 and case["image"]:
+            content.insert(0, {"type": "image"})
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": content})
+    out = ""
+    for message in messages:
+        if message["role"] != "system":
+            out += message["role"].upper() + ": "
+        for content in message["content"]:
+            if content["type"] == "image":
+                out += "<image>\n"
+        for content in message["content"]:
+            if content["type"] == "text":
+                out += content["text"] + " "
+    if len(case["turns"]) % 2 == 1:  # add_generation_prompt
+        out += "ASSISTANT:"
+    return out, ""
+
 
 def build(case):
+    if case["template"] == "llava_hf":
+        return llava_hf_prompt(case)
     conv = TEMPLATES[case["template"]].copy()
     image = case["image"]
     turns = case["turns"]

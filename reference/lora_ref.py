@@ -23,6 +23,20 @@ peft/utils/{other,save_and_load}.py (no peft package needed):
     load_pretrained_model strips "base_model." and then "model." (from
     "model.model.") and loads them over the model: the projector is replaced.
 
+  - llava-hf bases (transformers' LlavaForConditionalGeneration, see llava_hf.py): keys
+    are base_model.model.<module path in that model>: language_model.model.layers.N.
+    self_attn.q_proj (transformers < 4.52 names) or model.language_model.layers.N... (>=
+    4.52, --naming v4.52; both are accepted on either base, as transformers maps them);
+    target_modules as PEFT's check_target_module_exists reads it: a list matches module
+    paths equal to or ending in "." + entry (so ["q_proj", "v_proj"] also hits the CLIP
+    tower's q_proj / v_proj), a string is re.fullmatch'ed (default here
+    .*language_model.*\.(q_proj|...|down_proj)), all-linear = every nn.Linear but lm_head
+    (tower, projector included; written as the leaf-name list). modules_to_save
+    ["multi_modal_projector"] (the default here; --no-projector for none) is saved as
+    base_model.model.multi_modal_projector.linear_1.weight etc. (new names:
+    base_model.model.model.multi_modal_projector...): ModulesToSaveWrapper.adapter_state_dict
+    strips "modules_to_save.default.", get_peft_model_state_dict the adapter name.
+
 The LLaMA math is llama_ref.py's (HF LlamaForCausalLM) with every projection going
 through a PEFT-style LoRA linear; the vision path is vision_ref.py's.
 
@@ -34,12 +48,17 @@ Run with /usr/bin/python3.  Subcommands:
       a random adapter for the HF model in DIR (llava: DIR is the LLM dir of a
       vlm_fixture.py checkpoint; the adapter gets a random replacement projector).
       --break rank|dtype|module|target writes a deliberately broken adapter.
+      llava-hf base (DIR = vlm_fixture.py --layout llava-hf* DIR/llm): peft-safetensors /
+      peft-bin only, [--target-regex RE | --targets LIST|all-linear] [--naming legacy|v4.52]
+      [--modules-to-save multi_modal_projector,lm_head,embed_tokens] [--no-projector].
   logits  --base DIR --lora ADIR[:SCALE] ... --out OUT (--tokens 1,2,3 | --vit VITDIR
           --pixels NPY --ids JSON) [--base-quant q4_0] [--merged]
       OUT/logits.npy: [T, V] every position (tokens), or [V] last position (image
       prompt, plus OUT/image_features.npy). --base-quant q4_0: the base weights as
       loupe stores a q4_0 conversion (ggml's Q4_0, lm_head Q8_0), dequantised.
       --merged: evaluate with the adapters merged (get_delta_weight) instead.
+      llava-hf base: no --vit (the tower is inside); LoRA on the tower / projector and
+      modules_to_save of the projector are applied; ids as DIR/ref/prompt_ids.json (-200).
   batch   FILE.json: a list of argument lists, run in one process (saves start-ups).
 """
 
@@ -59,9 +78,16 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 import hf_layout  # noqa: E402
 import llama_ref  # noqa: E402
+import llava_hf  # noqa: E402
 
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+# the nn.Linear modules of a CLIP encoder layer (CLIPAttention, CLIPMLP), CLIPAttention order
+TOWER_LINEARS = ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj",
+                 "self_attn.out_proj", "mlp.fc1", "mlp.fc2"]
+# what a LLaVA fine-tune usually targets on a LlavaForConditionalGeneration: the language
+# model's linears only (a plain name list would also hit the tower's q/k/v_proj)
+HF_DEFAULT_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 # ------------------------------------------------------------------ PEFT rules
@@ -186,18 +212,33 @@ def loupe_q4_0_roundtrip(w, cfg):
     return out
 
 
-def build_linears(w, cfg, adapters, cdtype):
-    """{module: LoraLinear} with the active adapters' updates; replaces whole tensors in w."""
+_EXTRA_LINEAR = re.compile(r"^(vision_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|"
+                           r"mlp\.fc[12])|model\.mm_projector\.\d+)\.weight$")
+
+
+def build_linears(w, cfg, adapters, cdtype, extra=None):
+    """{module: LoraLinear} with the active adapters' updates; replaces whole tensors in w.
+    extra (llava-hf bases): canonical tower (vision_model.*) and projector
+    (model.mm_projector.*) tensors; their linears get LoraLinears too, adapter names are
+    mapped to canonical ones (llava_hf.canonical_name, either generation) and
+    modules_to_save tensors of the tower / projector replace entries of extra in place."""
     lins = {}
     for l in range(cfg["num_hidden_layers"]):
         for m in LINEARS:
             name = "model.layers.%d.%s" % (l, m)
             lins[name] = LoraLinear(w[name + ".weight"])
     lins["lm_head"] = LoraLinear(w["lm_head.weight"])
+    if extra is not None:
+        for k, t in extra.items():
+            if _EXTRA_LINEAR.match(k):
+                lins[k[:-len(".weight")]] = LoraLinear(t.to(cdtype))
     for adir, scale in adapters:
         if scale == 0:
             continue
         acfg, pairs, whole = read_adapter(adir)
+        if extra is not None:
+            build_hf_adapter(adir, scale, acfg, pairs, whole, w, lins, extra, cdtype)
+            continue
         for k, t in whole.items():
             if k.startswith("model.mm_projector."):
                 continue  # the vision path takes these
@@ -215,6 +256,82 @@ def build_linears(w, cfg, adapters, cdtype):
     return lins
 
 
+def build_hf_adapter(adir, scale, acfg, pairs, whole, w, lins, extra, cdtype):
+    """One adapter on a llava-hf base (see build_linears). r / alpha patterns are matched
+    against the adapter's own (transformers) module names, as PEFT does."""
+    for k, t in whole.items():
+        c, _ = llava_hf.canonical_name(k)
+        if c.startswith("model.mm_projector.") or c.startswith("vision_model."):
+            if c not in extra:
+                raise SystemExit("%s: %s is not a tensor of the base model" % (adir, k))
+            extra[c] = t
+            if c[:-len(".weight")] in lins and c.endswith(".weight"):
+                lins[c[:-len(".weight")]].weight = t.to(cdtype)
+            continue
+        if c not in w:
+            raise SystemExit("%s: %s is not a tensor of the base model" % (adir, k))
+        w[c] = t.to(cdtype)
+        mod = c[:-len(".weight")]
+        if mod in lins:
+            lins[mod].weight = w[c]
+    for mod, (A, B) in pairs.items():
+        c, _ = llava_hf.canonical_name(mod)
+        if c not in lins:
+            raise SystemExit("%s: LoRA on %s, not a linear module of the base" % (adir, mod))
+        r, _ = module_r_alpha(acfg, mod)
+        if A.shape[0] != r or B.shape[1] != r:
+            raise SystemExit("%s: rank of %s is not r=%d" % (adir, mod, r))
+        lins[c].adapters.append((A.to(cdtype), B.to(cdtype), scaling_of(acfg, mod) * scale))
+
+
+def clip_forward_lin(sd, vcfg, pixels, lin, cdtype=torch.float32, prefix="vision_model."):
+    """vision_ref.clip_vision_forward with the encoder's linears through lin(module, x)
+    (x @ W^T [+ LoRA]; biases added here). Same op order, so without adapters the result
+    is bit-identical to vision_ref's."""
+    import torch.nn.functional as F
+    import vision_ref
+    vcfg = vision_ref.vision_config_of(vcfg)
+
+    def W(name):
+        return sd[prefix + name].to(cdtype)
+
+    x = torch.as_tensor(np.asarray(pixels)).to(cdtype)
+    if x.dim() == 3:
+        x = x[None]
+    P, D, nh = int(vcfg["patch_size"]), int(vcfg["hidden_size"]), int(vcfg["num_attention_heads"])
+    hd = D // nh
+    eps = float(vcfg["layer_norm_eps"])
+    act = vision_ref._act(vcfg.get("hidden_act"))
+    pe = F.conv2d(x, W("embeddings.patch_embedding.weight"), None, stride=P)
+    pe = pe.flatten(2).transpose(1, 2)[0]
+    h = torch.cat([W("embeddings.class_embedding")[None, :], pe], dim=0) + \
+        W("embeddings.position_embedding.weight")
+    h = vision_ref._layer_norm(h, W("pre_layrnorm.weight"), W("pre_layrnorm.bias"), eps)
+    states = [h]
+    T = h.shape[0]
+    for l in range(int(vcfg["num_hidden_layers"])):
+        p = "encoder.layers.%d." % l
+        L = lambda name, y: lin(prefix + p + name, y) + W(p + name + ".bias")
+        M = lambda name, y: lin(prefix + p + name, y)  # bias added after the residual
+        r = h
+        y = vision_ref._layer_norm(h, W(p + "layer_norm1.weight"), W(p + "layer_norm1.bias"), eps)
+        q = L("self_attn.q_proj", y) * hd ** -0.5
+        k = L("self_attn.k_proj", y)
+        v = L("self_attn.v_proj", y)
+        q = q.view(T, nh, hd).transpose(0, 1)
+        k = k.view(T, nh, hd).transpose(0, 1)
+        v = v.view(T, nh, hd).transpose(0, 1)
+        a = torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+        a = a.transpose(0, 1).reshape(T, D)
+        h = r + M("self_attn.out_proj", a) + W(p + "self_attn.out_proj.bias")
+        r = h
+        y = vision_ref._layer_norm(h, W(p + "layer_norm2.weight"), W(p + "layer_norm2.bias"), eps)
+        y = act(L("mlp.fc1", y))
+        h = r + M("mlp.fc2", y) + W(p + "mlp.fc2.bias")
+        states.append(h)
+    return torch.stack(states, dim=0)
+
+
 def cmd_logits(a):
     cdtype = torch.float32
     adapters = []
@@ -222,17 +339,24 @@ def cmd_logits(a):
         path, _, scale = s.rpartition(":") if not os.path.isdir(s) else (s, "", "")
         adapters.append((path, float(scale) if scale else 1.0))
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.base, "config.json")) as f:
-        raw_cfg = json.load(f)
+    hfm = llava_hf.load(a.base) if llava_hf.is_llava_hf(a.base) else None
+    if hfm is not None:  # transformers' LlavaForConditionalGeneration, canonical names
+        raw_cfg, sd = hfm.flat, hfm.llm
+        extra = OrderedDict(hfm.tower)
+        extra.update((k, v) for k, v in sd.items() if k.startswith("model.mm_projector."))
+    else:
+        with open(os.path.join(a.base, "config.json")) as f:
+            raw_cfg = json.load(f)
+        sd = hf_layout.load_state_dict(a.base)
+        extra = None
     cfg = llama_ref.full_config(raw_cfg)
-    sd = hf_layout.load_state_dict(a.base)
     text = {k: v for k, v in sd.items() if k.startswith("model.layers.") or
             k in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")}
     w = llama_ref.weights_to_compute(text, cfg, cdtype)
     if a.base_quant == "q4_0":
         w = loupe_q4_0_roundtrip(w, cfg)
     with torch.no_grad():
-        lins = build_linears(w, cfg, adapters, cdtype)
+        lins = build_linears(w, cfg, adapters, cdtype, extra)
         if a.merged:
             for lin in lins.values():
                 lin.weight, lin.adapters = lin.merged(), []
@@ -244,6 +368,18 @@ def cmd_logits(a):
             ids = [int(t) for t in a.tokens.split(",")]
             h = w["model.embed_tokens.weight"][torch.tensor(ids)]
             logits = llama_forward_embeds(w, cfg, h, lin, cdtype)
+        elif hfm is not None:
+            import vision_ref
+            pixels = np.load(a.pixels)
+            with open(a.ids) as f:
+                ids = json.load(f)["ids"]
+            hs = clip_forward_lin(extra, hfm.vcfg, pixels, lin, cdtype)
+            proj = {k: v for k, v in extra.items() if k.startswith("model.mm_projector.")}
+            feats = llava_hf.projector(proj, llava_hf.select(hs, hfm.layers, hfm.strategy),
+                                       hfm.flat["projector_hidden_act"], lin, cdtype)
+            emb = vision_ref.splice_embeddings(w["model.embed_tokens.weight"], ids, feats)
+            logits = llama_forward_embeds(w, cfg, emb, lin, cdtype)[-1]
+            np.save(os.path.join(a.out, "image_features.npy"), feats.to(torch.float32).numpy())
         else:
             import vision_ref
             _, _, vcfg, vsd, prefix = vision_ref.load_model(a.base, a.vit)
@@ -270,8 +406,28 @@ def cmd_logits(a):
 
 # ------------------------------------------------------------------ random adapters
 
+def write_adapter(out_dir, layout, acfg, tensors):
+    """A fresh PEFT directory: adapter_config.json and the weights as safetensors or a pickle."""
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir)
+    with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        json.dump(acfg, f, indent=2)
+        f.write("\n")
+    if layout == "peft-safetensors":
+        hf_layout.write_safetensors(os.path.join(out_dir, "adapter_model.safetensors"), tensors)
+    else:
+        torch.save(tensors, os.path.join(out_dir, "adapter_model.bin"))
+
+
 def cmd_make(a):
     g = torch.Generator().manual_seed(a.seed)
+    if llava_hf.is_llava_hf(a.base):
+        return cmd_make_hf(a, g)
+    if a.target_regex or a.naming:
+        raise SystemExit("--target-regex / --naming apply to llava-hf bases only")
+    if a.targets is None:
+        a.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     with open(os.path.join(a.base, "config.json")) as f:
         base_cfg = json.load(f, object_pairs_hook=OrderedDict)
     cfg = llama_ref.full_config(base_cfg)
@@ -329,16 +485,7 @@ def cmd_make(a):
         base = sd[key].to(torch.float32)
         out["base_model.model." + key] = (base + 0.5 * base.std() * torch.randn(base.shape, generator=g)).to(dt)
 
-    if os.path.isdir(a.out):
-        shutil.rmtree(a.out)
-    os.makedirs(a.out)
-    with open(os.path.join(a.out, "adapter_config.json"), "w") as f:
-        json.dump(acfg, f, indent=2)
-        f.write("\n")
-    if a.layout == "peft-safetensors":
-        hf_layout.write_safetensors(os.path.join(a.out, "adapter_model.safetensors"), out)
-    else:
-        torch.save(out, os.path.join(a.out, "adapter_model.bin"))
+    write_adapter(a.out, a.layout, acfg, out)
     if a.layout == "llava":
         run_cfg = OrderedDict(base_cfg)
         run_cfg["mm_projector_lr"] = 2e-05
@@ -358,6 +505,115 @@ def cmd_make(a):
     return 0
 
 
+def cmd_make_hf(a, g):
+    """make on a llava-hf (LlavaForConditionalGeneration) base: module paths as PEFT sees
+    them in that model (LEGACY: language_model.model.layers.N..., vision_tower.vision_model...,
+    multi_modal_projector.linear_{1,2}, language_model.lm_head; NEW (transformers >= 4.52):
+    model.language_model.layers.N..., model.vision_tower..., model.multi_modal_projector...,
+    lm_head). Target matching as peft's check_target_module_exists: a list matches a module
+    whose name is, or ends with "." + , an entry; a string is re.fullmatch'ed; all-linear
+    expands to every nn.Linear but the output embedding (lm_head), written back as leaf names.
+    modules_to_save (default ["multi_modal_projector"], none with --no-projector) are saved
+    whole as base_model.model.<module>.<param> (get_peft_model_state_dict strips
+    modules_to_save.<adapter>.)."""
+    if a.layout == "llava":
+        raise SystemExit("--layout llava (non_lora_trainables.bin) is the original LLaVA's; "
+                         "use peft-safetensors or peft-bin on a llava-hf base")
+    m = llava_hf.load(a.base)
+    gen = a.naming or m.gen
+    lcfg = llama_ref.full_config(m.flat)
+    tower = ["vision_model.encoder.layers.%d.%s" % (l, x)
+             for l in range(int(m.vcfg["num_hidden_layers"])) for x in TOWER_LINEARS]
+    proj = ["model.mm_projector.0", "model.mm_projector.2"]
+    lm = ["model.layers.%d.%s" % (l, x) for l in range(lcfg["num_hidden_layers"]) for x in LINEARS]
+    canon = tower + proj + lm + ["lm_head"]      # named_modules() order
+    names = OrderedDict((c, llava_hf.hf_name(c, gen)) for c in canon)
+    weights = dict(m.tower)
+    weights.update(m.llm)
+    if a.target_regex:
+        targets = a.target_regex
+    elif a.targets == "all-linear":
+        targets = sorted({n.rsplit(".", 1)[-1] for c, n in names.items() if c != "lm_head"})
+    elif a.targets:
+        targets = a.targets.split(",")
+    else:
+        targets = HF_DEFAULT_TARGET_REGEX
+
+    def wanted(name):
+        if isinstance(targets, str):
+            return re.fullmatch(targets, name) is not None
+        return any(name == t or name.endswith("." + t) for t in targets)
+
+    if a.modules_to_save is not None:
+        mts = [x for x in a.modules_to_save.split(",") if x]
+    else:
+        mts = [] if a.no_projector else ["multi_modal_projector"]
+    mts_canon = {"multi_modal_projector": [k for k in m.llm if k.startswith("model.mm_projector.")],
+                 "lm_head": ["lm_head.weight"], "embed_tokens": ["model.embed_tokens.weight"]}
+    for x in mts:
+        if x not in mts_canon:
+            raise SystemExit("--modules-to-save: %s is not one of %s" % (x, sorted(mts_canon)))
+    rank_pattern = json.loads(a.rank_pattern, object_pairs_hook=OrderedDict) if a.rank_pattern else {}
+    alpha_pattern = json.loads(a.alpha_pattern, object_pairs_hook=OrderedDict) if a.alpha_pattern else {}
+    acfg = OrderedDict([
+        ("alpha_pattern", alpha_pattern), ("auto_mapping", None),
+        ("base_model_name_or_path", os.path.abspath(a.base)), ("bias", "none"),
+        ("fan_in_fan_out", False), ("inference_mode", True), ("init_lora_weights", True),
+        ("layers_pattern", None), ("layers_to_transform", None), ("loftq_config", {}),
+        ("lora_alpha", a.alpha), ("lora_dropout", 0.05), ("megatron_config", None),
+        ("megatron_core", "megatron.core"), ("modules_to_save", mts or None),
+        ("peft_type", "LORA"), ("r", a.r), ("rank_pattern", rank_pattern), ("revision", None),
+        ("target_modules", targets), ("task_type", "CAUSAL_LM"), ("use_dora", False),
+        ("use_rslora", a.rslora)])
+    if a.break_ == "target":
+        if isinstance(targets, str):
+            raise SystemExit("--break target needs a list --targets")
+        acfg["target_modules"] = list(targets) + ["fc3"]
+    dt = hf_layout.parse_dtype(a.dtype)
+    out = OrderedDict()
+    hit = {"tower": 0, "projector": 0, "language_model": 0}
+    for c, name in names.items():
+        if not wanted(name):
+            continue
+        if c.startswith("model.mm_projector.") and "multi_modal_projector" in mts:
+            raise SystemExit("%s is both a LoRA target and in modules_to_save" % name)
+        W = weights[c + ".weight"]
+        r, _ = module_r_alpha(acfg, name)
+        A = torch.randn(r, W.shape[1], generator=g) / math.sqrt(W.shape[1])
+        B = torch.randn(W.shape[0], r, generator=g) * (a.magnitude / math.sqrt(r))
+        out["base_model.model.%s.lora_A.weight" % name] = A.to(dt)
+        out["base_model.model.%s.lora_B.weight" % name] = B.to(dt)
+        hit["tower" if c.startswith("vision_model.") else
+            "projector" if c.startswith("model.mm_projector.") else "language_model"] += 1
+    if not out:
+        raise SystemExit("no module of the base matches target_modules %r" % (targets,))
+    first = next(iter(out))
+    if a.break_ == "rank":
+        kb = first.replace("lora_A", "lora_B")
+        out[kb] = torch.cat([out[kb], out[kb][:, :1]], dim=1)
+    elif a.break_ == "dtype":
+        out[first] = out[first].to(torch.float64)
+    elif a.break_ == "module":
+        bad = llava_hf.hf_name("model.layers.0.mlp.fc1", gen)
+        out["base_model.model.%s.lora_A.weight" % bad] = torch.randn(a.r, 8, generator=g)
+        out["base_model.model.%s.lora_B.weight" % bad] = torch.randn(8, a.r, generator=g)
+    for x in mts:
+        for c in mts_canon[x]:
+            base = weights[c].to(torch.float32)
+            if x == "multi_modal_projector":  # a freshly trained projector
+                fan_in = base.shape[1] if base.dim() == 2 else 1
+                new = torch.randn(base.shape, generator=g) * \
+                    (1.0 / math.sqrt(fan_in) if base.dim() == 2 else 0.2)
+            else:
+                new = base + 0.5 * base.std() * torch.randn(base.shape, generator=g)
+            out["base_model.model." + llava_hf.hf_name(c, gen)] = new.to(dt)
+    write_adapter(a.out, a.layout, acfg, out)
+    print("%s: %s adapter on a llava-hf base (%s names), %d tensors, r=%d alpha=%g, LoRA on %s, "
+          "modules_to_save %s" % (a.out, a.layout, gen, len(out), a.r, a.alpha,
+                                  ", ".join("%s %d" % kv for kv in hit.items()), mts))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -371,7 +627,13 @@ def main(argv=None):
     m.add_argument("--rslora", action="store_true")
     m.add_argument("--rank-pattern")
     m.add_argument("--alpha-pattern")
-    m.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    m.add_argument("--targets", help="comma list or all-linear [q_proj,k_proj,v_proj,o_proj,"
+                   "gate_proj,up_proj,down_proj; llava-hf base: --target-regex's default]")
+    m.add_argument("--target-regex", help="(llava-hf base) target_modules as one regex string "
+                   "(re.fullmatch on module paths) [%s when no --targets]" % HF_DEFAULT_TARGET_REGEX)
+    m.add_argument("--naming", choices=list(llava_hf.GENERATIONS),
+                   help="(llava-hf base) module paths of this transformers generation "
+                        "[the base's own]")
     m.add_argument("--magnitude", type=float, default=0.5)
     m.add_argument("--dtype", choices=["f32", "f16", "bf16"], default="f32")
     m.add_argument("--modules-to-save")
@@ -394,8 +656,9 @@ def main(argv=None):
     if a.cmd == "make":
         return cmd_make(a)
     if a.cmd == "logits":
-        if not a.tokens and not (a.vit and a.pixels and a.ids):
-            ap.error("logits needs --tokens or --vit, --pixels and --ids")
+        if not a.tokens and not (a.pixels and a.ids and (a.vit or llava_hf.is_llava_hf(a.base))):
+            ap.error("logits needs --tokens or --vit, --pixels and --ids (no --vit for a "
+                     "llava-hf base)")
         return cmd_logits(a)
     with open(a.file) as f:
         for args in json.load(f):

@@ -38,6 +38,51 @@ Layouts (--layout):
   llava15-safetensors     same with safetensors: LLM one F32 model.safetensors, tower
                 dir model.safetensors (F32); default --tower separate (released layout).
 
+  llava-hf                transformers' own layout, LlavaForConditionalGeneration as in
+                llava-hf/llava-1.5-7b-hf (names of transformers < 4.52, still what
+                save_pretrained writes). ONE directory DIR/llm/ (no vit/):
+                config.json (model_type llava; text_config / vision_config keep only the
+                values that differ from LlamaConfig / CLIPVisionConfig defaults - see
+                ref/meta.json "defaults_applied"), model-0000{1,2}-of-00002.safetensors (F16)
+                + model.safetensors.index.json, tokenizer.model + tokenizer_config.json
+                (added_tokens_decoder 32000 <image>, 32001 <pad>), added_tokens.json,
+                special_tokens_map.json, generation_config.json, chat_template.json,
+                preprocessor_config.json (CLIPImageProcessor, no pad), processor_config.json.
+                Keys: vision_tower.vision_model.* (whole CLIPVisionModel incl.
+                post_layernorm, no position_ids buffer), multi_modal_projector.linear_{1,2}.
+                {weight,bias}, language_model.model.{embed_tokens,layers.N.*,norm},
+                language_model.lm_head.weight. embed_tokens / lm_head have 32064 rows (32000
+                pieces + <image> + <pad>, padded to 64; rows 0..31999 are exactly the
+                llava15 draws of the same seed and sizes).
+  llava-hf-new            the same model with transformers >= 4.52 module names
+                (modeling_llava.py _checkpoint_conversion_mapping): model.vision_tower.
+                vision_model.*, model.multi_modal_projector.*, model.language_model.
+                {embed_tokens,layers.N.*,norm}, lm_head.weight; one BF16 pytorch_model.bin;
+                config as 4.52 writes it (image_seq_length, multimodal_projector_bias,
+                text head_dim; rms_norm_eps left out = the 1e-6 default).
+  llava-hf options: --feature-strategy default|full (vision_feature_select_strategy:
+                default drops the CLS row -> N features, full keeps it -> N+1);
+                --config-overrides keys: "vision" / "vision_config" -> vision_config,
+                "text_config" or any LlamaConfig key -> text_config, "preprocessor" ->
+                preprocessor_config.json ({"do_pad": true} makes it a LlavaImageProcessor
+                that pads to square first, goldens follow), anything else -> the top level
+                (vision_feature_layer: int or list of ints, projector_hidden_act,
+                multimodal_projector_bias, image_token_index, ...);
+                --also-original DIR2 [--original-vocab orig|padded]: the same stored
+                weights in the llava15 layout (DIR2/llm f16/bf16 sharded .bin with
+                model.mm_projector.{0,2}; DIR2/vit CLIPModel .bin f32; DIR2/ref goldens of
+                that layout: vicuna_v1 prompt, pad) - the run fails unless the llava15
+                pipeline on DIR2, fed the llava-hf pixels and ids, reproduces the llava-hf
+                goldens (logits compared on DIR2's rows).
+  Goldens of the llava-hf layouts: pixel_values per preprocessor_config.json (no pad unless
+  do_pad); prompt 'USER: <image>\n{question} ASSISTANT:' (chat_template.json, BOS added);
+  prompt_ids.json keeps "ids" with -200 at the image (as the other layouts) and adds
+  "image_token_index": 32000 (the config's id), "image_sentinel": -200, "ids_hf" (-200 ->
+  32000) and "ids_processor" (32000 repeated n_image_features times, as LlavaProcessor
+  expands it); image_features.npy [N or N+1, Ht] per the strategy / feature layer(s);
+  logits.npy [32064]; greedy.json; meta.json with the generation, tensor prefixes, files,
+  the config and the defaults a reader must apply.
+
 Goldens in DIR/ref/ (float32 .npy, C order):
   pixel_values.npy          [3, S, S]   preprocess_ref.preprocess (pad per image_aspect_ratio)
   vision_hidden_states.npy  [L+1, N+1, Dv] (0 = after pre_layrnorm; l+1 = after layer l;
@@ -57,7 +102,15 @@ Presets (--preset; default per layout in DEFAULT_PRESET): tiny, odd, full336.
 
 Examples:
   vlm_fixture.py --layout sharegpt4v --out /tmp/s4v --seed 1 --self-check
-  vlm_fixture.py --layout all --out /tmp/vlm --seed 1    # /tmp/vlm/<layout>/...
+  vlm_fixture.py --layout all --out /tmp/vlm --seed 1    # /tmp/vlm/<layout>/... (4 layouts)
+  vlm_fixture.py --layout all-hf --out /tmp/vlmhf --seed 1   # llava-hf, llava-hf-new
+  vlm_fixture.py --layout llava-hf --out /tmp/lhf --seed 1 --self-check
+      --also-original /tmp/lhf-orig          (one line)
+  vlm_fixture.py --layout llava-hf-new --out /tmp/lhfn --seed 2 --feature-strategy full
+      --config-overrides '{"vision_feature_layer": -1, "preprocessor": {"do_pad": true}}'
+Sources for the llava-hf layouts: see llava_hf.py's docstring (transformers
+src/transformers/models/llava/{modeling,configuration,processing,image_processing}_llava.py,
+convert_llava_weights_to_hf.py; llava-hf/llava-1.5-7b-hf config.json, chat_template.json).
   vlm_fixture.py --layout llava15 --out /tmp/l15 --seed 2 --preset full336
       --image ../shared/images/skimage_chelsea.png --prompt "What is this?"   (one line)
 """
@@ -79,6 +132,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 import hf_layout  # noqa: E402
 import llama_ref  # noqa: E402
+import llava_hf  # noqa: E402
 import vision_ref  # noqa: E402
 
 _REPO = os.path.dirname(_HERE)
@@ -101,8 +155,15 @@ LAYOUTS = {
     "llava15-safetensors": dict(kind="llava15", fmt="safetensors", shards=1, dtype="f32",
                                 vit_fmt="safetensors", vit_dtype="f32", tower="separate"),
 }
+# transformers' own layout (LlavaForConditionalGeneration, llava-hf/llava-1.5-7b-hf): one
+# directory, tower inside; gen = tensor naming generation (llava_hf.LEGACY / llava_hf.NEW)
+HF_LAYOUTS = {
+    "llava-hf": dict(kind="llava-hf", gen="legacy", fmt="safetensors", shards=2, dtype="f16"),
+    "llava-hf-new": dict(kind="llava-hf", gen="v4.52", fmt="bin", shards=1, dtype="bf16"),
+}
 DEFAULT_PRESET = {"sharegpt4v": "tiny", "sharegpt4v-safetensors": "full336",
-                  "llava15": "odd", "llava15-safetensors": "tiny"}
+                  "llava15": "odd", "llava15-safetensors": "tiny",
+                  "llava-hf": "tiny", "llava-hf-new": "odd"}
 
 PRESETS = {
     # 84/14 -> 6x6 = 36 patches, MHA text
@@ -436,6 +497,33 @@ def load_dir_indep(d):
 
 # ------------------------------------------------------------------ pixels
 
+def write_goldens(ref_dir, pixels, r, prompt, question, ids):
+    """The pipeline goldens of a LLaVA-layout run r (vision_ref.run_pipeline) in
+    ref_dir: the .npy files and prompt_ids.json; returns the number of image features."""
+    N = r["image_features"].shape[0]
+    np.save(os.path.join(ref_dir, "pixel_values.npy"), pixels)
+    for k in ("vision_hidden_states", "image_features", "inputs_embeds", "logits"):
+        np.save(os.path.join(ref_dir, k + ".npy"), np.ascontiguousarray(r[k]))
+    write_json(os.path.join(ref_dir, "prompt_ids.json"), OrderedDict([
+        ("prompt", prompt), ("question", question), ("ids", ids),
+        ("image_token_index", vision_ref.IMAGE_TOKEN_INDEX),
+        ("image_pos", ids.index(vision_ref.IMAGE_TOKEN_INDEX)),
+        ("n_image_features", N), ("n_positions", len(ids) - 1 + N)]))
+    return N
+
+
+def input_pixels(a, pre, pad, ref_dir):
+    """(image path or None, pixel_values): --pixels-from, else --image (default:
+    the shared test image, or a synthetic one) preprocessed."""
+    if a.pixels_from:
+        return None, np.ascontiguousarray(np.load(a.pixels_from).astype(np.float32))
+    image = a.image
+    if image is None:
+        image = DEFAULT_IMAGE if os.path.exists(DEFAULT_IMAGE) else \
+            synth_image(os.path.join(ref_dir, "input.png"), a.seed)
+    return image, make_pixels(image, pre, pad, ref_dir)
+
+
 def make_pixels(image_path, pre, pad, outdir):
     import preprocess_ref
     size, crop = pre["size"], pre["crop_size"]
@@ -557,15 +645,7 @@ def build(a):
     else:
         tower_sd, tower_prefix = stored_llm, vision_ref.EMBEDDED_TOWER_PREFIX
     pad = cfg["image_aspect_ratio"] == "pad"
-    image = a.image
-    if a.pixels_from:
-        pixels = np.ascontiguousarray(np.load(a.pixels_from).astype(np.float32))
-        image = None
-    else:
-        if image is None:
-            image = DEFAULT_IMAGE if os.path.exists(DEFAULT_IMAGE) else \
-                synth_image(os.path.join(ref_dir, "input.png"), a.seed)
-        pixels = make_pixels(image, pre, pad, ref_dir)
+    image, pixels = input_pixels(a, pre, pad, ref_dir)
     S = vision["image_size"]
     if pixels.shape != (3, S, S):
         raise SystemExit("pixel_values shape %s != (3, %d, %d)" % (pixels.shape, S, S))
@@ -574,15 +654,7 @@ def build(a):
     cdtype = torch.float64 if a.compute == "f64" else torch.float32
     r = vision_ref.run_pipeline(stored_llm, cfg, tower_sd, vision, tower_prefix, pixels, ids,
                                 cdtype)
-    N = r["image_features"].shape[0]
-    np.save(os.path.join(ref_dir, "pixel_values.npy"), pixels)
-    for k in ("vision_hidden_states", "image_features", "inputs_embeds", "logits"):
-        np.save(os.path.join(ref_dir, k + ".npy"), np.ascontiguousarray(r[k]))
-    write_json(os.path.join(ref_dir, "prompt_ids.json"), OrderedDict([
-        ("prompt", prompt), ("question", a.prompt), ("ids", ids),
-        ("image_token_index", vision_ref.IMAGE_TOKEN_INDEX),
-        ("image_pos", ids.index(vision_ref.IMAGE_TOKEN_INDEX)),
-        ("n_image_features", N), ("n_positions", len(ids) - 1 + N)]))
+    N = write_goldens(ref_dir, pixels, r, prompt, a.prompt, ids)
     gen, margins = [], []
     if a.greedy:
         gen, margins = vision_ref.greedy_from_embeds(
@@ -703,13 +775,376 @@ def self_check(out, a, cfg, vision, pixels, ids, r, stored_llm, stored_vit, towe
              ", ".join("%s=%.3f" % kv for kv in sens.items())))
 
 
+# ------------------------------------------------------------------ llava-hf layouts
+
+def pad_vocab_rows(t, n_rows, seed, salt):
+    """Append the padding rows convert_llava_weights_to_hf.py adds (32000 -> 32064): it
+    samples them around the mean row; here mean + 0.5 * per-column std * N(0, 1), so the
+    rows are clearly distinct (a reader that drops or shifts them shows in the logits)."""
+    extra = n_rows - t.shape[0]
+    if extra <= 0:
+        return t
+    g = _gen(seed, salt)
+    mu, sd = t.mean(0), t.std(0)
+    return torch.cat([t, mu + 0.5 * sd * torch.randn(extra, t.shape[1], generator=g)], 0)
+
+
+def _hf_parse(a, lay):
+    """(preset name, vision, text, top, preprocessor overrides) for a llava-hf layout."""
+    gen = lay["gen"]
+    preset_name = a.preset or DEFAULT_PRESET[a.layout]
+    preset = copy.deepcopy(PRESETS[preset_name])
+    vision, text = preset["vision"], preset["text"]
+    text["max_position_embeddings"] = 4096          # as llava-1.5-7b-hf's text_config
+    text["vocab_size"] = llava_hf.PADDED_VOCAB      # 32000 pieces + <image>, <pad>, padded to 64
+    if gen == llava_hf.NEW:
+        text["rms_norm_eps"] = 1e-6                 # the LlamaConfig default: left out
+    ov = json.loads(a.config_overrides) if a.config_overrides else {}
+    deep_update(vision, ov.pop("vision", {}))
+    deep_update(vision, ov.pop("vision_config", {}))
+    pre_ov = ov.pop("preprocessor", {})
+    text.update(ov.pop("text_config", {}))
+    for k in list(ov):  # text keys given at the top level (as for the other layouts)
+        if k in llava_hf.LLAMA_DEFAULTS and k not in llava_hf.LLAVA_DEFAULTS:
+            text[k] = ov.pop(k)
+    S, P = vision["image_size"], vision["patch_size"]
+    strategy = a.feature_strategy or ov.pop("vision_feature_select_strategy", "default")
+    top = OrderedDict([("image_token_index", llava_hf.IMAGE_TOKEN_INDEX),
+                       ("projector_hidden_act", "gelu"), ("tie_word_embeddings", False),
+                       ("vision_feature_layer", -2)])
+    if gen == llava_hf.NEW:
+        top["image_seq_length"] = (S // P) ** 2 + (1 if strategy == "full" else 0)
+        top["multimodal_projector_bias"] = True
+    top.update(ov)
+    top["vision_feature_select_strategy"] = strategy
+    if top["tie_word_embeddings"] or text.get("tie_word_embeddings"):
+        raise SystemExit("llava-hf layouts: tied embeddings are not supported here")
+    return preset_name, vision, text, top, pre_ov
+
+
+def build_hf(a):
+    """--layout llava-hf / llava-hf-new (see the module docstring)."""
+    t_start = time.time()
+    lay = dict(HF_LAYOUTS[a.layout])
+    gen = lay["gen"]
+    for k in ("dtype", "shards"):
+        if getattr(a, k) is not None:
+            lay[k] = getattr(a, k)
+    if a.tower or a.vit_dtype or a.no_position_ids:
+        raise SystemExit("--tower / --vit-dtype / --no-position-ids do not apply to %s (the "
+                         "tower is inside; position_ids is never saved)" % a.layout)
+    preset_name, vision, text, top, pre_ov = _hf_parse(a, lay)
+    dt_name = hf_layout.dtype_config_name(lay["dtype"])
+    cfg = llava_hf.make_config(text, vision, gen, dt_name, top)
+    flat = llava_hf.flat_config(cfg)
+    lcfg = llama_ref.full_config(flat)
+    llama_ref.check_config(lcfg)
+    layers = llava_hf.feature_layers(cfg)
+    L = vision["num_hidden_layers"]
+    if any(not -(L + 1) <= l <= L for l in layers):
+        raise SystemExit("vision_feature_layer %s out of range for %d layers" % (layers, L))
+    D, H, V = vision["hidden_size"], flat["hidden_size"], flat["vocab_size"]
+    if V < llava_hf.TOKENIZER_PIECES:
+        raise SystemExit("vocab_size %d < the tokenizer's 32000 pieces" % V)
+
+    # --- weights: the same draws as the llava15 layouts for the same seed and sizes ---
+    gcfg = dict(flat)
+    gcfg["vocab_size"] = llava_hf.TOKENIZER_PIECES
+    llm = llama_ref.random_weights(llama_ref.full_config(gcfg), a.seed)
+    llm["model.embed_tokens.weight"] = pad_vocab_rows(llm["model.embed_tokens.weight"], V, a.seed, 61)
+    llm["lm_head.weight"] = pad_vocab_rows(llm["lm_head.weight"], V, a.seed, 67)
+    proj = random_projector_weights(D * len(layers), H, a.seed)
+    if not flat["multimodal_projector_bias"]:
+        proj = OrderedDict((k, v) for k, v in proj.items() if not k.endswith(".bias"))
+    tower = OrderedDict((k, v) for k, v in random_vision_weights(vision, a.seed).items()
+                        if not k.endswith("embeddings.position_ids"))  # non-persistent buffer
+    full = llava_hf.to_hf_state_dict(llm, proj, tower, gen)
+
+    out = os.path.abspath(a.out)
+    llm_dir, ref_dir = os.path.join(out, "llm"), os.path.join(out, "ref")
+    for d in (llm_dir, os.path.join(out, "vit"), ref_dir):
+        if os.path.isdir(d):
+            shutil.rmtree(d)
+    for d in (llm_dir, ref_dir):
+        os.makedirs(d)
+    hf_layout.write_config(llm_dir, cfg)
+    stored = hf_layout.save_state_dict(llm_dir, full, fmt=lay["fmt"], shards=lay["shards"],
+                                       dtype=lay["dtype"], order=a.shard_order)
+    llava_hf.write_tokenizer_files(llm_dir, a.tokenizer)
+    S = vision["image_size"]
+    pre = llava_hf.preprocessor_config(S, S, pre_ov)
+    write_json(os.path.join(llm_dir, "preprocessor_config.json"), pre)
+    proc = llava_hf.processor_config(vision["patch_size"], top["vision_feature_select_strategy"])
+    write_json(os.path.join(llm_dir, "processor_config.json"), proc)
+    t_write = time.time()
+
+    # --- goldens from the stored (rounded) weights ---
+    c_llm, c_tower, _ = llava_hf.split_state_dict(stored)
+    m = llava_hf.Model(cfg, c_llm, c_tower, gen)
+    pad = bool(pre.get("do_pad", False))
+    image, pixels = input_pixels(a, pre, pad, ref_dir)
+    if pixels.shape != (3, S, S):
+        raise SystemExit("pixel_values shape %s != (3, %d, %d)" % (pixels.shape, S, S))
+    prompt = llava_hf.prompt_text(a.prompt)
+    ids = llava_hf.prompt_ids(prompt, a.tokenizer)
+    cdtype = torch.float64 if a.compute == "f64" else torch.float32
+    r = llava_hf.run_pipeline(m, pixels, ids, cdtype)
+    N = r["image_features"].shape[0]
+    np.save(os.path.join(ref_dir, "pixel_values.npy"), pixels)
+    for k in ("vision_hidden_states", "image_features", "inputs_embeds", "logits"):
+        np.save(os.path.join(ref_dir, k + ".npy"), np.ascontiguousarray(r[k]))
+    itok = int(top["image_token_index"])
+    write_json(os.path.join(ref_dir, "prompt_ids.json"), OrderedDict([
+        ("prompt", prompt), ("question", a.prompt), ("ids", ids),
+        ("image_token_index", itok), ("image_sentinel", vision_ref.IMAGE_TOKEN_INDEX),
+        ("image_pos", ids.index(vision_ref.IMAGE_TOKEN_INDEX)),
+        ("n_image_features", N), ("n_positions", len(ids) - 1 + N),
+        ("ids_hf", llava_hf.hf_ids(ids, 1, itok)),
+        ("ids_processor", llava_hf.hf_ids(ids, N, itok)),
+        ("template", "USER: <image>\n{question} ASSISTANT:"), ("bos", 1)]))
+    gen_ids, margins = [], []
+    if a.greedy:
+        gen_ids, margins = vision_ref.greedy_from_embeds(
+            m.llm, m.flat, ids, r["features_compute"], a.greedy, (m.flat["eos_token_id"],),
+            cdtype)
+        write_json(os.path.join(ref_dir, "greedy.json"),
+                   OrderedDict([("greedy_ids", gen_ids), ("margins", margins)]))
+    t_ref = time.time()
+
+    pre_names = llava_hf.PREFIXES[gen]
+    meta = OrderedDict([
+        ("layout", a.layout), ("generation", gen), ("seed", a.seed), ("preset", preset_name),
+        ("llm_dir", "llm"), ("vit_dir", None), ("tower", "embedded"), ("tower_weights", "llm"),
+        ("llm_format", lay["fmt"]), ("llm_shards", lay["shards"]), ("llm_dtype", dt_name),
+        ("files", sorted(os.listdir(llm_dir))),
+        ("tensor_prefixes", OrderedDict([
+            ("vision_tower", pre_names["tower"] + "vision_model."),
+            ("multi_modal_projector", pre_names["proj"] + "linear_{1,2}.{weight,bias}"),
+            ("language_model", pre_names["lm"] + "{embed_tokens,layers.N,norm}"),
+            ("lm_head", pre_names["head"] + ".weight")])),
+        ("n_tensors", len(stored)),
+        ("position_ids_saved", False), ("post_layernorm_saved", True),
+        ("vocab", OrderedDict([
+            ("tokenizer_pieces", llava_hf.TOKENIZER_PIECES),
+            ("added_tokens", OrderedDict([("<image>", llava_hf.IMAGE_TOKEN_INDEX),
+                                          ("<pad>", llava_hf.PAD_TOKEN_INDEX)])),
+            ("embedding_rows", V),
+            ("padding_rows", "%d..%d (rows 0..31999 are the llava15 draws of this seed)"
+             % (llava_hf.TOKENIZER_PIECES, V - 1))])),
+        ("image", os.path.abspath(image) if image else None),
+        ("pixels_from", a.pixels_from), ("pad", pad), ("compute", a.compute),
+        ("feature_strategy", top["vision_feature_select_strategy"]),
+        ("vision_feature_layer", top["vision_feature_layer"]),
+        ("config", cfg),
+        ("defaults_applied", llava_hf.omitted_defaults(cfg)),
+        ("text_config_resolved", llava_hf.text_config_full(cfg)),
+        ("vision_config_resolved", llava_hf.vision_config_full(cfg)),
+        ("flat_config", flat),
+        ("preprocessor_config", pre), ("processor_config", proc),
+        ("prompt_format", "USER: <image>\\n{question} ASSISTANT:  (BOS added; "
+                          "<image> = one id 32000 before LlavaProcessor expands it to "
+                          "n_image_features ids)"),
+        ("n_patches", N), ("n_image_features", N), ("sequence_length", len(ids) - 1 + N),
+        ("logits_argmax", int(np.argmax(r["logits"]))),
+        ("logits_absmax", float(np.abs(r["logits"]).max())),
+        ("also_original", os.path.abspath(a.also_original) if a.also_original else None),
+        ("seconds", OrderedDict([("write", round(t_write - t_start, 3)),
+                                 ("reference", round(t_ref - t_write, 3))])),
+    ])
+    write_json(os.path.join(ref_dir, "meta.json"), meta)
+    print("%s: wrote %s in %.2fs (ref %.2fs): %s names, %d tensors, %d features (%s, layer %s), "
+          "T=%d, logits [%d] absmax %.2f, argmax %d, greedy %s"
+          % (a.layout, out, t_ref - t_start, t_ref - t_write, gen, len(stored), N,
+             top["vision_feature_select_strategy"], top["vision_feature_layer"],
+             len(ids) - 1 + N, V, np.abs(r["logits"]).max(), int(np.argmax(r["logits"])),
+             gen_ids))
+    if a.also_original:
+        write_original_copy(a, cfg, m, lay, vision, text, pixels, ids, r, image)
+    if a.self_check:
+        self_check_hf(out, a, m, stored, pixels, ids, r, cdtype)
+    return 0
+
+
+def write_original_copy(a, cfg, m, lay, vision, text, pixels, ids, r, image):
+    """The same stored weights in the original llava15 layout (DIR2/llm: f16/bf16 sharded
+    .bin with model.* + model.mm_projector.{0,2} + lm_head; DIR2/vit: a CLIPModel .bin (f32,
+    the tower's values exactly) with the vicuna_v1 prompt / pad preprocessing of that
+    layout in DIR2/ref). Checks that the llava15 pipeline on the copy, fed the llava-hf
+    pixels and ids, reproduces the llava-hf goldens (logits on the first 32000 rows)."""
+    if len(m.layers) != 1 or m.flat["projector_hidden_act"] != "gelu" or \
+            not m.flat["multimodal_projector_bias"]:
+        raise SystemExit("--also-original needs an int vision_feature_layer and the gelu "
+                         "projector with biases (what llava15 can express)")
+    out2 = os.path.abspath(a.also_original)
+    llm2, vit2, ref2 = (os.path.join(out2, s) for s in ("llm", "vit", "ref"))
+    for d in (llm2, vit2, ref2):
+        if os.path.isdir(d):
+            shutil.rmtree(d)
+        os.makedirs(d)
+    f = m.flat
+    V0 = llava_hf.TOKENIZER_PIECES if a.original_vocab == "orig" else f["vocab_size"]
+    text15 = dict(hidden_size=f["hidden_size"], intermediate_size=f["intermediate_size"],
+                  num_hidden_layers=f["num_hidden_layers"],
+                  num_attention_heads=f["num_attention_heads"],
+                  num_key_value_heads=f["num_key_value_heads"], rms_norm_eps=f["rms_norm_eps"])
+    ov15 = {"mm_vision_select_layer": m.layers[0],
+            "mm_vision_select_feature": f["mm_vision_select_feature"], "vocab_size": V0}
+    if "head_dim" in f:
+        ov15["head_dim"] = f["head_dim"]
+    if f["rope_theta"] != 10000.0:
+        ov15["rope_theta"] = f["rope_theta"]
+    dt_name = hf_layout.dtype_config_name(lay["dtype"])
+    cfg15 = llm_config("llava15", text15, vision["hidden_size"], dt_name, ov15)
+    sd15 = OrderedDict()
+    for k, v in m.llm.items():
+        if k.startswith("model.mm_projector.") or k == "lm_head.weight":
+            continue
+        sd15[k] = v[:V0].clone() if k == "model.embed_tokens.weight" else v
+    for k, v in m.llm.items():
+        if k.startswith("model.mm_projector."):
+            sd15[k] = v
+    sd15["lm_head.weight"] = m.llm["lm_head.weight"][:V0].clone()
+    hf_layout.write_config(llm2, cfg15)
+    stored15 = hf_layout.save_state_dict(llm2, sd15, fmt="bin", shards=2, dtype=lay["dtype"])
+    write_tokenizer_files(llm2, a.tokenizer)
+    hf_layout.write_config(vit2, clip_model_config(vision, "float32"))
+    S = vision["image_size"]
+    pre15 = preprocessor_config("legacy", S, S, {})
+    write_json(os.path.join(vit2, "preprocessor_config.json"), pre15)
+    cm = random_clip_model_weights(vision, a.seed)
+    for k in list(cm):
+        if k.startswith("vision_model.") and k in m.tower:
+            cm[k] = m.tower[k].to(torch.float32)
+    stored_vit = hf_layout.save_state_dict(vit2, cm, fmt="bin", shards=1, dtype="f32")
+
+    # 1) the llava15 pipeline on the copy (reloaded from disk) with the llava-hf inputs
+    l_cfg, l_sd, v_cfg, v_sd, v_pre = vision_ref.load_model(llm2, vit2)
+    cdtype = torch.float64 if a.compute == "f64" else torch.float32
+    r15 = vision_ref.run_pipeline(l_sd, l_cfg, v_sd, v_cfg, v_pre, pixels, ids, cdtype)
+    problems = []
+    for k in ("vision_hidden_states", "image_features", "inputs_embeds"):
+        if not np.array_equal(r15[k], r[k]):
+            problems.append("%s differs (max |d| %.3g)" % (k, float(np.abs(r15[k] - r[k]).max())))
+    lg15, lg = r15["logits"], r["logits"][:len(r15["logits"])]
+    d_logits = float(np.abs(lg15 - lg).max())
+    if d_logits > 1e-5 * max(1.0, float(np.abs(lg).max())):
+        problems.append("logits differ (max |d| %.3g)" % d_logits)
+    if problems:
+        print("ALSO-ORIGINAL CHECK FAILED:\n  " + "\n  ".join(problems))
+        sys.exit(1)
+
+    # 2) the copy's own goldens, as the llava15 layout defines them (vicuna_v1, pad)
+    pad15 = cfg15["image_aspect_ratio"] == "pad"
+    if a.pixels_from:
+        px15 = pixels
+    else:
+        px15 = make_pixels(image, pre15, pad15, ref2)
+    prompt15 = vision_ref.vicuna_v1_prompt(a.prompt)
+    ids15 = vision_ref.tokenizer_image_token(prompt15, a.tokenizer)
+    ro = vision_ref.run_pipeline(l_sd, l_cfg, v_sd, v_cfg, v_pre, px15, ids15, cdtype)
+    N = write_goldens(ref2, px15, ro, prompt15, a.prompt, ids15)
+    if a.greedy:
+        g15, mg15 = vision_ref.greedy_from_embeds(l_sd, l_cfg, ids15, ro["features_compute"],
+                                                  a.greedy, (cfg15["eos_token_id"],), cdtype)
+        write_json(os.path.join(ref2, "greedy.json"),
+                   OrderedDict([("greedy_ids", g15), ("margins", mg15)]))
+    write_json(os.path.join(ref2, "meta.json"), OrderedDict([
+        ("layout", "llava15"), ("copy_of", os.path.abspath(a.out)), ("copy_of_layout", a.layout),
+        ("seed", a.seed), ("llm_dir", "llm"), ("vit_dir", "vit"), ("tower", "separate"),
+        ("tower_weights", "vit"), ("llm_format", "bin"), ("llm_shards", 2),
+        ("llm_dtype", dt_name), ("vit_format", "bin"), ("vit_dtype", "float32"),
+        ("original_vocab", a.original_vocab), ("embedding_rows", V0),
+        ("same_tensors_as_hf", "every llava-hf tensor, upcast where stored wider (tower f32); "
+         "embed_tokens / lm_head rows 0..%d" % (V0 - 1)),
+        ("image", os.path.abspath(image) if image else None), ("pad", pad15),
+        ("vision_config", vision), ("llm_config", cfg15), ("preprocessor_config", pre15),
+        ("n_patches", N), ("sequence_length", len(ids15) - 1 + N),
+        ("logits_argmax", int(np.argmax(ro["logits"]))),
+        ("hf_equivalence", "llava15 pipeline on this copy with the llava-hf pixels/ids: hidden "
+         "states, features, inputs_embeds identical, logits max |d| %.3g" % d_logits)]))
+    print("also-original: llava15 copy in %s (%d + %d tensors); with the llava-hf inputs its "
+          "goldens are identical (logits max |d| %.3g on %d rows)"
+          % (out2, len(stored15), len(stored_vit), d_logits, len(lg15)))
+
+
+def self_check_hf(out, a, m, stored, pixels, ids, r, cdtype):
+    """Reload with independent readers, check names, recompute; compare the llava-hf pipeline
+    with the llava15 one (vision_ref.run_pipeline) on the same weights; sensitivity."""
+    t0 = time.time()
+    llm_dir = os.path.join(out, "llm")
+    problems = []
+    disk = load_dir_indep(llm_dir)
+    if set(disk) != set(stored):
+        problems.append("key sets differ: %s" % sorted(set(disk) ^ set(stored))[:5])
+    else:
+        for k, v in stored.items():
+            if disk[k].dtype != v.dtype or not torch.equal(disk[k], v):
+                problems.append("%s differs on disk" % k)
+    hl = hf_layout.load_state_dict(llm_dir)
+    if set(hl) != set(disk) or any(not torch.equal(hl[k], disk[k]) for k in disk):
+        problems.append("hf_layout's loader disagrees with the independent one")
+    pre = llava_hf.PREFIXES[m.gen]
+    allowed = tuple(v for k, v in pre.items() if k != "head")
+    for k in disk:
+        if not (k.startswith(allowed) or k == pre["head"] + ".weight"):
+            problems.append("unexpected name %s" % k)
+        if k.endswith("position_ids"):
+            problems.append("position_ids buffer saved: %s" % k)
+    if llava_hf.generation_of(disk.keys()) != m.gen:
+        problems.append("generation detected wrongly")
+    m2 = llava_hf.load(llm_dir, disk)
+    saved_ids = json.load(open(os.path.join(out, "ref", "prompt_ids.json")))["ids"]
+    r2 = llava_hf.run_pipeline(m2, np.load(os.path.join(out, "ref", "pixel_values.npy")),
+                               saved_ids, cdtype)
+    for k in ("vision_hidden_states", "image_features", "inputs_embeds", "logits"):
+        if not np.array_equal(np.load(os.path.join(out, "ref", k + ".npy")), r2[k]):
+            problems.append("%s: recomputed from disk differs" % k)
+    # the llava15 code path (vision_ref.run_pipeline) on the same weights
+    same15 = "skipped (not expressible in llava15)"
+    if len(m.layers) == 1 and m.flat["projector_hidden_act"] == "gelu" and \
+            m.flat["multimodal_projector_bias"]:
+        same15 = "agrees"
+        r15 = vision_ref.run_pipeline(m2.llm, m2.flat, m2.tower, m2.vcfg, "vision_model.",
+                                      pixels, ids, cdtype)
+        for k in ("vision_hidden_states", "image_features", "inputs_embeds", "logits"):
+            if not np.array_equal(r15[k], r[k]):
+                problems.append("llava15 pipeline gives a different %s" % k)
+    # sensitivity: the strategy and the layer must show
+    sens = {}
+    with torch.no_grad():
+        other = "full" if m.strategy == "default" else "default"
+        m3 = llava_hf.Model(m.cfg, m.llm, m.tower, m.gen)
+        m3.strategy = other
+        hs = torch.from_numpy(r["vision_hidden_states"])
+        n_other = llava_hf.select(hs, m.layers, other).shape[0]
+        sens["features_other_strategy"] = n_other
+        if n_other == r["image_features"].shape[0]:
+            problems.append("feature strategy does not change the feature count")
+        lay2 = [l - 1 if l > -hs.shape[0] else l + 1 for l in m.layers]
+        f2 = llava_hf.projector(m.llm, llava_hf.select(hs, lay2, m.strategy),
+                                m.flat["projector_hidden_act"], cdtype=cdtype)
+        sens["other_layer_rel"] = float((f2 - torch.from_numpy(r["image_features"])).abs().max()
+                                        / np.abs(r["image_features"]).max())
+        if not sens["other_layer_rel"] > 1e-3:
+            problems.append("feature layer does not matter enough")
+    dt = time.time() - t0
+    if problems:
+        print("SELF-CHECK FAILED (%.2fs):\n  %s" % (dt, "\n  ".join(problems[:20])))
+        sys.exit(1)
+    print("self-check OK (%.2fs): %d tensors bit-identical on disk, %s names, goldens recomputed "
+          "identically, llava15 pipeline %s; sensitivity %s" % (dt, len(disk), m.gen, same15, sens))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description="Tiny random LLaVA-1.5 / ShareGPT4V checkpoints in published layouts, "
                     "with golden outputs.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--layout", required=True, choices=sorted(LAYOUTS) + ["all"],
-                    help="'all' writes OUT/<layout>/ for every layout (seeds SEED..SEED+3)")
+    ap.add_argument("--layout", required=True,
+                    choices=sorted(LAYOUTS) + sorted(HF_LAYOUTS) + ["all", "all-hf"],
+                    help="'all' writes OUT/<layout>/ for the four original-code layouts "
+                         "(seeds SEED..SEED+3); 'all-hf' for llava-hf, llava-hf-new "
+                         "(seeds SEED, SEED+1)")
     ap.add_argument("--out", required=True, help="output dir (llm/, vit/, ref/ are replaced)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image", help="input image [../shared/images/"
@@ -738,16 +1173,31 @@ def main(argv=None):
                     help="omit the embeddings.position_ids buffers (newer checkpoints)")
     ap.add_argument("--self-check", action="store_true",
                     help="reload from disk with independent readers and recompute")
+    ap.add_argument("--feature-strategy", choices=["default", "full"],
+                    help="(llava-hf*) vision_feature_select_strategy: default drops the CLS "
+                         "row (N features), full keeps it (N+1) [default]")
+    ap.add_argument("--also-original", metavar="DIR2",
+                    help="(llava-hf*) also write the same weights in the llava15 layout "
+                         "(DIR2/llm, DIR2/vit, DIR2/ref) and check both give the same goldens")
+    ap.add_argument("--original-vocab", choices=["orig", "padded"], default="orig",
+                    help="(with --also-original) embed_tokens / lm_head rows of the llava15 "
+                         "copy: orig = the 32000 tokenizer rows, padded = all rows [orig]")
     a = ap.parse_args(argv)
     if not os.path.exists(a.tokenizer):
         ap.error("tokenizer %s not found (../shared missing?)" % a.tokenizer)
-    if a.layout != "all":
+    if a.layout in HF_LAYOUTS:
+        return build_hf(a)
+    if (a.feature_strategy or a.also_original) and a.layout != "all-hf":
+        ap.error("--feature-strategy / --also-original apply to the llava-hf layouts only")
+    if a.layout not in ("all", "all-hf"):
         return build(a)
     base, seed = a.out, a.seed
-    for i, lay in enumerate(sorted(LAYOUTS)):
+    for i, lay in enumerate(sorted(LAYOUTS) if a.layout == "all" else sorted(HF_LAYOUTS)):
         b = argparse.Namespace(**vars(a))
         b.layout, b.out, b.seed = lay, os.path.join(base, lay), seed + i
-        build(b)
+        if a.also_original:
+            b.also_original = os.path.join(a.also_original, lay)
+        build(b) if lay in LAYOUTS else build_hf(b)
     return 0
 
 

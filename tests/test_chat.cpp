@@ -86,9 +86,9 @@ TEST_CASE("a LLaVA-1.5 prompt, spelled out") {
   CHECK_THROWS_AS(c.set_reply("again"), loupe::Error);  // no open assistant turn any more
 }
 
-TEST_CASE("prompts match the Python Conversation for 1-3 turns, with and without image") {
+TEST_CASE("prompts match the Python Conversation (and llava-hf's chat template) for 1-3 turns, with and without image") {
   auto dir = loupe_test::scratch("chat_prompts");
-  const std::vector<std::string> names = {"vicuna_v1", "share4v_v1", "share4v_v0", "llava_v1", "llava_v0"};
+  const std::vector<std::string> names = {"vicuna_v1", "share4v_v1", "share4v_v0", "llava_v1", "llava_v0", "llava_hf"};
   const std::vector<std::string> users = {"Describe this image in detail.",
                                           "What does the sign say? Quote it: \"STOP\" \\ ok",
                                           "Und auf Deutsch? Größe: 3 m — 日本語も。\n2nd line"};

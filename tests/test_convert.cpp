@@ -177,6 +177,44 @@ TEST_CASE("convert: failures name the file and the problem and leave no output")
   }
 }
 
+TEST_CASE("convert: transformers' LLaVA settings loupe cannot honour are errors naming the key, leaving no output") {
+  LOUPE_REQUIRE_SHARED();
+  const fs::path d = loupe_test::scratch("convert_llava_hf_bad"), llm = d / "llm", cfg = llm / "config.json", out = d / "out";
+  loupe_test::run_python("vlm_fixture.py", "--layout llava-hf --out " + d.string() + " --seed 1 --greedy 0 > /dev/null");
+  const std::string good = loupe_test::slurp(cfg);
+  struct Case {
+    const char *from, *to, *error;
+  };
+  const Case cases[] = {
+      {"\"vision_feature_layer\": -2", "\"vision_feature_layer\": [-2, -3]", "vision_feature_layer lists 2 layers"},
+      {"\"vision_feature_layer\": -2", "\"vision_feature_layer\": -40", "vision_feature_layer -40 is outside the tower's 3 layers"},
+      {"\"vision_feature_select_strategy\": \"default\"", "\"vision_feature_select_strategy\": \"cls\"",
+       "vision_feature_select_strategy 'cls' is not supported"},
+      {"\"projector_hidden_act\": \"gelu\"", "\"projector_hidden_act\": \"relu\"", "projector_hidden_act 'relu' is not supported"},
+      {"\"model_type\": \"clip_vision_model\"", "\"model_type\": \"siglip_vision_model\"",
+       "vision_config model_type 'siglip_vision_model' is not supported"},
+      {"\"model_type\": \"llama\"", "\"model_type\": \"mistral\"", "unknown architecture: model_type 'mistral'"},
+      {"\"hidden_size\": 64,", "\"head_dim\": 8, \"hidden_size\": 64,", "head_dim 8 is not hidden_size / num_attention_heads (16)"},
+      {"\"hidden_size\": 64,", "", "has shape [32064, 64] but the config implies [32064, 4096]"},  // LlamaConfig's default width
+  };
+  for (const Case& c : cases) {
+    INFO(std::string(c.to));
+    std::ofstream(cfg, std::ios::binary) << good;
+    edit_json(cfg, c.from, c.to);
+    const std::string e = error_of([&] { convert_model(llm.string(), out.string(), quiet()); });
+    CHECK(e.find(c.error) != std::string::npos);
+    CHECK(e.find(llm.string()) != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+  // A tower option for a checkpoint that holds its own.
+  std::ofstream(cfg, std::ios::binary) << good;
+  auto o = quiet();
+  o.vision_tower = d.string();
+  CHECK(error_of([&] { convert_model(llm.string(), out.string(), o); }).find("--vision-tower is for LLaVA checkpoints without") !=
+        std::string::npos);
+  CHECK(no_outputs(out));
+}
+
 TEST_CASE("convert: a failed re-conversion leaves the earlier results exactly as they were") {
   LOUPE_REQUIRE_SHARED();
   fs::path d = fixture("reconvert");

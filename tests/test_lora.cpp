@@ -541,6 +541,60 @@ TEST_CASE("lora: LLaVA LoRA run (pickle + non_lora_trainables.bin) on a ShareGPT
   CHECK(rel_err(first_logits(), ref) < 1e-4);
 }
 
+TEST_CASE("lora: PEFT adapter on transformers' LLaVA (both namings, projector in modules_to_save) equals PEFT's forward") {
+  LOUPE_REQUIRE_SHARED();
+  for (const std::string layout : {"llava-hf", "llava-hf-new"}) {
+    INFO(layout);
+    const fs::path dir = loupe_test::scratch("lora_" + layout);
+    loupe_test::run_python("vlm_fixture.py", "--layout " + layout + " --out " + dir.string() + " --seed 3 --greedy 0 > /dev/null");
+    const fs::path llm = dir / "llm", a1 = dir / "a1";
+    const std::string d = dir.string();
+    // lora_ref's default for these bases: target_modules `.*language_model.*\.(q_proj|...|down_proj)`
+    // (a regular expression, as PEFT writes it for a VLM), modules_to_save ["multi_modal_projector"].
+    lora_ref(dir, {{"make", "--base", llm.string(), "--out", a1.string(), "--r", "4", "--alpha", "8", "--magnitude", "0.3",
+                    "--seed", "8"},
+                   {"logits", "--base", llm.string(), "--out", d + "/ref_a1", "--lora", a1.string(), "--pixels",
+                    d + "/ref/pixel_values.npy", "--ids", d + "/ref/prompt_ids.json"}});
+    ConvertOptions o;
+    o.outtype = DType::F32;
+    o.name = layout;
+    const ConvertResult base = convert_model(llm.string(), (dir / "gguf").string(), o);
+    const LanguageModel lm = LanguageModel::open(base.text_path);
+    const VisionModel vm = VisionModel::open(base.mmproj_path);
+    const Tensor px = read_npy(d + "/ref/pixel_values.npy");
+    const Tensor ref = read_npy(d + "/ref_a1/logits.npy");
+    auto first_logits = [&](const LanguageModel& l, const VisionModel& v, const LoraSet* set) {
+      DescribeOptions opt;
+      opt.gen.max_tokens = 1;
+      opt.session.kv_type = DType::F32;
+      VisionChat chat(l, v, opt);
+      if (set) chat.session().set_loras(*set);
+      chat.set_pixels(px);
+      return chat.ask("Describe the image in detail.").first_logits;
+    };
+    const std::vector<float> base_logits = first_logits(lm, vm, nullptr);
+    CHECK(rel_err(base_logits, read_npy(d + "/ref/logits.npy")) < 1e-4);
+
+    LoraSet set(lm.model, &vm.projector);
+    const LoraAdapter& a = set.add(LoraAdapter::load(a1.string(), lm.model.cfg));
+    CHECK(a.replaces_projector());
+    CHECK(a.weights.size() == size_t(7 * lm.model.cfg.n_layers));
+    const double e = rel_err(first_logits(lm, vm, &set), ref);
+    MESSAGE(layout, ": adapter at run time, first-token logits rel. error ", e);
+    CHECK(e < 1e-4);
+    CHECK(rel_err(base_logits, ref.f32(), base_logits.size()) > 1e-2);  // the adapter changes the answer
+
+    o.loras = {{a1.string(), 1.0f}};
+    o.name = layout + "-a1";
+    const ConvertResult merged = convert_model(llm.string(), (dir / "gguf").string(), o);
+    const LanguageModel mlm = LanguageModel::open(merged.text_path);
+    const VisionModel mvm = VisionModel::open(merged.mmproj_path);
+    const double em = rel_err(first_logits(mlm, mvm, nullptr), ref);
+    MESSAGE(layout, ": adapter merged by loupe-convert, rel. error ", em);
+    CHECK(em < 1e-4);
+  }
+}
+
 namespace {
 
 bool have_node_llama() { return fs::exists(loupe_test::source_dir() / "node_modules/node-llama-cpp/package.json"); }

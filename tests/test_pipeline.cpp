@@ -249,3 +249,74 @@ TEST_CASE("pipeline: mmproj files with llama.cpp's legacy quirks give the same f
   std::vector<float> a = clip_encode(ours.clip, px.f32()), b = clip_encode(old.clip, px.f32());
   CHECK(a == b);
 }
+
+// transformers' own LLaVA layout (LlavaForConditionalGeneration, as llava-hf
+// publishes it): nested text_config / vision_config with transformers' defaults,
+// the tower and projector inside the checkpoint, both generations of tensor
+// names, both feature-selection strategies, <image> and <pad> added to the
+// vocabulary, and the "USER: <image>\n... ASSISTANT:" prompt.
+TEST_CASE("pipeline: transformers' LLaVA layout, both tensor namings and both feature strategies, equal the reference") {
+  LOUPE_REQUIRE_SHARED();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"llava-hf", "default"}, {"llava-hf", "full"}, {"llava-hf-new", "default"}, {"llava-hf-new", "full"}};
+  for (const auto& c : cases) {
+    const std::string layout = c.first, strategy = c.second;
+    INFO(layout << ", vision_feature_select_strategy " << strategy);
+    const Fixture f = make(layout, "--feature-strategy " + strategy, DType::F32, "");
+    const LanguageModel lm = LanguageModel::open(f.text);
+    const VisionModel vm = VisionModel::open(f.mmproj);
+    CHECK(default_chat_template(lm) == "llava_hf");
+    CHECK(vm.clip.cfg.keep_cls == (strategy == "full"));
+    CHECK(vm.clip.cfg.n_features() == vm.clip.cfg.n_patches() + (strategy == "full" ? 1 : 0));
+    CHECK(lm.tokenizer.pieces().at(32000) == "<image>");
+    CHECK(lm.tokenizer.pieces().at(32001) == "<pad>");
+    CHECK(lm.file.get_int("tokenizer.ggml.padding_token_id") == 32001);
+    const Json ids = Json::parse(loupe_test::slurp(f.dir / "ref/prompt_ids.json"), "prompt_ids.json");
+    CHECK(ids.at("prompt").str().rfind("USER: <image>\n", 0) == 0);
+    check_against_reference(f, 1e-4);
+  }
+}
+
+TEST_CASE("pipeline: transformers' LLaVA with do_pad pads as the reference does") {
+  LOUPE_REQUIRE_SHARED();
+  const std::string img = (loupe_test::shared_dir() / "images/skimage_chelsea.png").string();
+  const Fixture f = make("llava-hf", "--image " + img + " --config-overrides '{\"preprocessor\": {\"do_pad\": true}}'",
+                         DType::F32, "");
+  const VisionModel vm = VisionModel::open(f.mmproj);
+  CHECK(vm.preprocess_config().pad_to_square);
+  const LanguageModel lm = LanguageModel::open(f.text);
+  VisionChat chat(lm, vm, DescribeOptions{});
+  chat.set_image(load_image(img));
+  const Tensor ref = npy(f, "pixel_values.npy");
+  REQUIRE(chat.pixel_values.numel() == ref.numel());
+  double worst = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) worst = std::max(worst, double(std::fabs(chat.pixel_values.f32()[i] - ref.f32()[i])));
+  MESSAGE("pixel_values worst abs difference ", worst);
+  CHECK(worst <= 1e-5);
+}
+
+TEST_CASE("convert: the same weights in transformers' and LLaVA's own layout give the same GGUF tensors") {
+  LOUPE_REQUIRE_SHARED();
+  const fs::path dir = loupe_test::scratch("pipeline_llava_hf_same"), orig = dir / "original";
+  loupe_test::run_python("vlm_fixture.py", "--layout llava-hf --out " + dir.string() + " --seed 3 --also-original " +
+                                               orig.string() + " --original-vocab padded > /dev/null");
+  ConvertOptions o;
+  o.outtype = DType::F32;
+  const ConvertResult hf = convert_model((dir / "llm").string(), (dir / "gguf-hf").string(), o);
+  o.vision_tower = (orig / "vit").string();
+  const ConvertResult ll = convert_model((orig / "llm").string(), (dir / "gguf-llava").string(), o);
+  for (const auto& paths : {std::pair{hf.text_path, ll.text_path}, std::pair{hf.mmproj_path, ll.mmproj_path}}) {
+    const GgufFile a = GgufFile::open(paths.first), b = GgufFile::open(paths.second);
+    INFO(paths.first << " vs " << paths.second);
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    for (size_t i = 0; i < a.tensors.size(); ++i) {
+      const GgufTensor &x = a.tensors[i], &y = b.tensors[i];
+      INFO(x.name);
+      CHECK(x.name == y.name);
+      CHECK(x.shape == y.shape);
+      CHECK(x.dtype == y.dtype);
+      CHECK(x.view.nbytes() == y.view.nbytes());
+      if (x.view.nbytes() == y.view.nbytes()) CHECK(std::memcmp(x.view.data, y.view.data, x.view.nbytes()) == 0);
+    }
+  }
+}

@@ -163,7 +163,7 @@ class Engine {
     if (vm_) {
       o.set("visionLayers", double(vm_->clip.cfg.n_layers_run));
       o.set("imageSize", double(vm_->clip.cfg.image_size));
-      o.set("patches", double(vm_->clip.cfg.n_patches()));
+      o.set("patches", double(vm_->clip.cfg.n_features()));
     }
     const auto& w = lm_->model.weights;
     o.set("weightType", std::string(loupe::dtype_name(w.layers.empty() ? w.tok_embd.dtype : w.layers[0].w[loupe::kAttnQ].dtype)));

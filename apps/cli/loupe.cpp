@@ -86,7 +86,8 @@ eval options (greedy; -n defaults to 64):
 vision options:
   --mmproj FILE           vision tower + projector GGUF (from loupe-convert or llama.cpp)
   --image FILE            JPEG, PNG, BMP or GIF (EXIF orientation is not applied, as in LLaVA)
-  --conv NAME             chat template: vicuna_v1 (default), share4v_v1, share4v_v0, llava_v1, llava_v0
+  --conv NAME             chat template: vicuna_v1, share4v_v1, share4v_v0, llava_v1, llava_v0, llava_hf
+                          (default: the one the model file names, else vicuna_v1)
   --dump DIR              write pixel_values.npy, image_features.npy, prompt_ids.json and
                           logits.npy (first generated position) into DIR
 
@@ -227,7 +228,7 @@ std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a, const std::
   s->vm = loupe::VisionModel::open(mmproj);
   s->pool = std::make_unique<loupe::ThreadPool>(a.integer({"-t", "--threads"}, 2));
   loupe::DescribeOptions opt;
-  opt.conv = a.get({"--conv"}, "vicuna_v1");
+  opt.conv = a.get({"--conv"}, "");
   opt.gen = generate_options(a);
   opt.session = session_options(a);
   s->chat = std::make_unique<loupe::VisionChat>(s->lm, s->vm, opt, s->pool.get());
@@ -452,7 +453,7 @@ int cmd_eval(const loupe_cli::Args& a, const std::vector<std::pair<std::string, 
 int cmd_serve(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
 #ifdef LOUPE_HAVE_SERVE
   loupe::DescribeOptions opt;
-  opt.conv = a.get({"--conv"}, "vicuna_v1");
+  opt.conv = a.get({"--conv"}, "");
   opt.gen.max_tokens = a.integer({"-n", "--n-predict"}, 512);
   opt.session = session_options(a);
   return loupe_cli::serve(a, loras, opt, a.integer({"-t", "--threads"}, 2));
@@ -464,7 +465,7 @@ int cmd_serve(const loupe_cli::Args& a, const std::vector<std::pair<std::string,
 
 int cmd_caption(const loupe_cli::Args& a, const std::vector<std::pair<std::string, float>>& loras) {
   loupe::DescribeOptions opt;
-  opt.conv = a.get({"--conv"}, "vicuna_v1");
+  opt.conv = a.get({"--conv"}, "");
   opt.gen = generate_options(a);
   opt.session = session_options(a);
   return loupe_cli::caption(a, loras, opt, a.integer({"-t", "--threads"}, 2));

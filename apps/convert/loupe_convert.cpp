@@ -18,7 +18,9 @@ usage:
   loupe-convert --inspect FILE_OR_DIR
 
   --model DIR|GGUF    Hugging Face model directory: config.json, tokenizer.model and
-                      model.safetensors / pytorch_model.bin (single or sharded with an index);
+                      model.safetensors / pytorch_model.bin (single or sharded with an index), in
+                      LLaVA's / ShareGPT4V's layout or in transformers' own LlavaForConditionalGeneration
+                      layout (llava-hf/*: the tower inside; chats with --conv llava_hf by default);
                       or a GGUF file (llama.cpp's or loupe's) to re-quantise to --outtype
   --vision-tower DIR  the CLIPVisionModel directory when the checkpoint does not hold the tower
                       (ShareGPT4V); default: looked up beside the model directory
@@ -46,6 +48,8 @@ usage:
 example (ShareGPT4V-7B, int4):
   loupe-convert --model ShareGPT4V-7B --vision-tower ShareGPT4V-7B_Pretrained_vit-large336-l12 \
                 --outtype q4_0 -o models/
+example (transformers' layout, tower and projector inside the checkpoint):
+  loupe-convert --model llava-1.5-7b-hf --outtype q4_0 -o models/
 example (a LoRA of it, for loupe --lora and llama.cpp --lora):
   loupe-convert --lora GalleryGPT-lora -o models/
 )";

@@ -12,7 +12,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <regex>
 #include <cmath>
 #include <array>
 #include <string>
@@ -42,26 +41,31 @@ struct ConvertResult {
   std::string text_path, mmproj_path;  // mmproj_path empty for a text-only model
 };
 
-// LlamaConfig keys of a HF config.json.
+// LlamaConfig keys of a HF config.json (or of a LlavaConfig's text_config).
 struct HfTextConfig {
   std::string model_type;
   int64_t dim = 0, ffn_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, n_vocab = 0, n_ctx = 0;
   double rms_eps = 1e-6, rope_theta = 10000.0;
   bool tied = false;
 
-  static HfTextConfig parse(const Json& j) {
+  // `defaults`: a key left out takes LlamaConfig's default (transformers'
+  // models/llama/configuration_llama.py), as transformers reads a text_config
+  // it saved with only the keys that differ (llava-hf/llava-1.5-7b-hf's has 6);
+  // LLaVA's flat config.json has every size, and one missing is an error.
+  static HfTextConfig parse(const Json& j, bool defaults = false) {
     HfTextConfig c;
-    c.model_type = j.get_or<std::string>("model_type", "");
+    c.model_type = j.get_or<std::string>("model_type", defaults ? "llama" : "");
     static const char* known[] = {"llama", "share4v", "llava", "llava_llama"};
     bool ok = false;
     for (const char* k : known) ok |= c.model_type == k;
     if (!ok) fail(j.where(), "unknown architecture: model_type '", c.model_type, "' (supported: llama, share4v, llava)");
-    c.dim = j.at("hidden_size").integer();
-    c.ffn_dim = j.at("intermediate_size").integer();
-    c.n_layers = j.at("num_hidden_layers").integer();
-    c.n_heads = j.at("num_attention_heads").integer();
+    auto size = [&](const char* key, int64_t dflt) { return defaults ? j.get_or<int64_t>(key, dflt) : j.at(key).integer(); };
+    c.dim = size("hidden_size", 4096);
+    c.ffn_dim = size("intermediate_size", 11008);
+    c.n_layers = size("num_hidden_layers", 32);
+    c.n_heads = size("num_attention_heads", 32);
     c.n_kv_heads = j.get_or<int64_t>("num_key_value_heads", c.n_heads);
-    c.n_vocab = j.at("vocab_size").integer();
+    c.n_vocab = size("vocab_size", 32000);
     c.n_ctx = j.get_or<int64_t>("max_position_embeddings", 2048);
     c.rms_eps = j.get_or<double>("rms_norm_eps", 1e-6);
     c.rope_theta = j.get_or<double>("rope_theta", 10000.0);
@@ -74,6 +78,8 @@ struct HfTextConfig {
     const std::string src = j.source ? *j.source : std::string("config.json");
     check_llama_sizes(l, src, kHfLlamaKeys);
     if (c.n_vocab < 1) fail(src, ": vocab_size ", c.n_vocab, " is out of range");
+    if (const Json* hd = j.find("head_dim"); hd && !hd->is_null() && hd->integer() != c.dim / c.n_heads)
+      fail(src, ": head_dim ", hd->integer(), " is not hidden_size / num_attention_heads (", c.dim / c.n_heads, "): not supported");
     return c;
   }
 };
@@ -255,54 +261,63 @@ struct TensorPlanner {
   }
 };
 
-// Writes the text model of the HF directory `dir` (config.json, checkpoint,
-// tokenizer.model) to `out_path`.
-inline void convert_text_model(const std::string& dir, const Checkpoint& ck, const Json& config, OutputFiles& out, const std::string& out_path,
-                               const ConvertOptions& opt, const std::string& name, LoraMerge* merge = nullptr) {
+// Writes the text model of the HF directory `dir` (checkpoint, tokenizer.model
+// and the tokens added to it) to `out_path`.
+// `chat_template`: the loupe chat template the checkpoint's format needs ("" for vicuna_v1).
+inline void convert_text_model(const std::string& dir, const Checkpoint& ck, const HfTextConfig& c,
+                               const CheckpointNaming& naming, const std::string& chat_template, OutputFiles& out,
+                               const std::string& out_path, const ConvertOptions& opt, const std::string& name,
+                               LoraMerge* merge = nullptr) {
   namespace fs = std::filesystem;
-  const HfTextConfig c = HfTextConfig::parse(config);
   const std::string tok_path = (fs::path(dir) / "tokenizer.model").string();
   if (!fs::exists(tok_path)) fail(dir, ": tokenizer.model is missing (the text model needs its SentencePiece tokenizer)");
   const Tokenizer tok = Tokenizer::load(tok_path);
 
   const LlamaConfig lc = llama_config(c);
   TensorPlanner tp{opt, {}, {}};
-  for (const LlamaTensor& t : llama_tensors(lc, !c.tied)) tp.add(ck, dir, t.hf, t.gguf, t.shape, Storage::Matrix, t.permute_heads);
+  for (const LlamaTensor& t : llama_tensors(lc, !c.tied, naming)) tp.add(ck, dir, t.hf, t.gguf, t.shape, Storage::Matrix, t.permute_heads);
   if (c.tied && tp.plans.front().type == DType::Q4_0) tp.plans.front().type = DType::Q8_0;  // tied: token_embd is the output too
 
   // Everything else must be accounted for: vision / projector tensors belong to
   // the mmproj, rotary caches are recomputed; anything unknown is an error.
-  static const std::regex known_extra(
-      R"(^(model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|lm_head\.weight|model\.mm_projector\..*|model\.vision_tower\..*)$)");
+  auto known_extra = [&](const std::string& n) {
+    auto starts = [&](const std::string& p) { return n.compare(0, p.size(), p) == 0; };
+    auto ends = [&](const std::string& x) { return n.size() >= x.size() && n.compare(n.size() - x.size(), x.size(), x) == 0; };
+    return starts(naming.tower) || starts(naming.projector) || n == std::string(naming.lm_head) + "weight" ||
+           (starts(std::string(naming.text) + "layers.") && ends(".self_attn.rotary_emb.inv_freq"));
+  };
   for (const SourceTensor& t : ck.tensors)
-    if (!tp.used.count(t.name) && !std::regex_match(t.name, known_extra))
-      fail(dir, ": unknown tensor '", t.name, "' ", t.shape_str(), " (not part of a LLaMA / LLaVA checkpoint)");
+    if (!tp.used.count(t.name) && !known_extra(t.name))
+      fail(dir, ": unknown tensor '", t.name, "' ", t.shape_str(), " (not part of a LLaMA / LLaVA checkpoint in ", naming.what,
+           " naming)");
 
   GgufWriter w;
   write_llama_config(w, lc);
   w.set("general.name", GgufValue::str(name));
   w.set("general.file_type", GgufValue::u32(gguf_file_type(opt.outtype)));
   if (is_quantized(opt.outtype)) w.set("general.quantization_version", GgufValue::u32(2));
-  write_vocab(w, tok, c.n_vocab);
+  write_vocab(w, tok, c.n_vocab, read_added_tokens(dir, tok));
+  if (!chat_template.empty()) w.set(kChatTemplateKey, GgufValue::str(chat_template));
   if (merge) merge->apply(tp.plans, true);
   tp.write(w, out, out_path);
 }
 
-// Where the vision tower's weights and config come from.
-struct VisionSource {
-  std::string config_dir;       // holds config.json (+ preprocessor_config.json); empty: inferred
-  std::optional<Checkpoint> own;  // a separate tower checkpoint
-  std::string prefix;           // key prefix of vision_model.* in its checkpoint
-  std::string where;            // for messages
-};
-
 // CLIPVisionModel hyper-parameters (config.json of the tower, or its
-// vision_config when it is a whole CLIPModel).
+// vision_config when it is a whole CLIPModel or a LlavaConfig).
 struct HfVisionConfig {
   int64_t dim = 0, ffn_dim = 0, n_layers = 0, n_heads = 0, image_size = 0, patch_size = 0, projection_dim = 0;
   double eps = 1e-5;
   std::string act = "quick_gelu";
   std::array<double, 3> mean{0.48145466, 0.4578275, 0.40821073}, std{0.26862954, 0.26130258, 0.27577711};  // CLIP's
+  bool pad = false;  // preprocessor_config.json's do_pad (LlavaImageProcessor): pad to a square first
+};
+
+// Where the vision tower's weights and config come from.
+struct VisionSource {
+  std::optional<HfVisionConfig> config;  // from a config.json; none: inferred from the weights
+  std::optional<Checkpoint> own;         // a separate tower checkpoint
+  std::string prefix;                    // key prefix of vision_model.* in its checkpoint
+  std::string where;                     // for messages
 };
 
 // Known towers named by hub id in LLaVA configs, for checkpoints that embed the
@@ -322,64 +337,167 @@ inline void check_vision_sizes(const HfVisionConfig& v, const std::string& where
   check_clip_sizes(c, v.n_layers, where, kHfClipKeys);
 }
 
-inline HfVisionConfig read_vision_config(const std::string& dir) {
-  namespace fs = std::filesystem;
+// A CLIPVisionConfig object. `defaults`: keys left out take CLIPVisionConfig's
+// defaults (transformers' models/clip/configuration_clip.py: ViT-B/32 at 224),
+// as transformers reads a vision_config it saved with only the keys that
+// differ; a tower's own config.json must give every size.
+inline HfVisionConfig parse_vision_config(const Json& j, const std::string& where, bool defaults) {
   HfVisionConfig v;
-  const Json top = Json::load((fs::path(dir) / "config.json").string());
-  const Json& j = top.find("vision_config") ? top.at("vision_config") : top;
-  v.dim = j.at("hidden_size").integer();
-  v.ffn_dim = j.at("intermediate_size").integer();
-  v.n_layers = j.at("num_hidden_layers").integer();
-  v.n_heads = j.at("num_attention_heads").integer();
-  v.image_size = j.at("image_size").integer();
-  v.patch_size = j.at("patch_size").integer();
-  v.projection_dim = j.get_or<int64_t>("projection_dim", top.get_or<int64_t>("projection_dim", 0));
+  auto size = [&](const char* key, int64_t dflt) { return defaults ? j.get_or<int64_t>(key, dflt) : j.at(key).integer(); };
+  v.dim = size("hidden_size", 768);
+  v.ffn_dim = size("intermediate_size", 3072);
+  v.n_layers = size("num_hidden_layers", 12);
+  v.n_heads = size("num_attention_heads", 12);
+  v.image_size = size("image_size", 224);
+  v.patch_size = size("patch_size", 32);
+  v.projection_dim = j.get_or<int64_t>("projection_dim", defaults ? 512 : 0);
   v.eps = j.get_or<double>("layer_norm_eps", 1e-5);
   v.act = j.get_or<std::string>("hidden_act", "quick_gelu");
-  if (v.act != "quick_gelu" && v.act != "gelu") fail(dir, "/config.json: hidden_act '", v.act, "' is not supported (quick_gelu or gelu)");
-  check_vision_sizes(v, (fs::path(dir) / "config.json").string());
-  const fs::path pp = fs::path(dir) / "preprocessor_config.json";
-  if (fs::exists(pp)) {
-    const Json p = Json::load(pp.string());
-    for (const char* key : {"image_mean", "image_std"}) {
-      const Json* a = p.find(key);
-      if (!a) continue;
-      if (a->array().size() != 3) fail(pp.string(), ": ", key, " must have 3 values");
-      auto& dst = std::string(key) == "image_mean" ? v.mean : v.std;
-      for (size_t i = 0; i < 3; ++i) dst[i] = a->array()[i].number();
-    }
-    check_vision_sizes(v, pp.string());  // image_mean / image_std
-    // crop_size / size may be ints (CLIPFeatureExtractor) or objects (CLIPImageProcessor).
-    auto side = [&](const char* key, const char* sub) -> int64_t {
-      const Json* x = p.find(key);
-      if (!x) return 0;
-      if (x->is_number()) return x->integer();
-      if (const Json* s = x->find(sub)) return s->integer();
-      if (const Json* h = x->find("height")) return h->integer();
-      return 0;
-    };
-    const int64_t crop = side("crop_size", "height"), resize = side("size", "shortest_edge");
-    if ((crop && crop != v.image_size) || (resize && resize != v.image_size))
-      fail(pp.string(), ": crop_size ", crop, " / size ", resize, " differ from the tower's image_size ", v.image_size,
-           " (only the standard CLIP preprocessing is supported)");
-  }
+  if (v.act != "quick_gelu" && v.act != "gelu") fail(where, ": hidden_act '", v.act, "' is not supported (quick_gelu or gelu)");
+  check_vision_sizes(v, where);
   return v;
 }
 
+// preprocessor_config.json beside a tower: CLIP's mean and std, a resize and
+// crop to the tower's size (the only geometry supported), LlavaImageProcessor's do_pad.
+inline void read_preprocessor_config(HfVisionConfig& v, const std::string& path) {
+  const Json p = Json::load(path);
+  for (const char* key : {"image_mean", "image_std"}) {
+    const Json* a = p.find(key);
+    if (!a) continue;
+    if (a->array().size() != 3) fail(path, ": ", key, " must have 3 values");
+    auto& dst = std::string(key) == "image_mean" ? v.mean : v.std;
+    for (size_t i = 0; i < 3; ++i) dst[i] = a->array()[i].number();
+  }
+  check_vision_sizes(v, path);  // image_mean / image_std
+  // crop_size / size may be ints (CLIPFeatureExtractor) or objects (CLIPImageProcessor).
+  auto side = [&](const char* key, const char* sub) -> int64_t {
+    const Json* x = p.find(key);
+    if (!x) return 0;
+    if (x->is_number()) return x->integer();
+    if (const Json* s = x->find(sub)) return s->integer();
+    if (const Json* h = x->find("height")) return h->integer();
+    return 0;
+  };
+  const int64_t crop = side("crop_size", "height"), resize = side("size", "shortest_edge");
+  if ((crop && crop != v.image_size) || (resize && resize != v.image_size))
+    fail(path, ": crop_size ", crop, " / size ", resize, " differ from the tower's image_size ", v.image_size,
+         " (only the standard CLIP preprocessing is supported)");
+  v.pad = p.get_or<bool>("do_pad", false);
+}
+
+// A tower directory: config.json (a CLIPVisionModel's, or a CLIPModel's with
+// vision_config) and its preprocessor_config.json.
+inline HfVisionConfig read_vision_config(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const std::string path = (fs::path(dir) / "config.json").string();
+  const Json top = Json::load(path);
+  const Json& j = top.find("vision_config") ? top.at("vision_config") : top;
+  HfVisionConfig v = parse_vision_config(j, path, false);
+  if (!j.find("projection_dim")) v.projection_dim = top.get_or<int64_t>("projection_dim", 0);  // a CLIPModel's
+  const fs::path pp = fs::path(dir) / "preprocessor_config.json";
+  if (fs::exists(pp)) read_preprocessor_config(v, pp.string());
+  return v;
+}
+
+// What config.json says about the model, in either layout: LLaVA's flat one
+// (LlamaConfig keys and mm_*; a plain LLaMA too), or transformers' LlavaConfig
+// (models/llava/configuration_llava.py: text_config, vision_config,
+// vision_feature_layer, vision_feature_select_strategy, projector_hidden_act).
+struct HfModelConfig {
+  std::string path;             // config.json, for messages
+  bool transformers = false;    // a LlavaConfig (LlavaForConditionalGeneration)
+  HfTextConfig text;
+  std::string tower_id;         // LLaVA: mm_vision_tower, the hub id of its tower
+  std::optional<HfVisionConfig> tower;  // LlavaConfig: vision_config + preprocessor_config.json
+  int64_t select_layer = -2;    // index into hidden_states, negative from the end
+  bool keep_cls = false;        // the CLS position is a feature too ("full", LLaVA's "cls_patch")
+  std::string aspect = "none";  // "pad" to a square in the mean colour first, or "none"
+  int64_t mm_hidden = 0;        // LLaVA's mm_hidden_size (0: not given)
+  std::string projector = "mlp2x_gelu";  // LLaVA's mm_projector_type, checked when there is a tower
+  const char* select_key = "mm_vision_select_layer";  // for messages
+  std::string chat_template;    // LlavaConfig: llava_hf (its chat_template.json); LLaVA: the default, vicuna_v1
+
+  // A model directory's config.json.
+  static HfModelConfig load(const std::string& dir) {
+    const std::string path = (std::filesystem::path(dir) / "config.json").string();
+    if (!std::filesystem::exists(path)) fail(dir, ": config.json is missing");
+    return read(path);
+  }
+  // A config.json (its preprocessor_config.json beside it).
+  static HfModelConfig read(const std::string& path) {
+    namespace fs = std::filesystem;
+    HfModelConfig c;
+    c.path = path;
+    const std::string dir = fs::path(path).parent_path().string();
+    const Json j = Json::load(c.path);
+    if (!j.is_object()) fail(c.path, ": expected a JSON object");
+    // LLaVA's own config.json says "llava" too, but with the LLaMA sizes at the top.
+    c.transformers = j.get_or<std::string>("model_type", "") == "llava" && !j.find("hidden_size");
+    if (!c.transformers) {
+      c.text = HfTextConfig::parse(j);
+      c.tower_id = j.get_or<std::string>("mm_vision_tower", j.get_or<std::string>("vision_tower", ""));
+      const std::string feature = j.get_or<std::string>("mm_vision_select_feature", "patch");
+      if (feature != "patch" && feature != "cls_patch")
+        fail(c.path, ": mm_vision_select_feature '", feature, "' is not supported (patch or cls_patch)");
+      c.keep_cls = feature == "cls_patch";
+      c.projector = j.get_or<std::string>("mm_projector_type", "linear");
+      c.select_layer = j.get_or<int64_t>("mm_vision_select_layer", -2);
+      c.aspect = j.get_or<std::string>("image_aspect_ratio", "square") == "pad" ? "pad" : "none";
+      c.mm_hidden = j.get_or<int64_t>("mm_hidden_size", 0);
+      return c;
+    }
+    const Json empty = Json::parse("{}", c.path);
+    const Json* tc = j.find("text_config");
+    c.text = HfTextConfig::parse(tc && !tc->is_null() ? *tc : empty, true);
+    // No vision_config: LlavaConfig's own default, CLIP ViT-L/14 at 336.
+    const Json* vc = j.find("vision_config");
+    if (vc && !vc->is_null()) {
+      const std::string type = vc->get_or<std::string>("model_type", "clip_vision_model");
+      if (type != "clip_vision_model")
+        fail(c.path, ": vision_config model_type '", type, "' is not supported (clip_vision_model)");
+      c.tower = parse_vision_config(*vc, c.path + " (vision_config)", true);
+    } else {
+      c.tower = parse_vision_config(Json::parse(R"({"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+          "num_attention_heads": 16, "image_size": 336, "patch_size": 14, "projection_dim": 768})", c.path), c.path, true);
+    }
+    const fs::path pp = fs::path(dir) / "preprocessor_config.json";
+    if (fs::exists(pp)) read_preprocessor_config(*c.tower, pp.string());
+    c.aspect = c.tower->pad ? "pad" : "none";
+    c.select_key = "vision_feature_layer";
+    c.chat_template = "llava_hf";
+    if (const Json* fl = j.find("vision_feature_layer"); fl && fl->is_array()) {
+      if (fl->array().size() != 1)
+        fail(c.path, ": vision_feature_layer lists ", fl->array().size(), " layers; several feature layers are not supported");
+      c.select_layer = fl->array()[0].integer();
+    } else {
+      c.select_layer = j.get_or<int64_t>("vision_feature_layer", -2);
+    }
+    const std::string strategy = j.get_or<std::string>("vision_feature_select_strategy", "default");
+    if (strategy != "default" && strategy != "full")
+      fail(c.path, ": vision_feature_select_strategy '", strategy, "' is not supported (default or full)");
+    c.keep_cls = strategy == "full";
+    const std::string act = j.get_or<std::string>("projector_hidden_act", "gelu");
+    if (act != "gelu") fail(c.path, ": projector_hidden_act '", act, "' is not supported (gelu)");
+    if (!j.get_or<bool>("multimodal_projector_bias", true))
+      fail(c.path, ": multimodal_projector_bias false is not supported (the projector has biases)");
+    return c;
+  }
+};
+
 // Writes mmproj-<name>.gguf: CLIP tower (blocks up to the selected feature layer)
 // + mlp2x_gelu projector, with clip.* metadata in llama.cpp's layout.
-inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const Json& config, const VisionSource& vs,
-                           OutputFiles& out, const std::string& out_path, const ConvertOptions& opt, const std::string& name,
-                           LoraMerge* merge = nullptr) {
+inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const HfModelConfig& config, const VisionSource& vs,
+                           const CheckpointNaming& naming, OutputFiles& out, const std::string& out_path,
+                           const ConvertOptions& opt, const std::string& name, LoraMerge* merge = nullptr) {
   const Checkpoint& vck = vs.own ? *vs.own : llm;
   const std::string& vwhere = vs.own ? vs.where : dir;
-  const std::string P = vs.prefix;  // "vision_model." or "model.vision_tower.vision_tower.vision_model."
+  const std::string P = vs.prefix;  // "vision_model." or "model.vision_tower.vision_tower.vision_model." ...
   HfVisionConfig v;
-  if (!vs.config_dir.empty()) {
-    v = read_vision_config(vs.config_dir);
+  if (vs.config) {
+    v = *vs.config;
   } else {
     // No tower config: sizes from the weights, heads from the hub id.
-    const std::string hub = config.get_or<std::string>("mm_vision_tower", "");
     const SourceTensor& pe = vck.get(P + "embeddings.patch_embedding.weight");
     const SourceTensor& pos = vck.get(P + "embeddings.position_embedding.weight");
     const SourceTensor& fc1 = vck.get(P + clip_block_hf(0) + "mlp.fc1.weight");
@@ -392,31 +510,31 @@ inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const 
     while (vck.find(P + clip_block_hf(v.n_layers) + "self_attn.q_proj.weight")) ++v.n_layers;
     const int64_t g = int64_t(std::lround(std::sqrt(double(pos.shape[0] - 1))));
     v.image_size = g * v.patch_size;
-    v.n_heads = known_tower_heads(hub);
+    v.n_heads = known_tower_heads(config.tower_id);
     if (!v.n_heads)
-      fail(dir, ": the checkpoint embeds vision tower '", hub, "' but no tower config.json was found; pass --vision-tower DIR");
+      fail(dir, ": the checkpoint embeds vision tower '", config.tower_id, "' but no tower config.json was found; pass --vision-tower DIR");
     check_vision_sizes(v, vwhere + " (the tower's sizes, read from its weights)");
   }
-  const std::string select_feature = config.get_or<std::string>("mm_vision_select_feature", "patch");
-  if (select_feature != "patch") fail(dir, "/config.json: mm_vision_select_feature '", select_feature, "' is not supported (patch)");
-  const std::string proj_type = config.get_or<std::string>("mm_projector_type", "linear");
-  if (proj_type != "mlp2x_gelu") fail(dir, "/config.json: mm_projector_type '", proj_type, "' is not supported (mlp2x_gelu)");
-  const int64_t select = config.get_or<int64_t>("mm_vision_select_layer", -2);
+  if (config.projector != "mlp2x_gelu")
+    fail(config.path, ": mm_projector_type '", config.projector, "' is not supported (mlp2x_gelu)");
+  const int64_t select = config.select_layer;
   const int64_t feature_layer = select >= 0 ? select : v.n_layers + select + 1;  // index into hidden_states
   if (feature_layer < 1 || feature_layer > v.n_layers)
-    fail(dir, "/config.json: mm_vision_select_layer ", select, " is outside the tower's ", v.n_layers, " layers");
-  const std::string aspect = config.get_or<std::string>("image_aspect_ratio", "square");
-  const HfTextConfig tc = HfTextConfig::parse(config);
-  const int64_t mm_hidden = config.get_or<int64_t>("mm_hidden_size", v.dim);
-  if (mm_hidden != v.dim) fail(dir, "/config.json: mm_hidden_size ", mm_hidden, " does not match the tower's width ", v.dim);
+    fail(config.path, ": ", config.select_key, " ", select, " is outside the tower's ", v.n_layers, " layers");
+  if (config.mm_hidden && config.mm_hidden != v.dim)
+    fail(config.path, ": mm_hidden_size ", config.mm_hidden, " does not match the tower's width ", v.dim);
 
   ClipConfig cc;
   cc.image_size = v.image_size, cc.patch_size = v.patch_size, cc.dim = v.dim, cc.ffn_dim = v.ffn_dim, cc.n_heads = v.n_heads;
   cc.n_layers_run = feature_layer, cc.projection_dim = v.projection_dim, cc.eps = float(v.eps), cc.gelu = v.act == "gelu";
   for (size_t i = 0; i < 3; ++i) cc.mean[i] = float(v.mean[i]), cc.std[i] = float(v.std[i]);
-  cc.aspect_ratio = aspect == "pad" ? "pad" : "none";
+  cc.aspect_ratio = config.aspect;
+  cc.keep_cls = config.keep_cls;
+  if (cc.keep_cls && opt.log)
+    opt.log("note: the image features keep the CLS position (" + std::string(config.transformers ? "full" : "cls_patch") +
+            "): loupe reads that from " + kFeatureSelectKey + "; llama.cpp ignores the key and drops it");
   TensorPlanner tp{opt, {}, {}};
-  for (const ClipTensor& t : clip_tensors(cc, tc.dim)) {
+  for (const ClipTensor& t : clip_tensors(cc, config.text.dim, naming)) {
     if (t.projector()) tp.add(llm, dir, t.hf, t.gguf, t.shape, t.storage);
     else tp.add(vck, vwhere, P + t.hf, t.gguf, t.shape, t.storage);
   }
@@ -431,20 +549,34 @@ inline void convert_mmproj(const std::string& dir, const Checkpoint& llm, const 
   tp.write(w, out, out_path);
 }
 
-// Finds the vision tower for an LLaVA-style config: --vision-tower, the
-// checkpoint itself, or a directory beside the model named like the hub id.
-inline std::optional<VisionSource> find_vision_tower(const std::string& dir, const Checkpoint& ck, const Json& config,
-                                                     const ConvertOptions& opt) {
+// Finds the vision tower: in a LlavaConfig checkpoint, the checkpoint itself;
+// for LLaVA's layout --vision-tower, the checkpoint itself, or a directory
+// beside the model named like the hub id.
+inline std::optional<VisionSource> find_vision_tower(const std::string& dir, const Checkpoint& ck, const HfModelConfig& config,
+                                                     const CheckpointNaming& naming, const ConvertOptions& opt) {
   namespace fs = std::filesystem;
-  const std::string hub = config.get_or<std::string>("mm_vision_tower", config.get_or<std::string>("vision_tower", ""));
-  const bool has_projector = ck.find("model.mm_projector.0.weight") != nullptr;
+  const std::string& hub = config.tower_id;
+  const bool has_projector = ck.find(projector_tensors(0, 0, naming)[0].hf) != nullptr;
+  const std::string embedded = std::string(naming.tower) + "vision_model.";
+  if (config.transformers) {
+    if (!has_projector || !ck.find(embedded + "embeddings.class_embedding"))
+      fail(dir, ": config.json describes a LlavaForConditionalGeneration but the checkpoint has no ",
+           has_projector ? embedded : std::string(naming.projector), "* tensors");
+    if (!opt.vision_tower.empty())
+      fail(opt.vision_tower, ": --vision-tower is for LLaVA checkpoints without their tower; ", dir, " holds its own");
+    VisionSource vs;
+    vs.config = config.tower;
+    vs.prefix = embedded;
+    vs.where = dir;
+    return vs;
+  }
   if (hub.empty() && !has_projector) return std::nullopt;  // a plain LLaMA
-  if (!has_projector) fail(dir, ": config.json names vision tower '", hub, "' but the checkpoint has no model.mm_projector.* tensors");
-  const std::string embedded = "model.vision_tower.vision_tower.vision_model.";
+  if (!has_projector)
+    fail(dir, ": config.json names vision tower '", hub, "' but the checkpoint has no ", naming.projector, "* tensors");
   auto open_tower_dir = [&](const std::string& tdir) {
     if (!fs::exists(fs::path(tdir) / "config.json")) fail(tdir, ": config.json is missing (expected a CLIPVisionModel directory)");
     VisionSource vs;
-    vs.config_dir = tdir;
+    vs.config = read_vision_config(tdir);
     vs.where = tdir;
     if (ck.find(embedded + "embeddings.class_embedding")) {
       vs.prefix = embedded;  // weights inside the LLM checkpoint win; the dir gives the config
@@ -541,18 +673,21 @@ inline ConvertResult convert_model(const std::string& dir, const std::string& ou
     }
   }
   if (!fs::is_directory(dir)) fail(dir, ": not a directory (expected a Hugging Face model directory or a GGUF file)");
-  const std::string cfg_path = (fs::path(dir) / "config.json").string();
-  if (!fs::exists(cfg_path)) fail(dir, ": config.json is missing");
-  const Json config = Json::load(cfg_path);
+  const HfModelConfig config = HfModelConfig::load(dir);
   const Checkpoint ck = Checkpoint::open(dir);
+  const CheckpointNaming& naming = detect_naming([&](const std::string& n) { return ck.find(n) != nullptr; });
+  if (config.transformers && &naming == &kLlavaNaming)
+    fail(dir, ": config.json describes a LlavaForConditionalGeneration but the checkpoint has neither ",
+         kLlavaHfNaming.text, "embed_tokens.weight nor ", kLlavaHf452Naming.text, "embed_tokens.weight");
+  if (opt.log && &naming != &kLlavaNaming) opt.log("reading " + std::string(naming.what) + " tensor names");
   std::string name = opt.name;
   if (name.empty()) name = fs::path(dir).lexically_normal().filename().string();
   if (name.empty()) name = fs::absolute(dir).lexically_normal().parent_path().filename().string();
   // Resolve the tower before writing anything, so a missing tower leaves no files.
-  const std::optional<VisionSource> tower = find_vision_tower(dir, ck, config, opt);
+  const std::optional<VisionSource> tower = find_vision_tower(dir, ck, config, naming, opt);
   std::optional<LoraMerge> merge;
   if (!opt.loras.empty()) {
-    const LlamaConfig lc = llama_config(HfTextConfig::parse(config));
+    const LlamaConfig lc = llama_config(config.text);
     merge.emplace();
     for (const auto& [path, scale] : opt.loras) {
       LoraAdapter a = LoraAdapter::load(path, lc);
@@ -572,10 +707,10 @@ inline ConvertResult convert_model(const std::string& dir, const std::string& ou
   OutputFiles files;
   ConvertResult r;
   r.text_path = (fs::path(out_dir) / (name + ".gguf")).string();
-  convert_text_model(dir, ck, config, files, r.text_path, opt, name, merge ? &*merge : nullptr);
+  convert_text_model(dir, ck, config.text, naming, config.chat_template, files, r.text_path, opt, name, merge ? &*merge : nullptr);
   if (tower) {
     r.mmproj_path = (fs::path(out_dir) / ("mmproj-" + name + ".gguf")).string();
-    convert_mmproj(dir, ck, config, *tower, files, r.mmproj_path, opt, name, merge ? &*merge : nullptr);
+    convert_mmproj(dir, ck, config, *tower, naming, files, r.mmproj_path, opt, name, merge ? &*merge : nullptr);
   }
   files.commit();
   return r;
@@ -607,7 +742,7 @@ inline LoraConvertResult convert_lora(const std::string& path, const std::string
   }
   if (cfg.empty())
     fail(path, ": the base model's config.json is needed (its head counts give the q/k row order): pass --base-config DIR");
-  const LlamaConfig lc = llama_config(HfTextConfig::parse(Json::load(cfg)));
+  const LlamaConfig lc = llama_config(HfModelConfig::read(cfg).text);
   LoraAdapter a = LoraAdapter::load(path, lc);
   if (!opt.name.empty()) a.name = opt.name;
   if (opt.log) {

@@ -37,7 +37,8 @@ inline const float* f32(const TensorView& v) { return static_cast<const float*>(
 void self_attention(const float* q, const float* k, const float* v, int64_t n, int64_t heads, int64_t hd, float* out,
                     ThreadPool* pool);
 
-// pixel_values [3, S, S] -> features [n_patches, dim] (hidden_states[feature layer], CLS dropped).
+// pixel_values [3, S, S] -> features [n_features, dim] (hidden_states[feature layer], CLS dropped
+// unless cfg.keep_cls).
 // `hidden` (optional) receives every hidden state [n_layers_run + 1][n_patches + 1, dim].
 std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPool* pool = nullptr,
                                std::vector<std::vector<float>>* hidden = nullptr);
@@ -152,7 +153,7 @@ std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPo
     for (size_t i = 0; i < x.size(); ++i) x[i] += h[i];
     if (hidden) hidden->push_back(x);
   }
-  return std::vector<float>(x.begin() + D, x.end());  // drop CLS
+  return std::vector<float>(x.begin() + (c.keep_cls ? 0 : D), x.end());  // CLS dropped by default
 }
 
 }  // namespace loupe

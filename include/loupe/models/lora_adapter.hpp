@@ -115,7 +115,10 @@ struct PeftLoraConfig {
 
   // Parses and checks `cfg` (read from `path`); the target list and regular
   // expression must name modules of `base`.
-  static PeftLoraConfig parse(const Json& cfg, const std::string& path, const LlamaConfig& base);
+  // `naming`: how the base model's checkpoint names its modules (PEFT's module
+  // names are those of the model it wrapped).
+  static PeftLoraConfig parse(const Json& cfg, const std::string& path, const LlamaConfig& base,
+                              const CheckpointNaming& naming = kLlavaNaming);
   bool targets(const std::string& module) const;
   int64_t rank_for(const std::string& module) const;  // rank_pattern's first match, else r
   double alpha_for(const std::string& module) const;  // alpha_pattern's first match, else lora_alpha
@@ -156,30 +159,29 @@ struct Slot {
 };
 
 // The linear modules a LoRA may target (PEFT names without ".weight").
-inline std::vector<Slot> linear_slots(const LlamaConfig& c) {
+inline std::vector<Slot> linear_slots(const LlamaConfig& c, const CheckpointNaming& naming) {
   std::vector<Slot> s;
-  for (const LlamaTensor& t : llama_tensors(c))
+  for (const LlamaTensor& t : llama_tensors(c, true, naming))
     if (t.slot == LlamaSlot::Linear || t.slot == LlamaSlot::Output) s.push_back({t.hf_module(), t.gguf, t.shape, t.permute_heads});
   return s;
 }
 
 // Whole tensors an adapter may replace (PEFT names with ".weight").
-inline std::vector<Slot> replaceable_slots(const LlamaConfig& c) {
+inline std::vector<Slot> replaceable_slots(const LlamaConfig& c, const CheckpointNaming& naming) {
   std::vector<Slot> s;
-  for (const LlamaTensor& t : llama_tensors(c)) s.push_back({t.hf, t.gguf, t.shape, t.permute_heads});
+  for (const LlamaTensor& t : llama_tensors(c, true, naming)) s.push_back({t.hf, t.gguf, t.shape, t.permute_heads});
   return s;
 }
 
-// LLaVA's mlp2x_gelu projector: model.mm_projector.{0,2}.* -> mm.{0,2}.* (shapes
-// are checked against the vision model when the adapter is activated or merged).
-inline std::string projector_gguf_name(const std::string& hf) {
-  const std::string p = "model.mm_projector.";  // then "0." or "2.", then "weight" or "bias"
-  if (hf.size() < p.size() + 2 || hf.compare(0, p.size(), p) != 0) return "";
-  const char layer = hf[p.size()];
-  const std::string rest = hf.substr(p.size() + 1);
-  if ((layer != '0' && layer != '2') || (rest != ".weight" && rest != ".bias")) return "";
-  return std::string("mm.") + layer + rest;
+// The projector's tensors: model.mm_projector.{0,2}.* (or transformers'
+// multi_modal_projector.linear_{1,2}.*) -> mm.{0,2}.* (shapes are checked
+// against the vision model when the adapter is activated or merged).
+inline std::string projector_gguf_name(const std::string& hf, const CheckpointNaming& naming) {
+  for (const ClipTensor& t : projector_tensors(0, 0, naming))
+    if (t.hf == hf) return t.gguf;
+  return "";
 }
+
 
 // An owned copy of `v` with its rows permuted per head (heads > 0), in `to`
 // (or the source's dtype when `to` is null).
@@ -242,10 +244,21 @@ inline std::string strip_modules_to_save(const std::string& k) {
   return head.substr(0, head.size() - tag.size()) + "." + kind;
 }
 
+// How the base model an adapter was trained on names its modules, from the
+// adapter's tensor names (PEFT's "base_model.model." removed).
+inline const CheckpointNaming& adapter_naming(const Checkpoint& ck) {
+  for (const CheckpointNaming* n : {&kLlavaHf452Naming, &kLlavaHfNaming})
+    for (const SourceTensor& t : ck.tensors) {
+      const std::string k = starts_with(t.name, "base_model.model.") ? t.name.substr(17) : t.name;
+      if (starts_with(k, n->text) || starts_with(k, n->projector)) return *n;
+    }
+  return kLlavaNaming;
+}
+
 // "model.layers.<n>.<a LLaMA linear>" -> "<n>", else "" (for the message about
 // an adapter of a deeper model).
-inline std::string llama_layer_of(const std::string& module) {
-  const std::string p = "model.layers.";
+inline std::string llama_layer_of(const std::string& module, const CheckpointNaming& naming) {
+  const std::string p = std::string(naming.text) + "layers.";
   if (!starts_with(module, p)) return "";
   size_t i = p.size();
   while (i < module.size() && module[i] >= '0' && module[i] <= '9') ++i;
@@ -304,7 +317,8 @@ inline std::vector<PeftLoraConfig::Pattern> read_patterns(const Json& cfg, const
 
 }  // namespace lora_detail
 
-PeftLoraConfig PeftLoraConfig::parse(const Json& cfg, const std::string& path, const LlamaConfig& base) {
+PeftLoraConfig PeftLoraConfig::parse(const Json& cfg, const std::string& path, const LlamaConfig& base,
+                                     const CheckpointNaming& naming) {
   using namespace lora_detail;
   if (!cfg.is_object()) fail(path, ": expected a JSON object");
   const std::string peft_type = cfg.get_or<std::string>("peft_type", "LORA");
@@ -322,7 +336,7 @@ PeftLoraConfig PeftLoraConfig::parse(const Json& cfg, const std::string& path, c
   if (cfg.get_or<bool>("fan_in_fan_out", false))
     c.notes.push_back(path + ": fan_in_fan_out is ignored for LLaMA's nn.Linear layers (as PEFT does)");
 
-  const std::vector<Slot> linears = linear_slots(base);
+  const std::vector<Slot> linears = linear_slots(base, naming);
   const char* module_names = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head";
   const Json* tm = cfg.find("target_modules");
   if (tm && tm->is_array()) {
@@ -377,7 +391,17 @@ LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig
   const fs::path d(dir);
   const std::string cfg_path = (d / "adapter_config.json").string();
   if (!fs::exists(cfg_path)) fail(dir, ": adapter_config.json is missing (expected a PEFT LoRA directory)");
-  const PeftLoraConfig cfg = PeftLoraConfig::parse(Json::load(cfg_path), cfg_path, base);
+  std::string wpath = (d / "adapter_model.safetensors").string();
+  if (!fs::exists(wpath)) wpath = (d / "adapter_model.bin").string();
+  // Module names (in the tensors and in target_modules) are as the base model's
+  // checkpoint has them, which the tensors tell; without tensors the config's
+  // own errors come first.
+  std::optional<Checkpoint> weights;
+  if (fs::exists(wpath)) weights = Checkpoint::open_file(wpath);
+  const CheckpointNaming& naming = weights ? adapter_naming(*weights) : kLlavaNaming;
+  const PeftLoraConfig cfg = PeftLoraConfig::parse(Json::load(cfg_path), cfg_path, base, naming);
+  if (!weights) fail(dir, ": neither adapter_model.safetensors nor adapter_model.bin is there");
+  const Checkpoint& ck = *weights;
 
   LoraAdapter a;
   a.name = name_of(dir);
@@ -386,16 +410,10 @@ LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig
   a.alpha = cfg.alpha;
   a.rslora = cfg.rslora;
   a.notes = cfg.notes;
-  const std::vector<Slot> linears = linear_slots(base), whole = replaceable_slots(base);
+  const std::vector<Slot> linears = linear_slots(base, naming), whole = replaceable_slots(base, naming);
   auto module_names = [&] {
     return std::string("q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head");
   };
-
-  // Weights.
-  std::string wpath = (d / "adapter_model.safetensors").string();
-  if (!fs::exists(wpath)) wpath = (d / "adapter_model.bin").string();
-  if (!fs::exists(wpath)) fail(dir, ": neither adapter_model.safetensors nor adapter_model.bin is there");
-  const Checkpoint ck = Checkpoint::open_file(wpath);
 
   auto check_float = [&](const SourceTensor& t, const std::string& file) {
     if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
@@ -404,7 +422,7 @@ LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig
   // Whole-tensor replacements (modules_to_save, non_lora_trainables): HF name -> GGUF.
   auto add_replacement = [&](const std::string& hf, const SourceTensor& t, const std::string& file) {
     check_float(t, file);
-    const std::string pg = projector_gguf_name(hf);
+    const std::string pg = projector_gguf_name(hf, naming);
     if (!pg.empty()) {
       a.replaces[pg] = replacement(t.view(), 0, true);
       return;
@@ -456,7 +474,7 @@ LoraAdapter LoraAdapter::from_peft_dir(const std::string& dir, const LlamaConfig
     for (const Slot& s : linears)
       if (s.hf == module) slot = &s;
     if (!slot) {
-      if (const std::string layer = llama_layer_of(module); !layer.empty())
+      if (const std::string layer = llama_layer_of(module, naming); !layer.empty())
         fail(wpath, ": tensor '", any->name, "' adapts layer ", layer, " but the base model has ", base.n_layers,
              " layers (adapter for a different base model?)");
       fail(wpath, ": tensor '", any->name, "': unknown target module '", module, "' (a LLaMA adapter may target ",
@@ -544,7 +562,7 @@ LoraAdapter LoraAdapter::from_gguf(const GgufFile& f, const LlamaConfig& base, c
   if (!std::isfinite(a.alpha) || std::fabs(a.alpha) > double(std::numeric_limits<float>::max()))
     fail(f.name(), ": adapter.lora.alpha must be a finite number, is ", a.alpha);
 
-  const std::vector<Slot> linears = linear_slots(base), whole = replaceable_slots(base);
+  const std::vector<Slot> linears = linear_slots(base, kLlavaNaming), whole = replaceable_slots(base, kLlavaNaming);
   std::map<std::string, std::pair<const GgufTensor*, const GgufTensor*>> pairs;
   for (const GgufTensor& t : f.tensors) {
     if (ends_with(t.name, ".lora_a")) {

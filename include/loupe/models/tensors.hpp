@@ -16,6 +16,48 @@
 
 namespace loupe {
 
+// ------------------------------------------------------ checkpoint naming
+
+// How a checkpoint names the parts of a LLaVA model: the prefixes in front of
+// LlamaForCausalLM's own names below "model." ("layers.3.self_attn.q_proj"),
+// of CLIPVisionModel's "vision_model.*", and of the projector's two linears.
+// Three generations are published:
+//  - LLaVA's own LlavaLlamaForCausalLM (liuhaotian/llava-v1.5-*, ShareGPT4V):
+//    model.layers.*, lm_head.*, model.vision_tower.vision_tower.vision_model.*,
+//    model.mm_projector.{0,2}.* (an nn.Sequential); a plain LLaMA is this too;
+//  - transformers' LlavaForConditionalGeneration before 4.52 (llava-hf/*):
+//    language_model.model.*, language_model.lm_head.*, vision_tower.vision_model.*,
+//    multi_modal_projector.linear_{1,2}.* (LlavaMultiModalProjector);
+//  - the same class from 4.52 on, whose _checkpoint_conversion_mapping renames
+//    the older keys (models/llava/modeling_llava.py): model.language_model.*,
+//    lm_head.*, model.vision_tower.vision_model.*, model.multi_modal_projector.*.
+// PEFT adapters trained on each name their modules the same way.
+struct CheckpointNaming {
+  const char* what;       // for messages
+  const char* text;       // in front of "embed_tokens", "layers.N.", "norm"
+  const char* lm_head;    // in front of "weight" of the output projection
+  const char* tower;      // in front of "vision_model."
+  const char* projector;  // in front of the projector's linears
+  const char* linear[2];  // the projector's two linears
+};
+inline constexpr CheckpointNaming kLlavaNaming{"LLaVA (LlavaLlamaForCausalLM)", "model.", "lm_head.",
+                                              "model.vision_tower.vision_tower.", "model.mm_projector.", {"0.", "2."}};
+inline constexpr CheckpointNaming kLlavaHfNaming{"transformers' LlavaForConditionalGeneration (before 4.52)",
+                                                "language_model.model.", "language_model.lm_head.", "vision_tower.",
+                                                "multi_modal_projector.", {"linear_1.", "linear_2."}};
+inline constexpr CheckpointNaming kLlavaHf452Naming{"transformers' LlavaForConditionalGeneration (4.52 and later)",
+                                                   "model.language_model.", "lm_head.", "model.vision_tower.",
+                                                   "model.multi_modal_projector.", {"linear_1.", "linear_2."}};
+inline constexpr const CheckpointNaming* kCheckpointNamings[] = {&kLlavaNaming, &kLlavaHfNaming, &kLlavaHf452Naming};
+
+// The naming whose token embedding `has(name)` finds (LLaVA's by default).
+template <class Has>
+const CheckpointNaming& detect_naming(Has&& has) {
+  for (const CheckpointNaming* n : kCheckpointNamings)
+    if (has(std::string(n->text) + "embed_tokens.weight")) return *n;
+  return kLlavaNaming;
+}
+
 // ------------------------------------------------------------------ LLaMA
 
 struct LlamaConfig {
@@ -42,13 +84,16 @@ struct LlamaTensor {
 };
 
 // Every tensor of a LLaMA model in file order (llama.cpp's convert_hf_to_gguf
-// order); `output` false for tied embeddings (no lm_head / output.weight).
-inline std::vector<LlamaTensor> llama_tensors(const LlamaConfig& c, bool output = true) {
+// order), `hf` names as `naming` gives them; `output` false for tied
+// embeddings (no lm_head / output.weight).
+inline std::vector<LlamaTensor> llama_tensors(const LlamaConfig& c, bool output = true,
+                                              const CheckpointNaming& naming = kLlavaNaming) {
   const int64_t q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+  const std::string m = naming.text;
   std::vector<LlamaTensor> t;
-  t.push_back({"token_embd.weight", "model.embed_tokens.weight", {c.n_vocab, c.dim}, LlamaSlot::TokEmbd});
+  t.push_back({"token_embd.weight", m + "embed_tokens.weight", {c.n_vocab, c.dim}, LlamaSlot::TokEmbd});
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string g = "blk." + std::to_string(l) + ".", h = "model.layers." + std::to_string(l) + ".";
+    const std::string g = "blk." + std::to_string(l) + ".", h = m + "layers." + std::to_string(l) + ".";
     auto lin = [&](const char* gn, const char* hn, std::vector<int64_t> shape, LlamaLinear which, int64_t heads = 0) {
       t.push_back({g + gn + ".weight", h + hn + ".weight", std::move(shape), LlamaSlot::Linear, l, which, heads});
     };
@@ -62,8 +107,8 @@ inline std::vector<LlamaTensor> llama_tensors(const LlamaConfig& c, bool output 
     lin("ffn_up", "mlp.up_proj", {c.ffn_dim, c.dim}, kFfnUp);
     lin("ffn_down", "mlp.down_proj", {c.dim, c.ffn_dim}, kFfnDown);
   }
-  t.push_back({"output_norm.weight", "model.norm.weight", {c.dim}, LlamaSlot::OutputNorm});
-  if (output) t.push_back({"output.weight", "lm_head.weight", {c.n_vocab, c.dim}, LlamaSlot::Output});
+  t.push_back({"output_norm.weight", m + "norm.weight", {c.dim}, LlamaSlot::OutputNorm});
+  if (output) t.push_back({"output.weight", std::string(naming.lm_head) + "weight", {c.n_vocab, c.dim}, LlamaSlot::Output});
   return t;
 }
 
@@ -142,6 +187,10 @@ inline LlamaConfig read_llama_config(const GgufFile& f) {
   return c;
 }
 
+// loupe's own key: the name of the chat template (text/chat.hpp) the model was
+// trained with, where that is not vicuna_v1 (llama.cpp ignores it).
+inline constexpr const char* kChatTemplateKey = "loupe.chat_template";
+
 inline void write_llama_config(GgufWriter& w, const LlamaConfig& c) {
   w.set("general.architecture", GgufValue::str("llama"));
   w.set("llama.vocab_size", GgufValue::u32(uint32_t(c.n_vocab)));
@@ -178,8 +227,12 @@ struct ClipConfig {
   bool gelu = false;  // clip.use_gelu: exact GELU instead of quick_gelu
   std::array<float, 3> mean{0.48145466f, 0.4578275f, 0.40821073f}, std{0.26862954f, 0.26130258f, 0.27577711f};  // CLIP's
   std::string aspect_ratio = "pad";  // LLaVA's image_aspect_ratio: "pad" or "none"
+  // transformers' vision_feature_select_strategy "full": the CLS position is an
+  // image feature too ("default", and LLaVA's mm_vision_select_feature "patch", drop it).
+  bool keep_cls = false;
   int64_t grid() const { return image_size / patch_size; }
   int64_t n_patches() const { return grid() * grid(); }
+  int64_t n_features() const { return n_patches() + (keep_cls ? 1 : 0); }  // image positions in the prompt
 };
 
 // Names of a tower's sizes in the file they are read from, for messages.
@@ -242,17 +295,20 @@ struct ClipTensor {
 inline std::string clip_block_gguf(int64_t l) { return "v.blk." + std::to_string(l) + "."; }
 inline std::string clip_block_hf(int64_t l) { return "encoder.layers." + std::to_string(l) + "."; }
 
-// LLaVA's mm_projector (nn.Sequential: Linear, GELU, Linear) -> mm.{0,2}.*.
-inline std::vector<ClipTensor> projector_tensors(int64_t vision_dim, int64_t text_dim) {
-  return {{"mm.0.weight", "model.mm_projector.0.weight", {text_dim, vision_dim}, Storage::Matrix, ClipField::Mm0W},
-          {"mm.0.bias", "model.mm_projector.0.bias", {text_dim}, Storage::F32, ClipField::Mm0B},
-          {"mm.2.weight", "model.mm_projector.2.weight", {text_dim, text_dim}, Storage::Matrix, ClipField::Mm2W},
-          {"mm.2.bias", "model.mm_projector.2.bias", {text_dim}, Storage::F32, ClipField::Mm2B}};
+// LLaVA's mlp2x_gelu projector (Linear, GELU, Linear) -> mm.{0,2}.*; `hf`
+// names (full, as the checkpoint has them) as `naming` gives them.
+inline std::vector<ClipTensor> projector_tensors(int64_t vision_dim, int64_t text_dim,
+                                                 const CheckpointNaming& naming = kLlavaNaming) {
+  const std::string l1 = std::string(naming.projector) + naming.linear[0], l2 = std::string(naming.projector) + naming.linear[1];
+  return {{"mm.0.weight", l1 + "weight", {text_dim, vision_dim}, Storage::Matrix, ClipField::Mm0W},
+          {"mm.0.bias", l1 + "bias", {text_dim}, Storage::F32, ClipField::Mm0B},
+          {"mm.2.weight", l2 + "weight", {text_dim, text_dim}, Storage::Matrix, ClipField::Mm2W},
+          {"mm.2.bias", l2 + "bias", {text_dim}, Storage::F32, ClipField::Mm2B}};
 }
 
 // The tower's tensors up to block n_layers_run, then the mlp2x_gelu projector
 // (`text_dim` wide); in the order the converter writes them.
-inline std::vector<ClipTensor> clip_tensors(const ClipConfig& c, int64_t text_dim) {
+inline std::vector<ClipTensor> clip_tensors(const ClipConfig& c, int64_t text_dim, const CheckpointNaming& naming = kLlavaNaming) {
   using F = ClipField;
   const int64_t D = c.dim, P = c.patch_size, FF = c.ffn_dim;
   std::vector<ClipTensor> t;
@@ -285,9 +341,11 @@ inline std::vector<ClipTensor> clip_tensors(const ClipConfig& c, int64_t text_di
     add("ln2.weight", "layer_norm2.weight", {D}, Storage::F32, F::Ln2W);
     add("ln2.bias", "layer_norm2.bias", {D}, Storage::F32, F::Ln2B);
   }
-  for (const ClipTensor& p : projector_tensors(D, text_dim)) t.push_back(p);
+  for (const ClipTensor& p : projector_tensors(D, text_dim, naming)) t.push_back(p);
   return t;
 }
+
+inline constexpr const char* kFeatureSelectKey = "loupe.vision.feature_select_strategy";
 
 // clip.* metadata as llama.cpp's LLaVA mmproj files hold it. Blocks beyond the
 // feature layer are not written, so block_count = feature layer.
@@ -311,6 +369,8 @@ inline void write_clip_config(GgufWriter& w, const ClipConfig& c) {
   w.set("clip.vision.image_aspect_ratio", GgufValue::str(c.aspect_ratio));
   w.set("clip.vision.mm_projector_type", GgufValue::str("mlp2x_gelu"));
   w.set("clip.use_gelu", GgufValue::boolean(c.gelu));
+  // loupe's own key (llama.cpp's LLaVA path always drops the CLS position).
+  w.set(kFeatureSelectKey, GgufValue::str(c.keep_cls ? "full" : "default"));
 }
 
 // clip.* metadata back, checked; n_layers_run from clip.vision.feature_layer
@@ -332,6 +392,10 @@ inline ClipConfig read_clip_config(const GgufFile& f) {
   c.aspect_ratio = f.get_str("clip.vision.image_aspect_ratio", "pad");
   if (c.aspect_ratio != "pad" && c.aspect_ratio != "none" && c.aspect_ratio != "square")
     fail(f.name(), ": image_aspect_ratio '", c.aspect_ratio, "' is not supported (pad or none)");
+  const std::string select = f.get_str(kFeatureSelectKey, "default");
+  if (select != "default" && select != "full")
+    fail(f.name(), ": ", kFeatureSelectKey, " '", select, "' is not supported (default or full)");
+  c.keep_cls = select == "full";
   const GgufValue& mean = f.get_array("clip.vision.image_mean", GgufType::F32);
   const GgufValue& sd = f.get_array("clip.vision.image_std", GgufType::F32);
   if (mean.arr.size() != 3 || sd.arr.size() != 3) fail(f.name(), ": image_mean / image_std must have 3 values");

@@ -53,7 +53,7 @@ std::vector<int32_t> tokenize_with_eos(const Tokenizer& tok, std::string_view te
 std::vector<int32_t> tokenize_image_prompt(const Tokenizer& tok, std::string_view prompt);
 
 struct DescribeOptions {
-  std::string conv = "vicuna_v1";  // chat template name
+  std::string conv;  // chat template name; empty: the model's (default_chat_template)
   GenerateOptions gen;
   SessionOptions session;          // context, KV cache type (F16 by default), pass size
 };
@@ -147,7 +147,8 @@ VisionModel VisionModel::from_file(GgufFile file) {
 }
 
 VisionChat::VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeOptions opt, ThreadPool* pool)
-    : lm_(lm), vm_(vm), opt_(std::move(opt)), pool_(pool), session_(lm, opt_.session, &vm.projector), conv_(opt_.conv) {
+    : lm_(lm), vm_(vm), opt_(std::move(opt)), pool_(pool), session_(lm, opt_.session, &vm.projector),
+      conv_(opt_.conv.empty() ? (opt_.conv = default_chat_template(lm)) : opt_.conv) {
   if (vm.projector.out_dim != lm.model.cfg.dim)
     fail(vm.file.name(), ": the projector outputs width ", vm.projector.out_dim, " but the language model's width is ",
          lm.model.cfg.dim, " (mmproj from a different model?)");
@@ -227,7 +228,7 @@ VisionChat::Turn VisionChat::begin_turn(const std::string& prompt) {
   }
   positions.erase(positions.begin(), positions.begin() + std::ptrdiff_t(keep));
   t.gen = opt_.gen;
-  if (t.gen.stop.empty()) t.gen.stop.push_back(conv_.stop());
+  if (t.gen.stop.empty() && !conv_.stop().empty()) t.gen.stop.push_back(conv_.stop());
   return t;
 }
 

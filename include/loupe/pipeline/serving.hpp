@@ -40,7 +40,7 @@ struct ServeOptions {
   SessionOptions session;    // each slot's context and KV cache
   int64_t max_rows = 512;    // rows of one forward pass (prompts are read in chunks of what is left)
   size_t image_cache = 32;   // encoded images kept
-  std::string conv = "vicuna_v1";
+  std::string conv;          // chat template; empty: the model's (default_chat_template)
 };
 
 struct ServeResult {
@@ -150,6 +150,7 @@ ServeEngine::ServeEngine(const LanguageModel& lm, const VisionModel* vm, ServeOp
   if (vm && vm->projector.out_dim != lm.model.cfg.dim)
     fail(vm->file.name(), ": the projector outputs width ", vm->projector.out_dim, " but the language model's width is ",
          lm.model.cfg.dim, " (mmproj from a different model?)");
+  if (opt_.conv.empty()) opt_.conv = default_chat_template(lm);
   chat_template(opt_.conv);  // a known template, or a clear error now
   sets_.emplace("", LoraSet(lm.model, projector));
   for (int i = 0; i < opt_.parallel; ++i) {
@@ -203,12 +204,12 @@ bool ServeEngine::submit(ServeRequest r, bool wait) {
     fail(has_image ? "the image must be marked once in the conversation" : "\"<image>\" in a message, but no image was given");
   Queued q{std::move(r), {}};
   q.ids = tokenize(q.req);
-  const int64_t n_img = has_image ? vm_->clip.cfg.n_patches() : 0;
+  const int64_t n_img = has_image ? vm_->clip.cfg.n_features() : 0;
   const int64_t positions = int64_t(q.ids.size()) - (n_img ? 1 : 0) + n_img;
   if (positions >= slots_[0].session->n_ctx())
     fail("the prompt needs ", positions, " positions", n_img ? " (" + std::to_string(n_img) + " for the image)" : std::string(),
          " but the context holds ", slots_[0].session->n_ctx());
-  if (q.req.gen.stop.empty()) q.req.gen.stop.push_back(chat_template(opt_.conv).stop());
+  if (q.req.gen.stop.empty() && !chat_template(opt_.conv).stop().empty()) q.req.gen.stop.push_back(chat_template(opt_.conv).stop());
   std::unique_lock<std::mutex> lk(mu_);
   if (wait) cv_.wait(lk, [&] { return stopping_ || queue_.size() < std::max<size_t>(1, opt_.queue); });
   if (stopping_) {
@@ -247,7 +248,7 @@ void ServeEngine::start(Queued q) {
   // from the image so that a cached prefix only matches the same image.
   std::vector<int32_t> positions;
   const bool has_image = r.image || r.pixels;
-  const int64_t n_img = has_image ? vm_->clip.cfg.n_patches() : 0;
+  const int64_t n_img = has_image ? vm_->clip.cfg.n_features() : 0;
   const uint64_t key = r.pixels ? bytes_hash(r.pixels->bytes.data(), r.pixels->bytes.size()) : r.image ? image_hash(*r.image) : 0;
   const int32_t marker = has_image ? -1 - int32_t(key & 0x3fffffff) : 0;
   for (int32_t id : q.ids)

@@ -38,6 +38,11 @@ struct LanguageModel {
   // GgufFile owns the mapping through a shared_ptr, so moving keeps views valid.
 };
 
+// The chat template a model file names (kChatTemplateKey, written by
+// loupe-convert for checkpoints with their own format), else vicuna_v1, what
+// LLaVA-1.5's and ShareGPT4V's evaluation scripts use.
+inline std::string default_chat_template(const LanguageModel& lm) { return lm.file.get_str(kChatTemplateKey, "vicuna_v1"); }
+
 // LLaVA's IMAGE_TOKEN_INDEX: marks image positions in prompts and in a session's positions().
 constexpr int32_t kImageTokenIndex = -200;
 

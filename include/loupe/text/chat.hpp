@@ -27,14 +27,22 @@ struct ChatTemplate {
   Style style = Two;
   std::string sep;
   std::string sep2;  // Two only: closes assistant turns
+  bool eos_only = false;  // replies end with the EOS token alone, no stop text
 
-  // What ends a reply in generated text (LLaVA's CLI: sep unless style is TWO, then sep2).
-  const std::string& stop() const { return style == Two ? sep2 : sep; }
+  // What ends a reply in generated text (LLaVA's CLI: sep unless style is TWO,
+  // then sep2); empty for eos_only.
+  const std::string& stop() const {
+    static const std::string none;
+    return eos_only ? none : style == Two ? sep2 : sep;
+  }
 };
 
 // Every known template. vicuna_v1 is what LLaVA-1.5's evaluation scripts use;
 // share4v_* are ShareGPT4V's; llava_v0 / llava_v1 are LLaVA's names for the
-// same texts as share4v_v0 / share4v_v1 (its CLI picks llava_v1 for "v1" models).
+// same texts as share4v_v0 / share4v_v1 (its CLI picks llava_v1 for "v1" models);
+// llava_hf is the chat_template.json of transformers' LLaVA-1.5 checkpoints
+// (llava-hf/llava-1.5-7b-hf): no system text, "USER: <image>\n{q} ASSISTANT:",
+// every message followed by a space, replies ended by EOS.
 inline const std::vector<ChatTemplate>& chat_templates() {
   static const std::string sys_user =
       "A chat between a curious user and an artificial intelligence assistant. "
@@ -48,6 +56,7 @@ inline const std::vector<ChatTemplate>& chat_templates() {
       {"share4v_v0", sys_human, {"Human", "Assistant"}, ChatTemplate::Single, "###", ""},
       {"llava_v1", sys_human, {"USER", "ASSISTANT"}, ChatTemplate::Two, " ", "</s>"},
       {"llava_v0", sys_human, {"Human", "Assistant"}, ChatTemplate::Single, "###", ""},
+      {"llava_hf", "", {"USER", "ASSISTANT"}, ChatTemplate::Two, " ", " ", true},
   };
   return all;
 }
@@ -93,9 +102,10 @@ struct Conversation {
   const std::string& stop() const { return tmpl.stop(); }
 
   // Conversation.get_prompt() for SINGLE and TWO. As there, TWO alternates sep
-  // and sep2 by message position (not by role).
+  // and sep2 by message position (not by role). No system text: no separator
+  // before the first message either (llava_hf).
   std::string prompt() const {
-    std::string r = tmpl.system + tmpl.sep;
+    std::string r = tmpl.system.empty() ? std::string() : tmpl.system + tmpl.sep;
     for (size_t i = 0; i < messages.size(); ++i) {
       const auto& [role, text] = messages[i];
       if (role != 0 && role != 1) fail("Conversation: role index ", role, " is not 0 or 1");
