@@ -174,7 +174,7 @@ TEST_CASE("checkpoint: sharded safetensors, formats told by magic, errors in ind
   CHECK(contains(open_error(fx / "empty"), (fx / "empty").string() + ": no checkpoint in this directory"));
   write_file((fx / "junk.bin").string(), "hello, this is not a checkpoint");
   CHECK(open_error(fx / "junk.bin") == (fx / "junk.bin").string() +
-                                           ": unrecognised checkpoint format (expected safetensors or a torch.save zip archive)");
+                                           ": unrecognised checkpoint format (expected safetensors, a torch.save zip archive or a MindSpore .ckpt)");
   CHECK(contains(open_error(fx / "nonexistent.bin"), "nonexistent.bin: cannot open"));
   // A truncated safetensors file is named and diagnosed through Checkpoint too.
   std::string bytes = loupe_test::slurp(fx / "fixture.safetensors");
@@ -182,4 +182,29 @@ TEST_CASE("checkpoint: sharded safetensors, formats told by magic, errors in ind
   msg = open_error(fx / "cut.safetensors");
   CHECK(msg.rfind((fx / "cut.safetensors").string() + ":", 0) == 0);
   CHECK((contains(msg, "larger than the file") || contains(msg, "truncated")));
+}
+
+TEST_CASE("checkpoint: a MindSpore .ckpt (chunked at odd offsets, CRC trailer) holds the tensors it was written from") {
+  LOUPE_REQUIRE_SHARED();
+  const fs::path dir = models() / "stories260K-hf", tmp = loupe_test::scratch("ckpt_mindspore");
+  loupe_test::run_python("mindspore_ckpt.py", "write " + dir.string() + " " + (tmp / "one.ckpt").string());
+  loupe_test::run_python("mindspore_ckpt.py", "write " + dir.string() + " " + (tmp / "chunked.ckpt").string() + " --split-bytes 1001 --crc");
+  const Checkpoint st = Checkpoint::open(dir.string());
+  for (const char* f : {"one.ckpt", "chunked.ckpt"}) {
+    INFO(f);
+    const Checkpoint ms = Checkpoint::open_file((tmp / f).string());
+    REQUIRE(ms.tensors.size() == st.tensors.size());
+    for (const loupe::SourceTensor& a : st.tensors) {
+      const loupe::SourceTensor* b = ms.find(a.name);
+      REQUIRE_MESSAGE(b, a.name);
+      CHECK(b->dtype == a.dtype);
+      CHECK(b->shape == a.shape);
+      REQUIRE(b->data.size == a.data.size);
+      CHECK(std::memcmp(b->data.data, a.data.data, a.data.size) == 0);
+    }
+  }
+  // Not a checkpoint, and cut short: errors naming the file.
+  const std::string one = loupe_test::slurp(tmp / "one.ckpt");
+  std::ofstream(tmp / "cut.ckpt", std::ios::binary) << one.substr(0, one.size() / 2);
+  CHECK(open_error(tmp / "cut.ckpt").find("cut.ckpt: ") != std::string::npos);
 }

@@ -215,6 +215,63 @@ TEST_CASE("convert: transformers' LLaVA settings loupe cannot honour are errors 
   CHECK(no_outputs(out));
 }
 
+// The MindSpore port of ShareGPT4V (mindone examples/sharegpt_4v): the same
+// tiny ShareGPT4V as .ckpt files renamed as its convert_weights.py does, written
+// by reference/mindspore_ckpt.py from MindSpore's checkpoint.proto.
+TEST_CASE("convert: the MindSpore port's .ckpt files give the Hugging Face checkpoint's GGUF tensors and description") {
+  LOUPE_REQUIRE_SHARED();
+  const fs::path d = fixture("mindspore");
+  auto o = quiet();
+  o.outtype = DType::F32;
+  o.vision_tower = (d / "vit").string();
+  const ConvertResult hf = convert_model((d / "llm").string(), (d / "gguf-hf").string(), o);
+  const std::string img = (loupe_test::shared_dir() / "images/skimage_chelsea.png").string();
+  auto describe = [&](const ConvertResult& r) {
+    int rc = -1;
+    const std::string text = run("(" + bin("loupe") + " describe -m " + r.text_path + " --mmproj " + r.mmproj_path + " --image " +
+                                 img + " -p 'Describe the image.' -n 12 2>/dev/null)", &rc);
+    CHECK(rc == 0);
+    return text;
+  };
+  const std::string want = describe(hf);
+  CHECK(!want.empty());
+  // The port's names (convert_weights.py) and its network's own (Hugging Face's, embedding_table);
+  // tensors split in chunks at odd byte offsets, the CRC trailer, append_dict's counters and
+  // rotary caches; the tower's parameters without the vision_tower. prefix.
+  const std::vector<std::string> variants = {
+      "", "--llm-names hf-embedding-table --split-bytes 1001 --crc --append-dict --with-inv-freq", "--llm-names hf --vit-prefix none"};
+  for (size_t i = 0; i < variants.size(); ++i) {
+    INFO("mindspore_ckpt.py convert " << variants[i]);
+    const fs::path ms = d / ("ms" + std::to_string(i)), out = d / ("gguf-ms" + std::to_string(i));
+    loupe_test::run_python("mindspore_ckpt.py", "convert --src " + d.string() + " --out " + ms.string() + " " + variants[i] + " > /dev/null");
+    auto mo = quiet();
+    mo.outtype = DType::F32;
+    const ConvertResult r = convert_model(ms.string(), out.string(), mo);
+    loupe_test::check_same_tensors(hf.text_path, r.text_path);
+    loupe_test::check_same_tensors(hf.mmproj_path, r.mmproj_path);
+    if (i == 0) CHECK(describe(r) == want);
+  }
+  // Broken files: clear errors naming the file, no output.
+  struct Broken {
+    const char *how, *error;
+  };
+  const Broken broken[] = {{"truncated", "mindspore_llama_model.ckpt: "},
+                           {"wrong-wire-type", "mindspore_llama_model.ckpt: "},
+                           {"length-past-end", "mindspore_llama_model.ckpt: "},
+                           {"length-past-parent", "mindspore_llama_model.ckpt: "},
+                           {"unknown-dtype", "tensor_type 'Complex64' is not supported"},
+                           {"missing-parameter", "mindspore_llama_model.ckpt (the port's names read as Hugging Face's): tensor '"}};
+  for (const Broken& b : broken) {
+    INFO(std::string(b.how));
+    const fs::path ms = d / (std::string("broken-") + b.how), out = d / (std::string("out-") + b.how);
+    loupe_test::run_python("mindspore_ckpt.py", "convert --src " + d.string() + " --out " + ms.string() + " --break " + b.how + " > /dev/null");
+    const std::string e = error_of([&] { convert_model(ms.string(), out.string(), quiet()); });
+    MESSAGE(std::string(b.how), ": ", e);
+    CHECK(e.find(b.error) != std::string::npos);
+    CHECK(no_outputs(out));
+  }
+}
+
 TEST_CASE("convert: a failed re-conversion leaves the earlier results exactly as they were") {
   LOUPE_REQUIRE_SHARED();
   fs::path d = fixture("reconvert");

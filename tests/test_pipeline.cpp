@@ -305,18 +305,6 @@ TEST_CASE("convert: the same weights in transformers' and LLaVA's own layout giv
   const ConvertResult hf = convert_model((dir / "llm").string(), (dir / "gguf-hf").string(), o);
   o.vision_tower = (orig / "vit").string();
   const ConvertResult ll = convert_model((orig / "llm").string(), (dir / "gguf-llava").string(), o);
-  for (const auto& paths : {std::pair{hf.text_path, ll.text_path}, std::pair{hf.mmproj_path, ll.mmproj_path}}) {
-    const GgufFile a = GgufFile::open(paths.first), b = GgufFile::open(paths.second);
-    INFO(paths.first << " vs " << paths.second);
-    REQUIRE(a.tensors.size() == b.tensors.size());
-    for (size_t i = 0; i < a.tensors.size(); ++i) {
-      const GgufTensor &x = a.tensors[i], &y = b.tensors[i];
-      INFO(x.name);
-      CHECK(x.name == y.name);
-      CHECK(x.shape == y.shape);
-      CHECK(x.dtype == y.dtype);
-      CHECK(x.view.nbytes() == y.view.nbytes());
-      if (x.view.nbytes() == y.view.nbytes()) CHECK(std::memcmp(x.view.data, y.view.data, x.view.nbytes()) == 0);
-    }
-  }
+  loupe_test::check_same_tensors(hf.text_path, ll.text_path);
+  loupe_test::check_same_tensors(hf.mmproj_path, ll.mmproj_path);
 }

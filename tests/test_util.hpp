@@ -5,11 +5,13 @@
 #include <doctest/doctest.h>
 
 #include <loupe/core/error.hpp>
+#include <loupe/io/gguf.hpp>
 #include <loupe/io/json.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -102,5 +104,22 @@ inline int& skipped_cases() {
       return;                                                                   \
     }                                                                           \
   } while (0)
+
+// Two GGUF files hold the same tensors: names, order, types, shapes and bytes
+// (metadata may differ).
+inline void check_same_tensors(const std::string& a_path, const std::string& b_path) {
+  const loupe::GgufFile a = loupe::GgufFile::open(a_path), b = loupe::GgufFile::open(b_path);
+  INFO(a_path << " vs " << b_path);
+  REQUIRE(a.tensors.size() == b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    const loupe::GgufTensor &x = a.tensors[i], &y = b.tensors[i];
+    INFO(x.name);
+    CHECK(x.name == y.name);
+    CHECK(x.shape == y.shape);
+    CHECK(x.dtype == y.dtype);
+    REQUIRE(x.view.nbytes() == y.view.nbytes());
+    CHECK(std::memcmp(x.view.data, y.view.data, x.view.nbytes()) == 0);
+  }
+}
 
 }  // namespace loupe_test

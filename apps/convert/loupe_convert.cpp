@@ -21,9 +21,12 @@ usage:
                       model.safetensors / pytorch_model.bin (single or sharded with an index), in
                       LLaVA's / ShareGPT4V's layout or in transformers' own LlavaForConditionalGeneration
                       layout (llava-hf/*: the tower inside; chats with --conv llava_hf by default);
+                      or the MindSpore ShareGPT4V port's directory (the LLM's .ckpt, tokenizer.model,
+                      config.json or configs/config.json naming the ViT .ckpt);
                       or a GGUF file (llama.cpp's or loupe's) to re-quantise to --outtype
   --vision-tower DIR  the CLIPVisionModel directory when the checkpoint does not hold the tower
-                      (ShareGPT4V); default: looked up beside the model directory
+                      (ShareGPT4V; for a MindSpore directory the ViT .ckpt); default: looked up
+                      beside the model directory
   --outtype TYPE      f32, f16 (default), bf16, q8_0 or q4_0 for the weight matrices
                       (norms and biases stay f32; rows not a multiple of 32 fall back to f16)
   -o, --outdir DIR    output directory (default: .); writes NAME.gguf and mmproj-NAME.gguf

@@ -1,9 +1,10 @@
 // A Hugging Face model's configs as the converter reads them: config.json as a
-// LLaMA / LLaVA text config (sizes, heads, eps, rope) and as a CLIP tower config
+// model config (LLaMA / LLaVA flat, or transformers' LlavaConfig with
+// text_config, vision_config and its defaults) and as a CLIP tower config
 // (vision_config or top level), with preprocessor_config.json (mean, std, crop
-// and resize sizes). The input is config.json, then optionally a NUL and
+// and resize sizes, do_pad). The input is config.json, then optionally a NUL and
 // preprocessor_config.json. Seeds: tests/fuzz/seeds/config (stories260K's,
-// the ShareGPT4V and LLaVA-1.5 fixtures').
+// the ShareGPT4V, LLaVA-1.5 and llava-hf fixtures').
 #include <loupe/convert/convert.hpp>
 
 #include <cstring>
@@ -19,7 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   else std::remove(pre.c_str());
   return loupe_fuzz::guarded([&] {
     loupe_fuzz::guarded([&] {
-      const loupe::LlamaConfig c = loupe::llama_config(loupe::HfTextConfig::parse(loupe::Json::load(config)));
+      const loupe::LlamaConfig c = loupe::llama_config(loupe::HfModelConfig::read(config).text);
       (void)loupe::llama_tensors(c, true);  // what the converter plans from the sizes
     });
     (void)loupe::read_vision_config(loupe_fuzz::scratch_dir());

@@ -264,7 +264,8 @@ struct TensorPlanner {
 // Writes the text model of the HF directory `dir` (checkpoint, tokenizer.model
 // and the tokens added to it) to `out_path`.
 // `chat_template`: the loupe chat template the checkpoint's format needs ("" for vicuna_v1).
-inline void convert_text_model(const std::string& dir, const Checkpoint& ck, const HfTextConfig& c,
+// `where`: the checkpoint, for messages.
+inline void convert_text_model(const std::string& dir, const std::string& where, const Checkpoint& ck, const HfTextConfig& c,
                                const CheckpointNaming& naming, const std::string& chat_template, OutputFiles& out,
                                const std::string& out_path, const ConvertOptions& opt, const std::string& name,
                                LoraMerge* merge = nullptr) {
@@ -275,7 +276,7 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
 
   const LlamaConfig lc = llama_config(c);
   TensorPlanner tp{opt, {}, {}};
-  for (const LlamaTensor& t : llama_tensors(lc, !c.tied, naming)) tp.add(ck, dir, t.hf, t.gguf, t.shape, Storage::Matrix, t.permute_heads);
+  for (const LlamaTensor& t : llama_tensors(lc, !c.tied, naming)) tp.add(ck, where, t.hf, t.gguf, t.shape, Storage::Matrix, t.permute_heads);
   if (c.tied && tp.plans.front().type == DType::Q4_0) tp.plans.front().type = DType::Q8_0;  // tied: token_embd is the output too
 
   // Everything else must be accounted for: vision / projector tensors belong to
@@ -288,7 +289,7 @@ inline void convert_text_model(const std::string& dir, const Checkpoint& ck, con
   };
   for (const SourceTensor& t : ck.tensors)
     if (!tp.used.count(t.name) && !known_extra(t.name))
-      fail(dir, ": unknown tensor '", t.name, "' ", t.shape_str(), " (not part of a LLaMA / LLaVA checkpoint in ", naming.what,
+      fail(where, ": unknown tensor '", t.name, "' ", t.shape_str(), " (not part of a LLaMA / LLaVA checkpoint in ", naming.what,
            " naming)");
 
   GgufWriter w;
@@ -594,7 +595,8 @@ inline std::optional<VisionSource> find_vision_tower(const std::string& dir, con
   if (!hub.empty()) {
     for (fs::path cand : {fs::path(dir).parent_path() / leaf, fs::path(dir) / leaf, fs::path(hub)}) {
       tried.push_back(cand);
-      if (fs::exists(cand / "config.json")) return open_tower_dir(cand.string());
+      std::error_code ec;  // the hub id comes from config.json: an odd one is simply not found
+      if (fs::exists(cand / "config.json", ec)) return open_tower_dir(cand.string());
     }
   }
   if (ck.find(embedded + "embeddings.class_embedding")) {
@@ -606,6 +608,123 @@ inline std::optional<VisionSource> find_vision_tower(const std::string& dir, con
   std::string looked;
   for (auto& t : tried) looked += "\n  " + t.string();
   fail(dir, ": the vision tower '", hub, "' is neither in the checkpoint nor given; pass --vision-tower DIR (looked in:", looked, ")");
+}
+
+// What a model directory holds, whatever its layout: the config, the
+// checkpoint (tensors under Hugging Face's names, in `naming`) and the tower.
+struct ModelSource {
+  HfModelConfig config;
+  Checkpoint ck;
+  const CheckpointNaming* naming = &kLlavaNaming;
+  std::optional<VisionSource> tower;
+  std::string where;  // the checkpoint, for messages
+};
+
+// A path a config names, as the MindSpore port resolves it (from its working
+// directory: the model directory or the config's folder or its parent), or "".
+inline std::string find_near(const std::string& path, const std::vector<std::filesystem::path>& bases) {
+  namespace fs = std::filesystem;
+  if (path.empty()) return "";
+  std::error_code ec;  // the path comes from a config: an odd one is simply not found
+  if (fs::path(path).is_absolute()) return fs::exists(path, ec) ? path : "";
+  for (const fs::path& b : bases)
+    if (fs::exists(b / path, ec)) return (b / path).string();
+  return "";
+}
+
+// The MindSpore ShareGPT4V port's directory (mindone examples/sharegpt_4v,
+// eval/run_share4v.py): DIR holds the LLM's .ckpt and tokenizer.model; the
+// config (LLaVA's flat one) is DIR/config.json or DIR/configs/config.json, its
+// mm_vision_tower the tower's config folder and mm_vision_tower_path the ViT
+// .ckpt (else --vision-tower FILE.ckpt, or the .ckpt beside the LLM's with
+// "vit" in its name). Names are read back as Hugging Face's (hf_name_from_mindspore).
+// None when DIR holds no .ckpt file.
+inline std::optional<ModelSource> open_mindspore_dir(const std::string& dir, const ConvertOptions& opt) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> ckpts;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".ckpt") ckpts.push_back(e.path().string());
+  if (ckpts.empty()) return std::nullopt;
+  std::sort(ckpts.begin(), ckpts.end());
+  std::string cfg = (fs::path(dir) / "config.json").string();
+  if (!fs::exists(cfg)) cfg = (fs::path(dir) / "configs" / "config.json").string();
+  if (!fs::exists(cfg))
+    fail(dir, ": a MindSpore checkpoint directory needs its config.json (looked for ", dir, "/config.json and ", dir,
+         "/configs/config.json)");
+  ModelSource m;
+  m.config = HfModelConfig::read(cfg);
+  if (m.config.transformers) fail(cfg, ": a LlavaConfig beside MindSpore .ckpt files is not supported (the port's config is LLaVA's)");
+  const Json j = Json::load(cfg);
+  const fs::path cdir = fs::path(cfg).parent_path();
+  const std::vector<fs::path> bases = {fs::path(dir), cdir, cdir.parent_path(), fs::current_path()};
+  // The tower: its .ckpt and the folder of its config.json.
+  std::string vit_ckpt, vit_config = find_near(m.config.tower_id, bases);
+  if (!vit_config.empty() && !fs::exists(fs::path(vit_config) / "config.json")) vit_config.clear();
+  if (!opt.vision_tower.empty()) {
+    if (fs::is_directory(opt.vision_tower)) {
+      for (const auto& e : fs::directory_iterator(opt.vision_tower))
+        if (e.path().extension() == ".ckpt") vit_ckpt = e.path().string();
+      if (vit_ckpt.empty()) fail(opt.vision_tower, ": no .ckpt file in this folder (--vision-tower takes the ViT's .ckpt)");
+      if (fs::exists(fs::path(opt.vision_tower) / "config.json")) vit_config = opt.vision_tower;
+    } else {
+      vit_ckpt = opt.vision_tower;
+    }
+  } else if (const std::string p = j.get_or<std::string>("mm_vision_tower_path", ""); !p.empty()) {
+    vit_ckpt = find_near(p, bases);
+    if (vit_ckpt.empty()) fail(cfg, ": mm_vision_tower_path '", p, "' is not found beside the model or the config; pass --vision-tower FILE.ckpt");
+  } else {
+    for (const std::string& c : ckpts)
+      if (fs::path(c).filename().string().find("vit") != std::string::npos) vit_ckpt = c;
+  }
+  std::vector<std::string> llm;
+  for (const std::string& c : ckpts)
+    if (vit_ckpt.empty() || !fs::equivalent(c, vit_ckpt)) llm.push_back(c);
+  if (llm.size() != 1) {
+    std::string list;
+    for (const std::string& c : llm) list += "\n  " + c;
+    fail(dir, ": expected one MindSpore checkpoint of the language model, found ", llm.size(), list.empty() ? "" : ":", list);
+  }
+  m.ck = Checkpoint::open_file(llm[0]);
+  m.ck.rename(hf_name_from_mindspore);
+  m.where = llm[0] + " (the port's names read as Hugging Face's)";
+  if (opt.log) opt.log("reading the MindSpore checkpoint " + llm[0] + " (the port's parameter names)");
+  if (vit_ckpt.empty()) {
+    if (!m.config.tower_id.empty())
+      fail(dir, ": config.json names vision tower '", m.config.tower_id, "' but no ViT .ckpt was found; pass --vision-tower FILE.ckpt");
+    return m;
+  }
+  VisionSource vs;
+  vs.own = Checkpoint::open_file(vit_ckpt);
+  vs.own->rename(hf_name_from_mindspore);
+  vs.prefix = "vision_model.";
+  vs.where = vit_ckpt + " (the port's names read as Hugging Face's)";
+  if (!vs.own->find("vision_model.embeddings.class_embedding"))
+    fail(vit_ckpt, ": no vision_tower.vision_model.* or vision_model.* parameters (expected the port's ViT checkpoint)");
+  if (!vit_config.empty()) vs.config = read_vision_config(vit_config);
+  m.tower = std::move(vs);
+  return m;
+}
+
+// A Hugging Face model directory (LLaVA's, ShareGPT4V's or transformers'
+// layout), or the MindSpore port's.
+inline ModelSource open_model_dir(const std::string& dir, const ConvertOptions& opt) {
+  namespace fs = std::filesystem;
+  bool hf = false;
+  for (const char* n : {"model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"})
+    hf |= fs::exists(fs::path(dir) / n);
+  if (!hf)
+    if (std::optional<ModelSource> ms = open_mindspore_dir(dir, opt)) return std::move(*ms);
+  ModelSource m;
+  m.where = dir;
+  m.config = HfModelConfig::load(dir);
+  m.ck = Checkpoint::open(dir);
+  m.naming = &detect_naming([&](const std::string& n) { return m.ck.find(n) != nullptr; });
+  if (m.config.transformers && m.naming == &kLlavaNaming)
+    fail(dir, ": config.json describes a LlavaForConditionalGeneration but the checkpoint has neither ",
+         kLlavaHfNaming.text, "embed_tokens.weight nor ", kLlavaHf452Naming.text, "embed_tokens.weight");
+  if (opt.log && m.naming != &kLlavaNaming) opt.log("reading " + std::string(m.naming->what) + " tensor names");
+  m.tower = find_vision_tower(dir, m.ck, m.config, *m.naming, opt);
+  return m;
 }
 
 // Re-quantise an existing GGUF (llama.cpp's or ours; text model or mmproj) to
@@ -673,18 +792,15 @@ inline ConvertResult convert_model(const std::string& dir, const std::string& ou
     }
   }
   if (!fs::is_directory(dir)) fail(dir, ": not a directory (expected a Hugging Face model directory or a GGUF file)");
-  const HfModelConfig config = HfModelConfig::load(dir);
-  const Checkpoint ck = Checkpoint::open(dir);
-  const CheckpointNaming& naming = detect_naming([&](const std::string& n) { return ck.find(n) != nullptr; });
-  if (config.transformers && &naming == &kLlavaNaming)
-    fail(dir, ": config.json describes a LlavaForConditionalGeneration but the checkpoint has neither ",
-         kLlavaHfNaming.text, "embed_tokens.weight nor ", kLlavaHf452Naming.text, "embed_tokens.weight");
-  if (opt.log && &naming != &kLlavaNaming) opt.log("reading " + std::string(naming.what) + " tensor names");
+  // Resolve the tower before writing anything, so a missing tower leaves no files.
+  const ModelSource src = open_model_dir(dir, opt);
+  const HfModelConfig& config = src.config;
+  const Checkpoint& ck = src.ck;
+  const CheckpointNaming& naming = *src.naming;
+  const std::optional<VisionSource>& tower = src.tower;
   std::string name = opt.name;
   if (name.empty()) name = fs::path(dir).lexically_normal().filename().string();
   if (name.empty()) name = fs::absolute(dir).lexically_normal().parent_path().filename().string();
-  // Resolve the tower before writing anything, so a missing tower leaves no files.
-  const std::optional<VisionSource> tower = find_vision_tower(dir, ck, config, naming, opt);
   std::optional<LoraMerge> merge;
   if (!opt.loras.empty()) {
     const LlamaConfig lc = llama_config(config.text);
@@ -707,7 +823,8 @@ inline ConvertResult convert_model(const std::string& dir, const std::string& ou
   OutputFiles files;
   ConvertResult r;
   r.text_path = (fs::path(out_dir) / (name + ".gguf")).string();
-  convert_text_model(dir, ck, config.text, naming, config.chat_template, files, r.text_path, opt, name, merge ? &*merge : nullptr);
+  convert_text_model(dir, src.where, ck, config.text, naming, config.chat_template, files, r.text_path, opt, name,
+                     merge ? &*merge : nullptr);
   if (tower) {
     r.mmproj_path = (fs::path(out_dir) / ("mmproj-" + name + ".gguf")).string();
     convert_mmproj(dir, ck, config, *tower, naming, files, r.mmproj_path, opt, name, merge ? &*merge : nullptr);
@@ -738,7 +855,8 @@ inline LoraConvertResult convert_lora(const std::string& path, const std::string
     cfg = (fs::path(path) / "config.json").string();
   } else if (fs::is_directory(path) && fs::exists(fs::path(path) / "adapter_config.json")) {
     const std::string b = Json::load((fs::path(path) / "adapter_config.json").string()).get_or<std::string>("base_model_name_or_path", "");
-    if (!b.empty() && fs::exists(fs::path(b) / "config.json")) cfg = (fs::path(b) / "config.json").string();
+    std::error_code ec;  // base_model_name_or_path is often a hub id, not a folder here
+    if (!b.empty() && fs::exists(fs::path(b) / "config.json", ec)) cfg = (fs::path(b) / "config.json").string();
   }
   if (cfg.empty())
     fail(path, ": the base model's config.json is needed (its head counts give the q/k row order): pass --base-config DIR");

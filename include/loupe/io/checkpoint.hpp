@@ -1,6 +1,6 @@
 // Checkpoint: every tensor of a Hugging Face style checkpoint, whatever it is
-// stored as — one .safetensors file, one torch.save zip, or shards listed by a
-// *.index.json ({"weight_map": {tensor: shard file}}). Formats are told apart by
+// stored as — one .safetensors file, one torch.save zip, a MindSpore .ckpt, or
+// shards listed by a *.index.json ({"weight_map": {tensor: shard file}}). Formats are told apart by
 // their first bytes, not by file extensions. Tensors stay mmapped (zero-copy)
 // wherever the file stores them contiguously.
 //
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "json.hpp"
+#include "mindspore_checkpoint.hpp"
 #include "safetensors.hpp"
 #include "source_tensor.hpp"
 #include "torch_checkpoint.hpp"
@@ -58,7 +59,15 @@ struct Checkpoint {
     return open_file(path_or_dir);
   }
 
-  // One file: .safetensors, a torch.save zip, or a shard index (e.g.
+  // Renames every tensor (another framework's names to Hugging Face's); the
+  // names must stay distinct.
+  template <class F>
+  void rename(F&& f) {
+    for (SourceTensor& t : tensors) t.name = f(t.name);
+    check_unique();
+  }
+
+  // One file: .safetensors, a torch.save zip, a MindSpore .ckpt, or a shard index (e.g.
   // adapter_model.safetensors, non_lora_trainables.bin, pytorch_model.bin.index.json).
   static Checkpoint open_file(const std::string& path) {
     Checkpoint c;
@@ -67,7 +76,7 @@ struct Checkpoint {
     // Binary formats first: a safetensors header length may well start with '{' (123).
     size_t k = 0;
     while (k < b.size && (b.data[k] == ' ' || b.data[k] == '\n' || b.data[k] == '\r' || b.data[k] == '\t')) ++k;
-    if (!is_safetensors(b) && !is_zip(b) && k < b.size && b.data[k] == '{') {
+    if (!is_safetensors(b) && !is_zip(b) && !is_mindspore_checkpoint(b) && k < b.size && b.data[k] == '{') {
       c.open_index(std::string(b.view()));
     } else {
       c.add_file(b);
@@ -86,11 +95,13 @@ struct Checkpoint {
       metadata.insert(metadata.end(), f.metadata.begin(), f.metadata.end());
     } else if (is_zip(b) || is_legacy_torch_pickle(b)) {
       ts = read_torch_checkpoint(b);
+    } else if (is_mindspore_checkpoint(b)) {
+      ts = read_mindspore_checkpoint(b, &metadata);
     } else if (b.size >= 9 && b.data[8] == '{') {
       read_safetensors(b);  // a safetensors file with a bad header length: let the reader say what is wrong
       fail(b.name, ": malformed safetensors header");
     } else {
-      fail(b.name, ": unrecognised checkpoint format (expected safetensors or a torch.save zip archive)");
+      fail(b.name, ": unrecognised checkpoint format (expected safetensors, a torch.save zip archive or a MindSpore .ckpt)");
     }
     for (SourceTensor& t : ts) tensors.push_back(std::move(t));
   }
@@ -119,7 +130,8 @@ struct Checkpoint {
     std::unordered_set<std::string> found;
     for (const std::string& shard : shards) {
       const std::string path = (dir / shard).string();
-      if (!fs::is_regular_file(path))
+      std::error_code ec;  // a name from the file: too long or otherwise odd is "missing", not an exception
+      if (!fs::is_regular_file(path, ec))
         fail(source, ": shard '", shard, "' (holding '", listed[shard][0], "' and ", listed[shard].size() - 1,
              " more tensors) is missing: ", path, " does not exist");
       const size_t first = tensors.size();

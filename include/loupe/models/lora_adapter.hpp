@@ -656,7 +656,8 @@ LoraAdapter LoraAdapter::load(const std::string& path, const LlamaConfig& base) 
   if (rf.find('/') != std::string::npos || rf.find('\\') != std::string::npos)
     fail(path, ": loupe.adapter.replace_file '", rf, "' is not a plain file name");
   const std::string rpath = (fs::path(path).parent_path() / rf).string();
-  if (!fs::exists(rpath))
+  // (ec: a name from the file that is too long or odd is "missing", not an exception)
+  if (!fs::exists(rpath, ec))
     fail(path, ": the adapter's replacement tensors (e.g. the LLaVA projector) should be in ", rpath, ", which is missing");
   GgufFile g = GgufFile::open(rpath);
   return from_gguf(f, base, &g);

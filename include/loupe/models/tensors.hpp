@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../io/gguf.hpp"
@@ -56,6 +58,33 @@ const CheckpointNaming& detect_naming(Has&& has) {
   for (const CheckpointNaming* n : kCheckpointNamings)
     if (has(std::string(n->text) + "embed_tokens.weight")) return *n;
   return kLlavaNaming;
+}
+
+// The MindSpore port of ShareGPT4V (mindone examples/sharegpt_4v): its
+// share4v/tools/convert_weights.py renames the Hugging Face parameters
+// (model.layers.N.self_attn.q_proj -> model.layers.N.attention.wq, mlp.gate_proj
+// -> feed_forward.w1, norms, embeddings as embedding_table, the CLIP tower's
+// LayerNorms as gamma / beta, the tower under vision_tower.), transposing
+// nothing. Its current network keeps Hugging Face's names but the embedding's,
+// so both are read. The Hugging Face name of such a parameter:
+inline std::string hf_name_from_mindspore(std::string n) {
+  static const std::pair<const char*, const char*> parts[] = {
+      {".attention.wq.", ".self_attn.q_proj."},        {".attention.wk.", ".self_attn.k_proj."},
+      {".attention.wv.", ".self_attn.v_proj."},        {".attention.wo.", ".self_attn.o_proj."},
+      {".feed_forward.w1.", ".mlp.gate_proj."},        {".feed_forward.w3.", ".mlp.up_proj."},
+      {".feed_forward.w2.", ".mlp.down_proj."},        {".attention_norm.", ".input_layernorm."},
+      {".ffn_norm.", ".post_attention_layernorm."},    {"model.norm_out.", "model.norm."},
+      {".embed_tokens.embedding_table", ".embed_tokens.weight"},
+      {".position_embedding.embedding_table", ".position_embedding.weight"}};
+  auto ends = [&](const std::string& x) { return n.size() >= x.size() && n.compare(n.size() - x.size(), x.size(), x) == 0; };
+  if (n.rfind("vision_tower.vision_model.", 0) == 0) n.erase(0, 13);  // the tower's own checkpoint
+  for (const auto& [ms, hf] : parts)
+    if (const size_t at = n.find(ms); at != std::string::npos) n.replace(at, std::strlen(ms), hf);
+  if (n.rfind("vision_model.", 0) == 0) {  // nn.LayerNorm's weight / bias as MindSpore's gamma / beta
+    if (ends(".gamma")) n.replace(n.size() - 6, 6, ".weight");
+    else if (ends(".beta")) n.replace(n.size() - 5, 5, ".bias");
+  }
+  return n;
 }
 
 // ------------------------------------------------------------------ LLaMA
