@@ -274,6 +274,14 @@ TEST_CASE("pipeline: transformers' LLaVA layout, both tensor namings and both fe
     const Json ids = Json::parse(loupe_test::slurp(f.dir / "ref/prompt_ids.json"), "prompt_ids.json");
     CHECK(ids.at("prompt").str().rfind("USER: <image>\n", 0) == 0);
     check_against_reference(f, 1e-4);
+    // The template may be left empty, also between conversations (the browser engine does).
+    DescribeOptions opt;
+    opt.gen.max_tokens = 1;
+    VisionChat chat(lm, vm, opt);
+    chat.options().conv = "";
+    chat.set_pixels(npy(f, "pixel_values.npy"));
+    chat.ask("Describe the image in detail.");
+    CHECK(chat.conversation().prompt().rfind("USER: <image>\n", 0) == 0);
   }
 }
 

@@ -254,7 +254,7 @@ class Engine {
       if (!chat_) loupe::fail("no vision model loaded");
       if (image_.empty()) loupe::fail("no image set");
       loupe::DescribeOptions& opt = chat_->options();
-      opt.conv = conv.empty() ? loupe::DescribeOptions().conv : conv;
+      opt.conv = conv;  // empty: the model's template
       opt.gen.max_tokens = max_tokens;
       opt.gen.sampling.temperature = float(temperature);
       opt.gen.sampling.seed = uint64_t(seed);

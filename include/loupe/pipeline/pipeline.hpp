@@ -109,8 +109,10 @@ class VisionChat {
     for (size_t p = s.find(kImageToken); p != std::string::npos; p = s.find(kImageToken, p + 1)) ++n;
     return n;
   }
+  // options().conv, or the model's template when it is empty (it may be changed between conversations).
+  std::string conv_name() const { return opt_.conv.empty() ? default_chat_template(lm_) : opt_.conv; }
   void new_conversation() {
-    conv_ = Conversation(opt_.conv);
+    conv_ = Conversation(conv_name());
     session_.clear();
   }
   // The CLIP features through the projector the session uses now (an adapter may bring its own).
@@ -148,7 +150,7 @@ VisionModel VisionModel::from_file(GgufFile file) {
 
 VisionChat::VisionChat(const LanguageModel& lm, const VisionModel& vm, DescribeOptions opt, ThreadPool* pool)
     : lm_(lm), vm_(vm), opt_(std::move(opt)), pool_(pool), session_(lm, opt_.session, &vm.projector),
-      conv_(opt_.conv.empty() ? (opt_.conv = default_chat_template(lm)) : opt_.conv) {
+      conv_(conv_name()) {
   if (vm.projector.out_dim != lm.model.cfg.dim)
     fail(vm.file.name(), ": the projector outputs width ", vm.projector.out_dim, " but the language model's width is ",
          lm.model.cfg.dim, " (mmproj from a different model?)");
