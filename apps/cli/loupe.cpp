@@ -114,6 +114,9 @@ generation options (names as in llama.cpp):
   --repeat-last-n N       tokens the penalty looks back (default 64)
   -s, --seed N            sampling seed (default 42)
   -r, --reverse-prompt S  stop when S is generated (repeatable)
+  --device DEV            where the models run: cpu, cuda (an NVIDIA GPU, in a build with
+                          -DLOUPE_CUDA=ON; without a driver or GPU it says so and uses the
+                          CPU) or auto (default: the GPU when there is one)
   --kv-type TYPE          KV cache element type: f16 (default, as llama.cpp) or f32; the cache
                           grows with the positions used, up to -c
   -h, --help              this text
@@ -125,13 +128,24 @@ const std::vector<std::string> kValueFlags = {"-m", "--model", "-p", "--prompt",
                                               "--reverse-prompt", "--mmproj", "--image", "--conv", "--dump", "--lora",
                                               "--set", "--limit", "--jsonl", "--kv-type", "--host", "--port", "--parallel", "--queue",
                                               "--alias", "--api-key", "--media-path", "--max-body", "--input",
-                                              "--output", "--batch", "--shard", "--shards"};
+                                              "--output", "--batch", "--shard", "--shards", "--device"};
 const std::vector<std::string> kTwoValueFlags = {"--lora-scaled"};
 const std::vector<std::string> kBoolFlags = {"-h", "--help", "--resume"};
 
-// --kv-type, -c and the model's context -> the session's options.
+// --device: the backend every session of this run uses, opened once (it says on
+// stderr which device it is, and why it fell back to the CPU).
+loupe::Backend* device_backend(const loupe_cli::Args& a) {
+  static loupe::BackendHandle h;
+  if (!h.get())
+    h = loupe::open_backend(loupe::parse_device(a.get({"--device"}, "auto")),
+                            [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
+  return h.get();
+}
+
+// --kv-type, -c, --device and the model's context -> the session's options.
 loupe::SessionOptions session_options(const loupe_cli::Args& a) {
   loupe::SessionOptions o;
+  o.backend = device_backend(a);
   o.n_ctx = a.integer({"-c", "--ctx-size"}, 0);
   const std::string t = a.get({"--kv-type"}, "f16");
   if (t != "f16" && t != "f32") loupe::fail("--kv-type ", t, ": expected f16 or f32");

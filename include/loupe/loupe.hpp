@@ -15,6 +15,7 @@
 #include "io/gguf.hpp"
 #include "io/json.hpp"
 #include "io/npy.hpp"
+#include "ops/backend.hpp"
 #include "ops/ops.hpp"
 #include "text/chat.hpp"
 #include "text/gguf_vocab.hpp"

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../io/gguf.hpp"
+#include "../ops/backend.hpp"
 #include "../ops/ops.hpp"
 #include "tensors.hpp"
 
@@ -29,19 +30,12 @@ struct ClipModel {
   TensorView& at(const ClipTensor& t);  // the view a registry entry (tensors.hpp) names
 };
 
-namespace clip_detail {
-inline const float* f32(const TensorView& v) { return static_cast<const float*>(v.data); }
-}  // namespace clip_detail
-
-// Bidirectional multi-head attention over n positions: q, k, v, out [n, heads·hd].
-void self_attention(const float* q, const float* k, const float* v, int64_t n, int64_t heads, int64_t hd, float* out,
-                    ThreadPool* pool);
-
 // pixel_values [3, S, S] -> features [n_features, dim] (hidden_states[feature layer], CLS dropped
 // unless cfg.keep_cls).
 // `hidden` (optional) receives every hidden state [n_layers_run + 1][n_patches + 1, dim].
+// Runs on `backend` (null: the CPU); pixels and the result are host memory.
 std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPool* pool = nullptr,
-                               std::vector<std::vector<float>>* hidden = nullptr);
+                               std::vector<std::vector<float>>* hidden = nullptr, Backend* backend = nullptr);
 
 }  // namespace loupe
 
@@ -106,21 +100,13 @@ TensorView& ClipModel::at(const ClipTensor& t) {
   }
 }
 
-void self_attention(const float* q, const float* k, const float* v, int64_t n, int64_t heads, int64_t hd, float* out,
-                    ThreadPool* pool) {
-  AttentionShape a;
-  a.n = a.m = n, a.n_heads = a.n_kv_heads = heads, a.hd = hd;
-  a.q_stride = a.kv_stride = a.out_stride = heads * hd, a.causal = false;
-  multi_head_attention(a, q, k, v, DType::F32, out, pool);
-}
-
 std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPool* pool,
-                               std::vector<std::vector<float>>* hidden) {
-  using clip_detail::f32;
+                               std::vector<std::vector<float>>* hidden, Backend* backend) {
   const ClipConfig& c = m.cfg;
   const int64_t S = c.image_size, P = c.patch_size, G = S / P, N = G * G, T = N + 1, D = c.dim, K = 3 * P * P;
+  Backend& be = backend ? *backend : cpu_backend();
   // im2col: one row of 3·P·P pixels per patch, in the conv kernel's (c, y, x) order.
-  std::vector<float> cols(static_cast<size_t>(N * K)), x(static_cast<size_t>(T * D));
+  std::vector<float> cols(static_cast<size_t>(N * K));
   for (int64_t gy = 0; gy < G; ++gy)
     for (int64_t gx = 0; gx < G; ++gx) {
       float* r = &cols[size_t((gy * G + gx) * K)];
@@ -128,32 +114,50 @@ std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPo
         for (int64_t y = 0; y < P; ++y)
           for (int64_t xx = 0; xx < P; ++xx) *r++ = pixels[(ch * S + gy * P + y) * S + gx * P + xx];
     }
-  matmul(m.patch_w, cols.data(), N, x.data() + D, pool);
-  std::copy(f32(m.class_embd), f32(m.class_embd) + D, x.data());
-  const float* pos = f32(m.pos_embd);
-  for (int64_t i = 0; i < T * D; ++i) x[size_t(i)] += pos[i];
-  layernorm(x.data(), f32(m.pre_ln_w), f32(m.pre_ln_b), T, D, c.eps, x.data());
-  if (hidden) hidden->assign(1, x);
+  auto buffer = [&](int64_t floats) {
+    BackendBuffer b(be);
+    b.reserve(size_t(floats) * sizeof(float));
+    return b;
+  };
+  BackendBuffer xcols = buffer(N * K), xs = buffer(T * D), hs = buffer(T * D), qs = buffer(T * D), ks = buffer(T * D),
+                vs = buffer(T * D), atts = buffer(T * D), ffs = buffer(T * c.ffn_dim);
+  float *x = xs.as(), *h = hs.as(), *q = qs.as(), *k = ks.as(), *v = vs.as(), *att = atts.as(), *ff = ffs.as();
+  auto keep = [&] {  // hidden_states[i], for --dump and tests
+    if (!hidden) return;
+    hidden->emplace_back(size_t(T * D));
+    be.download(hidden->back().data(), x, size_t(T * D) * sizeof(float));
+  };
+  be.upload(xcols.as(), cols.data(), cols.size() * sizeof(float));
+  be.matmul(m.patch_w, xcols.as(), N, x + D, pool);
+  be.upload(x, m.class_embd.data, size_t(D) * sizeof(float));
+  be.add_bias(m.pos_embd, x, 1, T * D);  // position embeddings, [T, D] as one row
+  be.layernorm(x, m.pre_ln_w, m.pre_ln_b, T, D, c.eps, x);
+  if (hidden) hidden->clear();
+  keep();
 
-  std::vector<float> h(x.size()), q(x.size()), k(x.size()), v(x.size()), att(x.size()), ff(static_cast<size_t>(T * c.ffn_dim));
   for (const ClipLayer& L : m.layers) {
-    layernorm(x.data(), f32(L.ln1_w), f32(L.ln1_b), T, D, c.eps, h.data());
-    linear(L.q_w, f32(L.q_b), h.data(), T, q.data(), pool);
-    linear(L.k_w, f32(L.k_b), h.data(), T, k.data(), pool);
-    linear(L.v_w, f32(L.v_b), h.data(), T, v.data(), pool);
-    self_attention(q.data(), k.data(), v.data(), T, c.n_heads, D / c.n_heads, att.data(), pool);
-    linear(L.o_w, f32(L.o_b), att.data(), T, h.data(), pool);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += h[i];
+    be.layernorm(x, L.ln1_w, L.ln1_b, T, D, c.eps, h);
+    linear(be, L.q_w, L.q_b, h, T, q, pool);
+    linear(be, L.k_w, L.k_b, h, T, k, pool);
+    linear(be, L.v_w, L.v_b, h, T, v, pool);
+    AttentionShape a;  // bidirectional
+    a.n = a.m = T, a.n_heads = a.n_kv_heads = c.n_heads, a.hd = D / c.n_heads;
+    a.q_stride = a.kv_stride = a.out_stride = D, a.causal = false;
+    be.attention(a, q, k, v, DType::F32, att, pool);
+    linear(be, L.o_w, L.o_b, att, T, h, pool);
+    be.axpy(1.0f, h, x, T * D);
 
-    layernorm(x.data(), f32(L.ln2_w), f32(L.ln2_b), T, D, c.eps, h.data());
-    linear(L.fc1_w, f32(L.fc1_b), h.data(), T, ff.data(), pool);
-    if (c.gelu) for (float& e : ff) e = gelu_erf(e);
-    else quick_gelu(ff.data(), int64_t(ff.size()));
-    linear(L.fc2_w, f32(L.fc2_b), ff.data(), T, h.data(), pool);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += h[i];
-    if (hidden) hidden->push_back(x);
+    be.layernorm(x, L.ln2_w, L.ln2_b, T, D, c.eps, h);
+    linear(be, L.fc1_w, L.fc1_b, h, T, ff, pool);
+    be.activation(c.gelu ? Activation::GeluErf : Activation::QuickGelu, ff, T * c.ffn_dim);
+    linear(be, L.fc2_w, L.fc2_b, ff, T, h, pool);
+    be.axpy(1.0f, h, x, T * D);
+    keep();
   }
-  return std::vector<float>(x.begin() + (c.keep_cls ? 0 : D), x.end());  // CLS dropped by default
+  const int64_t skip = c.keep_cls ? 0 : 1;  // CLS dropped by default
+  std::vector<float> out(size_t((T - skip) * D));
+  be.download(out.data(), x + skip * D, out.size() * sizeof(float));
+  return out;
 }
 
 }  // namespace loupe

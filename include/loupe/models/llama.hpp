@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../io/gguf.hpp"
+#include "../ops/backend.hpp"
 #include "../ops/ops.hpp"
 #include "tensors.hpp"
 
@@ -79,9 +80,10 @@ struct AdaptedWeights {
 };
 
 // Keys and values of every layer for positions [0, n_past), F16 (llama.cpp's
-// default) or F32. Memory follows the positions used: each layer's buffers grow
-// kChunk positions at a time up to n_ctx, so a 1000-position description of a
-// 7B model holds 0.5 GiB, not the 2 GiB of a full 4096-position cache. (Each
+// default) or F32, in a backend's memory (host memory for the CPU, the GPU's for
+// CUDA). Memory follows the positions used: each layer's buffers grow kChunk
+// positions at a time up to n_ctx, so a 1000-position description of a 7B
+// model holds 0.5 GiB, not the 2 GiB of a full 4096-position cache. (Each
 // growth copies the layer's buffer: over a whole 4096-position context that is
 // ~16 GB of memcpy against ~15 TB of weight reads, 0.1 %.)
 class KVCache {
@@ -89,17 +91,19 @@ class KVCache {
   static constexpr int64_t kChunk = 256;
 
   KVCache() = default;
-  KVCache(const LlamaConfig& c, int64_t n_ctx, DType t = DType::F16)
-      : dtype_(t), n_ctx_(n_ctx), width_(c.n_kv_heads * c.head_dim), k_(size_t(c.n_layers)), v_(size_t(c.n_layers)) {
+  KVCache(const LlamaConfig& c, int64_t n_ctx, DType t = DType::F16, Backend& be = cpu_backend())
+      : be_(&be), dtype_(t), n_ctx_(n_ctx), width_(c.n_kv_heads * c.head_dim) {
     if (t != DType::F32 && t != DType::F16) fail("KV cache type must be F32 or F16, not ", dtype_name(t));
     if (n_ctx <= 0) fail("the context must hold at least one position, not ", n_ctx);
+    for (int64_t l = 0; l < 2 * c.n_layers; ++l) bufs_.emplace_back(be);
   }
 
+  Backend& backend() const { return *be_; }
   DType dtype() const { return dtype_; }
   int64_t n_ctx() const { return n_ctx_; }
   int64_t width() const { return width_; }      // n_kv_heads · head_dim
   int64_t capacity() const { return capacity_; }  // positions allocated
-  size_t bytes() const { return 2 * k_.size() * size_t(capacity_ * width_) * elt(); }
+  size_t bytes() const { return bufs_.size() * size_t(capacity_ * width_) * elt(); }
   int64_t n_past = 0;  // positions held
 
   // Make room for `positions` positions (at most n_ctx).
@@ -107,29 +111,21 @@ class KVCache {
     if (positions > n_ctx_) fail("sequence of ", positions, " positions exceeds the context of ", n_ctx_);
     if (positions <= capacity_) return;
     const int64_t cap = std::min(n_ctx_, (positions + kChunk - 1) / kChunk * kChunk);
-    const size_t bytes = size_t(cap * width_) * elt();
-    for (auto* bufs : {&k_, &v_})
-      for (std::vector<uint8_t>& b : *bufs) {
-        b.reserve(bytes);  // exactly: resize() alone may double
-        b.resize(bytes);
-      }
+    for (BackendBuffer& b : bufs_) b.grow_keep(size_t(cap * width_) * elt());
     capacity_ = cap;
   }
   void clear() { n_past = 0; }
 
-  uint8_t* k(int64_t layer, int64_t pos) { return k_[size_t(layer)].data() + size_t(pos * width_) * elt(); }
-  uint8_t* v(int64_t layer, int64_t pos) { return v_[size_t(layer)].data() + size_t(pos * width_) * elt(); }
-  const uint8_t* k(int64_t layer) const { return k_[size_t(layer)].data(); }
-  const uint8_t* v(int64_t layer) const { return v_[size_t(layer)].data(); }
-
-  // One position's key or value row (width floats) into the cache.
-  void store(uint8_t* dst, const float* x) const;
+  // Layer `layer`'s keys or values from position pos on ([capacity, width], this backend's memory).
+  void* k(int64_t layer, int64_t pos = 0) const { return bufs_[size_t(2 * layer)].as<uint8_t>() + size_t(pos * width_) * elt(); }
+  void* v(int64_t layer, int64_t pos = 0) const { return bufs_[size_t(2 * layer + 1)].as<uint8_t>() + size_t(pos * width_) * elt(); }
 
  private:
   size_t elt() const { return dtype_ == DType::F32 ? 4 : 2; }
+  Backend* be_ = &cpu_backend();
   DType dtype_ = DType::F16;
   int64_t n_ctx_ = 0, width_ = 0, capacity_ = 0;
-  std::vector<std::vector<uint8_t>> k_, v_;  // per layer: [capacity, width]
+  std::vector<BackendBuffer> bufs_;  // per layer: keys, values [capacity, width]
 };
 
 // One sequence's part of a forward pass: n embeddings x [n, dim] at positions
@@ -143,15 +139,18 @@ struct LlamaSeq {
   bool all_logits = false;
 };
 
-// Activations of one pass, sized for the largest pass so far and kept: after
-// the first step of a given size nothing is allocated.
+// Activations of one pass, in the backend's memory, sized for the largest pass
+// so far and kept: after the first step of a given size nothing is allocated.
 struct LlamaScratch {
-  std::vector<float> h, xb, q, k, v, att, gate, up, tmp, rope, out_x, out, lora_t, lora_u;
-  std::vector<size_t> order;                           // sequences grouped by adapters
+  explicit LlamaScratch(Backend& be = cpu_backend())
+      : be(&be), h(be), xb(be), q(be), k(be), v(be), att(be), gate(be), up(be), tmp(be), rope(be), out_x(be), out(be),
+        lora_t(be), lora_u(be) {}
+  Backend* be;
+  BackendBuffer h, xb, q, k, v, att, gate, up, tmp, rope, out_x, out, lora_t, lora_u;
+  std::vector<float> rope_host;                          // each row's RoPE angles, computed here, then uploaded
+  std::vector<size_t> order;                             // sequences grouped by adapters
   std::vector<int64_t> row0, out_from, out_to, out_row;  // each sequence's rows in the pass, and its logit rows
-  static void grow(std::vector<float>& b, int64_t n) {
-    if (b.size() < size_t(n)) b.resize(size_t(n));
-  }
+  static void grow(BackendBuffer& b, int64_t floats) { b.reserve(size_t(floats) * sizeof(float)); }
   // Room for `rows` rows of which `out_rows` need logits.
   void reserve(const LlamaConfig& c, int64_t rows, int64_t out_rows) {
     const int64_t qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
@@ -160,6 +159,7 @@ struct LlamaScratch {
     for (auto* b : {&k, &v}) grow(*b, rows * kvd);
     for (auto* b : {&gate, &up}) grow(*b, rows * c.ffn_dim);
     grow(rope, rows * c.head_dim);
+    if (rope_host.size() < size_t(rows * c.head_dim)) rope_host.resize(size_t(rows * c.head_dim));
     grow(out_x, out_rows * c.dim);
     grow(out, out_rows * c.n_vocab);
   }
@@ -173,6 +173,8 @@ void embed(const LlamaModel& m, const int32_t* ids, int64_t n, float* out);
 // appends each one's keys and values to its cache and writes its logits.
 // Every row is computed as it would be alone except for the matmul kernels'
 // summation order, which depends on how many rows share a weight (ops.hpp).
+// It runs on the scratch's backend, which must be the caches' too; x and logits
+// are host memory.
 void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s, ThreadPool* pool = nullptr);
 
 }  // namespace loupe
@@ -186,23 +188,18 @@ namespace llama_detail {
 
 // y [n, out] += Σ scale·(x·Aᵀ)·Bᵀ over the updates of one weight; t, u: scratch.
 inline void add_low_rank(const std::vector<LowRankDelta>& ds, const float* x, int64_t n, float* y, LlamaScratch& s, ThreadPool* pool) {
+  Backend& be = *s.be;
   for (const LowRankDelta& d : ds) {
     const int64_t r = d.a.rows(), out = d.b.rows();
     LlamaScratch::grow(s.lora_t, n * r);
     LlamaScratch::grow(s.lora_u, n * out);
-    matmul(d.a, x, n, s.lora_t.data(), pool);
-    matmul(d.b, s.lora_t.data(), n, s.lora_u.data(), pool);
-    const float* u = s.lora_u.data();
-    for (int64_t i = 0; i < n * out; ++i) y[i] += d.scale * u[i];
+    be.matmul(d.a, x, n, s.lora_t.as(), pool);
+    be.matmul(d.b, s.lora_t.as(), n, s.lora_u.as(), pool);
+    be.axpy(d.scale, s.lora_u.as(), y, n * out);
   }
 }
 
 }  // namespace llama_detail
-
-void KVCache::store(uint8_t* dst, const float* x) const {
-  if (dtype_ == DType::F16) kernels().f32_to_f16(x, reinterpret_cast<uint16_t*>(dst), width_);  // = from_f32, vectorised
-  else std::memcpy(dst, x, size_t(width_) * 4);
-}
 
 LlamaModel LlamaModel::from_gguf(const GgufFile& f) {
   LlamaModel m;
@@ -235,6 +232,7 @@ void embed(const LlamaModel& m, const int32_t* ids, int64_t n, float* out) { emb
 void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s, ThreadPool* pool) {
   const LlamaConfig& c = m.cfg;
   const int64_t qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim, D = c.dim;
+  Backend& be = *s.be;
   // Sequences with the same adapters next to each other, so each weight (and
   // each adapter's update) runs once over all their rows.
   s.order.resize(count);
@@ -247,6 +245,7 @@ void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s,
   for (size_t j = 0; j < count; ++j) {
     LlamaSeq& q = seqs[s.order[j]];
     if (q.n <= 0) fail("forward: a sequence with no positions");
+    if (&q.kv->backend() != &be) fail("forward: a KV cache on ", q.kv->backend().describe(), " in a pass on ", be.describe());
     for (size_t i = 0; i < j; ++i)
       if (seqs[s.order[i]].kv == q.kv) fail("forward: the same KV cache twice in one pass");
     q.kv->reserve(q.kv->n_past + q.n);
@@ -256,12 +255,13 @@ void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s,
   }
   s.row0[count] = rows;
   s.reserve(c, rows, out_rows);
-  float *h = s.h.data(), *xb = s.xb.data(), *tmp = s.tmp.data();
+  float *h = s.h.as(), *xb = s.xb.as(), *tmp = s.tmp.as(), *cs = s.rope.as();
   for (size_t j = 0; j < count; ++j) {
     const LlamaSeq& q = seqs[s.order[j]];
-    std::copy(q.x, q.x + q.n * D, h + s.row0[j] * D);
-    for (int64_t i = 0; i < q.n; ++i) m.rope.angles(q.kv->n_past + i, &s.rope[size_t((s.row0[j] + i) * c.head_dim)]);
+    be.upload(h + s.row0[j] * D, q.x, size_t(q.n * D) * sizeof(float));
+    for (int64_t i = 0; i < q.n; ++i) m.rope.angles(q.kv->n_past + i, &s.rope_host[size_t((s.row0[j] + i) * c.head_dim)]);
   }
+  be.upload(cs, s.rope_host.data(), size_t(rows * c.head_dim) * sizeof(float));
   auto weights_of = [&](size_t j) -> const LlamaWeights& {
     const AdaptedWeights* a = seqs[s.order[j]].adapted;
     return a ? a->weights : m.weights;
@@ -281,7 +281,7 @@ void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s,
     };
     for (size_t j0 = 0, j1; j0 < count; j0 = j1) {
       for (j1 = j0 + 1; j1 < count && weight(j1).data == weight(j0).data;) ++j1;
-      if (r[j1] > r[j0]) matmul(weight(j0), x + r[j0] * in, r[j1] - r[j0], y + r[j0] * out, pool);
+      if (r[j1] > r[j0]) be.matmul(weight(j0), x + r[j0] * in, r[j1] - r[j0], y + r[j0] * out, pool);
     }
     for (size_t j0 = 0, j1; j0 < count; j0 = j1) {
       for (j1 = j0 + 1; j1 < count && deltas_of(j1, l, which) == deltas_of(j0, l, which);) ++j1;
@@ -292,13 +292,13 @@ void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s,
   auto norm = [&](const TensorView& (*pick)(const LlamaWeights&, int64_t), int64_t l, const int64_t* from, const int64_t* to,
                   const int64_t* r, float* y) {
     for (size_t j = 0; j < count; ++j)
-      rmsnorm(h + from[j] * D, static_cast<const float*>(pick(weights_of(j), l).data), to[j] - from[j], D, c.rms_eps, y + r[j] * D);
+      if (to[j] > from[j]) be.rmsnorm(h + from[j] * D, pick(weights_of(j), l), to[j] - from[j], D, c.rms_eps, y + r[j] * D);
   };
   const int64_t* r = s.row0.data();
   auto attn_norm = [](const LlamaWeights& w, int64_t l) -> const TensorView& { return w.layers[size_t(l)].attn_norm; };
   auto ffn_norm = [](const LlamaWeights& w, int64_t l) -> const TensorView& { return w.layers[size_t(l)].ffn_norm; };
 
-  float *q = s.q.data(), *k = s.k.data(), *v = s.v.data(), *att = s.att.data(), *gate = s.gate.data(), *up = s.up.data();
+  float *q = s.q.as(), *k = s.k.as(), *v = s.v.as(), *att = s.att.as(), *gate = s.gate.as(), *up = s.up.as();
   for (int64_t l = 0; l < c.n_layers; ++l) {
     norm(attn_norm, l, r, r + 1, r, xb);  // input_layernorm, every row (r[j] to r[j + 1])
     linear(l, kAttnQ, r, xb, D, q, qd);
@@ -306,29 +306,26 @@ void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s,
     linear(l, kAttnV, r, xb, D, v, kvd);
     for (size_t j = 0; j < count; ++j) {
       KVCache& kv = *seqs[s.order[j]].kv;
-      for (int64_t i = r[j]; i < r[j + 1]; ++i) {
-        const float* cs = &s.rope[size_t(i * c.head_dim)];
-        for (int64_t hh = 0; hh < c.n_heads; ++hh) m.rope.apply(&q[i * qd + hh * c.head_dim], cs, m.rope_style);
-        for (int64_t hh = 0; hh < c.n_kv_heads; ++hh) m.rope.apply(&k[i * kvd + hh * c.head_dim], cs, m.rope_style);
-        const int64_t pos = kv.n_past + (i - r[j]);
-        kv.store(kv.k(l, pos), &k[i * kvd]);
-        kv.store(kv.v(l, pos), &v[i * kvd]);
-      }
+      const int64_t n = r[j + 1] - r[j];
+      be.rope(q + r[j] * qd, n, c.n_heads, qd, c.head_dim, cs + r[j] * c.head_dim, m.rope_style);
+      be.rope(k + r[j] * kvd, n, c.n_kv_heads, kvd, c.head_dim, cs + r[j] * c.head_dim, m.rope_style);
+      be.store_rows(k + r[j] * kvd, n, kvd, kv.k(l, kv.n_past), kv.dtype(), kvd);
+      be.store_rows(v + r[j] * kvd, n, kvd, kv.v(l, kv.n_past), kv.dtype(), kvd);
       // Causal attention of this sequence's rows against its own cache.
       AttentionShape a;
       a.n = r[j + 1] - r[j], a.m = kv.n_past + a.n, a.n_heads = c.n_heads, a.n_kv_heads = c.n_kv_heads;
       a.hd = c.head_dim, a.q_stride = a.out_stride = qd, a.kv_stride = kvd, a.causal = true;
-      multi_head_attention(a, q + r[j] * qd, kv.k(l), kv.v(l), kv.dtype(), att + r[j] * qd, pool);
+      be.attention(a, q + r[j] * qd, kv.k(l), kv.v(l), kv.dtype(), att + r[j] * qd, pool);
     }
     linear(l, kAttnOut, r, att, qd, tmp, D);
-    for (int64_t i = 0; i < rows * D; ++i) h[i] += tmp[i];
+    be.axpy(1.0f, tmp, h, rows * D);
 
     norm(ffn_norm, l, r, r + 1, r, xb);  // post_attention_layernorm
     linear(l, kFfnGate, r, xb, D, gate, c.ffn_dim);
     linear(l, kFfnUp, r, xb, D, up, c.ffn_dim);
-    silu_mul(gate, up, rows * c.ffn_dim);
+    be.silu_mul(gate, up, rows * c.ffn_dim);
     linear(l, kFfnDown, r, gate, c.ffn_dim, tmp, D);
-    for (int64_t i = 0; i < rows * D; ++i) h[i] += tmp[i];
+    be.axpy(1.0f, tmp, h, rows * D);
   }
 
   // Final norm and lm_head on the rows that want logits (every row, or the last).
@@ -344,10 +341,11 @@ void forward(const LlamaModel& m, LlamaSeq* seqs, size_t count, LlamaScratch& s,
     orow[j + 1] = orow[j] + to[j] - from[j];
   }
   auto output_norm = [](const LlamaWeights& w, int64_t) -> const TensorView& { return w.output_norm; };
-  norm(output_norm, -1, from.data(), to.data(), orow.data(), s.out_x.data());
-  linear(-1, 0, orow.data(), s.out_x.data(), D, s.out.data(), c.n_vocab);
+  norm(output_norm, -1, from.data(), to.data(), orow.data(), s.out_x.as());
+  linear(-1, 0, orow.data(), s.out_x.as(), D, s.out.as(), c.n_vocab);
   for (size_t j = 0; j < count; ++j)
-    if (float* dst = seqs[s.order[j]].logits) std::copy(s.out.data() + orow[j] * c.n_vocab, s.out.data() + orow[j + 1] * c.n_vocab, dst);
+    if (float* dst = seqs[s.order[j]].logits)
+      be.download(dst, s.out.as() + orow[j] * c.n_vocab, size_t((orow[j + 1] - orow[j]) * c.n_vocab) * sizeof(float));
   for (size_t j = 0; j < count; ++j) seqs[j].kv->n_past += seqs[j].n;
 }
 

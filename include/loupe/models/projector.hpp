@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "../io/gguf.hpp"
+#include "../ops/backend.hpp"
 #include "../ops/ops.hpp"
 #include "tensors.hpp"
 
@@ -18,8 +19,8 @@ struct Projector {
 
   TensorView& at(ClipField f) { return f == ClipField::Mm0W ? w0 : f == ClipField::Mm0B ? b0 : f == ClipField::Mm2W ? w2 : b2; }
 
-  // features [n, in_dim] -> [n, out_dim]
-  std::vector<float> operator()(const std::vector<float>& x, ThreadPool* pool = nullptr) const;
+  // features [n, in_dim] -> [n, out_dim] (host memory), computed on `backend` (null: the CPU)
+  std::vector<float> operator()(const std::vector<float>& x, ThreadPool* pool = nullptr, Backend* backend = nullptr) const;
 };
 
 }  // namespace loupe
@@ -41,13 +42,19 @@ Projector Projector::from_gguf(const GgufFile& f) {
   return p;
 }
 
-std::vector<float> Projector::operator()(const std::vector<float>& x, ThreadPool* pool) const {
+std::vector<float> Projector::operator()(const std::vector<float>& x, ThreadPool* pool, Backend* backend) const {
+  Backend& be = backend ? *backend : cpu_backend();
   const int64_t n = int64_t(x.size()) / in_dim;
-  std::vector<float> h(static_cast<size_t>(n * out_dim)), y(h.size());
-  linear(w0, static_cast<const float*>(b0.data), x.data(), n, h.data(), pool);
-  for (float& e : h) e = gelu_erf(e);
-  linear(w2, static_cast<const float*>(b2.data), h.data(), n, y.data(), pool);
-  return y;
+  BackendBuffer xs(be), h(be), y(be);
+  xs.reserve(x.size() * sizeof(float));
+  h.reserve(size_t(n * out_dim) * sizeof(float)), y.reserve(size_t(n * out_dim) * sizeof(float));
+  be.upload(xs.as(), x.data(), x.size() * sizeof(float));
+  linear(be, w0, b0, xs.as(), n, h.as(), pool);
+  be.activation(Activation::GeluErf, h.as(), n * out_dim);
+  linear(be, w2, b2, h.as(), n, y.as(), pool);
+  std::vector<float> out(size_t(n * out_dim));
+  be.download(out.data(), y.as(), out.size() * sizeof(float));
+  return out;
 }
 
 }  // namespace loupe

@@ -174,7 +174,7 @@ void VisionChat::set_pixels(Tensor pixels) {
     fail("pixel values have shape ", pixels.view().shape_str(), ", the vision tower expects [3, ", S, ", ", S, "]");
   auto t0 = std::chrono::steady_clock::now();
   pixel_values = std::move(pixels);
-  clip_features_ = clip_encode(vm_.clip, pixel_values.f32(), pool_);
+  clip_features_ = clip_encode(vm_.clip, pixel_values.f32(), pool_, nullptr, session_.options().backend);
   projected_with_ = {};
   image_key_ = 0;
   image_cached = false;
@@ -239,7 +239,7 @@ void VisionChat::project() {
   const std::array<const void*, 4> id{p.w0.data, p.b0.data, p.w2.data, p.b2.data};
   if (id == projected_with_) return;
   auto t0 = std::chrono::steady_clock::now();
-  image_features = p(clip_features_, pool_);
+  image_features = p(clip_features_, pool_, session_.options().backend);
   projected_with_ = id;
   project_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }

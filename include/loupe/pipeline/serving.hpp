@@ -144,7 +144,7 @@ class ServeEngine {
 namespace loupe {
 
 ServeEngine::ServeEngine(const LanguageModel& lm, const VisionModel* vm, ServeOptions opt, ThreadPool* pool)
-    : lm_(lm), vm_(vm), opt_(std::move(opt)), pool_(pool), batch_(lm, opt_.max_rows), gen_(batch_) {
+    : lm_(lm), vm_(vm), opt_(std::move(opt)), pool_(pool), batch_(lm, opt_.max_rows, backend_of(opt_.session)), gen_(batch_) {
   if (opt_.parallel < 1) fail("--parallel must be at least 1, not ", opt_.parallel);
   const Projector* projector = vm ? &vm->projector : nullptr;
   if (vm && vm->projector.out_dim != lm.model.cfg.dim)
@@ -229,7 +229,7 @@ const std::vector<float>& ServeEngine::image_features(const ServeRequest& r, uin
   if (*encoded) {
     Encoded e;
     const Tensor pixels = r.pixels ? Tensor() : preprocess(*r.image, vm_->preprocess_config());
-    e.clip = clip_encode(vm_->clip, r.pixels ? r.pixels->f32() : pixels.f32(), pool_);
+    e.clip = clip_encode(vm_->clip, r.pixels ? r.pixels->f32() : pixels.f32(), pool_, nullptr, opt_.session.backend);
     images_.emplace_front(key, std::move(e));
     if (images_.size() > std::max<size_t>(1, opt_.image_cache)) images_.pop_back();
   } else {
@@ -238,7 +238,7 @@ const std::vector<float>& ServeEngine::image_features(const ServeRequest& r, uin
   Encoded& e = images_.front().second;
   const std::array<const void*, 4> id{p.w0.data, p.b0.data, p.w2.data, p.b2.data};
   auto pit = e.projected.find(id);
-  if (pit == e.projected.end()) pit = e.projected.emplace(id, p(e.clip, pool_)).first;
+  if (pit == e.projected.end()) pit = e.projected.emplace(id, p(e.clip, pool_, opt_.session.backend)).first;
   return pit->second;
 }
 

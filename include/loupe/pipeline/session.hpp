@@ -50,7 +50,9 @@ struct SessionOptions {
   int64_t n_ctx = 0;           // positions; 0: the model's context, at most 4096
   DType kv_type = DType::F16;  // llama.cpp's default; F32 on request
   int64_t n_batch = 512;       // rows per forward pass of the session's own feed(); longer inputs run in chunks
+  Backend* backend = nullptr;  // where it runs (ops/backend.hpp); null: the CPU
 };
+inline Backend& backend_of(const SessionOptions& o) { return o.backend ? *o.backend : cpu_backend(); }
 
 class Batch;
 
@@ -61,7 +63,8 @@ class Session {
       : lm_(&lm), opt_(opt), loras_(lm.model, projector) {
     if (opt_.n_ctx <= 0) opt_.n_ctx = std::min<int64_t>(lm.model.cfg.n_ctx, 4096);
     if (opt_.n_batch <= 0) fail("n_batch must be positive, not ", opt_.n_batch);
-    kv_ = KVCache(lm.model.cfg, opt_.n_ctx, opt_.kv_type);
+    opt_.backend = &backend_of(opt_);
+    kv_ = KVCache(lm.model.cfg, opt_.n_ctx, opt_.kv_type, *opt_.backend);
     positions_.reserve(size_t(opt_.n_ctx)), history_.reserve(size_t(opt_.n_ctx));  // a decode step allocates nothing
   }
   Session(Session&&) noexcept;
@@ -142,7 +145,9 @@ class Session {
 
 class Batch {
  public:
-  explicit Batch(const LanguageModel& lm, int64_t max_rows = 512) : lm_(&lm), max_rows_(max_rows) {
+  // Runs on `be`, where the sessions it advances keep their caches.
+  explicit Batch(const LanguageModel& lm, int64_t max_rows = 512, Backend& be = cpu_backend())
+      : lm_(&lm), max_rows_(max_rows), scratch_(be) {
     if (max_rows <= 0) fail("a batch needs room for at least one row, not ", max_rows);
     scratch_.reserve(lm.model.cfg, max_rows, 1);
   }
@@ -238,6 +243,7 @@ void Batch::run(ThreadPool* pool) {
 
 void Batch::queue(Session& s, const float* x, const int32_t* ids, size_t n, bool all_logits) {
   if (&s.model() != lm_) fail("batch: the session runs on another model");
+  if (s.options().backend != scratch_.be) fail("batch: the session runs on ", s.options().backend->describe(), ", the batch on ", scratch_.be->describe());
   if (n == 0) fail("feed: no positions");
   for (const Item& it : items_)
     if (it.s == &s) fail("batch: the session already has input in this batch");
@@ -262,7 +268,7 @@ Session& Session::operator=(Session&&) noexcept = default;
 Session::~Session() = default;
 
 Batch& Session::batch() {
-  if (!batch_) batch_ = std::make_unique<Batch>(*lm_, opt_.n_batch);
+  if (!batch_) batch_ = std::make_unique<Batch>(*lm_, opt_.n_batch, *opt_.backend);
   return *batch_;
 }
 
