@@ -12,6 +12,7 @@
 #include <loupe/ops/kernels.hpp>
 #include <loupe/ops/ops.hpp>
 
+#include <cstring>
 #include <random>
 
 using namespace loupe;
@@ -251,6 +252,33 @@ TEST_CASE("ops: f32 vector kernels (dot, axpy, exp, silu, quick_gelu, f16 rows) 
       a = x, b = x;
       scalar::quick_gelu(a.data(), n), kt->quick_gelu(b.data(), n);
       for (int64_t i = 0; i < n; ++i) CHECK(std::fabs(a[size_t(i)] - b[size_t(i)]) <= 1e-6f * std::fabs(a[size_t(i)]) + 1e-30f);
+    }
+  }
+}
+
+TEST_CASE("ops: the SIMD levels share one exp: the same clamp below −87.3 and the same bf16/f16 rows, tails included") {
+  // One implementation (kernels/vec_f32.inl) over per-ISA traits: before it, AVX-512
+  // clamped exp at −104 and the others at −87.3.
+  std::vector<float> lows = {-87.0f, -87.3365402f, -88.0f, -100.0f, -104.0f, -1e30f};
+  const float floor_exp = std::exp(-87.3365402f);  // the clamp: FLT_MIN, about 1.18e-38
+  for (const KernelTable* kt : levels()) {
+    if (kt == &scalar_kernels()) continue;  // the reference is std::exp, not clamped
+    INFO(std::string(kt->name));
+    std::vector<float> e = lows;
+    kt->exp_sum(e.data(), int64_t(e.size()), 0.0f);
+    CHECK(e[0] == doctest::Approx(std::exp(-87.0f)).epsilon(1e-6));
+    for (size_t i = 1; i < e.size(); ++i) CHECK(e[i] == doctest::Approx(floor_exp).epsilon(1e-6));
+    for (int64_t n : {1, 5, 17, 40}) {  // full vectors and every tail shape
+      std::vector<uint16_t> h(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) {  // across exponents, both signs; no NaN (hardware quiets signalling ones)
+        h[size_t(i)] = uint16_t(0x3c00 + 977 * i);
+        if ((h[size_t(i)] & 0x7c00) == 0x7c00) h[size_t(i)] ^= 0x4000;
+      }
+      std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
+      scalar::bf16_to_f32_row(h.data(), a.data(), n), kt->bf16_to_f32(h.data(), b.data(), n);
+      CHECK(std::memcmp(a.data(), b.data(), size_t(n) * 4) == 0);
+      scalar::f16_to_f32_row(h.data(), a.data(), n), kt->f16_to_f32(h.data(), b.data(), n);
+      CHECK(std::memcmp(a.data(), b.data(), size_t(n) * 4) == 0);
     }
   }
 }

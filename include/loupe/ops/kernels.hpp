@@ -40,52 +40,78 @@ struct KernelTable {
                    int64_t ldy);
 };
 
-inline const KernelTable& scalar_kernels() {
-  static const KernelTable t{"scalar", 8, 0, scalar::quantize_rows, scalar::matmul_q4_0, scalar::matmul_q8_0,
-                             scalar::f16_to_f32_row, scalar::bf16_to_f32_row, scalar::f32_to_f16_row,
-                             scalar::dot_f32, scalar::dot_f16, scalar::axpy_f32, scalar::axpy_f16,
-                             scalar::exp_sum, scalar::silu_mul, scalar::quick_gelu, nullptr, nullptr, nullptr};
+// The f32 vector kernels and row converters of one ISA (kernels/vec_f32.inl's
+// VecKernels) into a table.
+template <class K>
+KernelTable with_vec_kernels(KernelTable t) {
+  t.f16_to_f32 = K::f16_to_f32_row, t.bf16_to_f32 = K::bf16_to_f32_row, t.f32_to_f16 = K::f32_to_f16_row;
+  t.dot_f32 = K::dot_f32, t.dot_f16 = K::dot_f16, t.axpy_f32 = K::axpy_f32, t.axpy_f16 = K::axpy_f16;
+  t.exp_sum = K::exp_sum, t.silu_mul = K::silu_mul, t.quick_gelu = K::quick_gelu;
   return t;
 }
 
-// The table for `level`, or nullptr when this CPU (or build) does not have it.
+inline const KernelTable& scalar_kernels() {
+  static const KernelTable t = [] {
+    KernelTable t{};
+    t.name = "scalar";
+    t.q4_0_offset = 8, t.q8_0_offset = 0;
+    t.quantize_rows = scalar::quantize_rows, t.matmul_q4_0 = scalar::matmul_q4_0, t.matmul_q8_0 = scalar::matmul_q8_0;
+    t.f16_to_f32 = scalar::f16_to_f32_row, t.bf16_to_f32 = scalar::bf16_to_f32_row, t.f32_to_f16 = scalar::f32_to_f16_row;
+    t.dot_f32 = scalar::dot_f32, t.dot_f16 = scalar::dot_f16, t.axpy_f32 = scalar::axpy_f32, t.axpy_f16 = scalar::axpy_f16;
+    t.exp_sum = scalar::exp_sum, t.silu_mul = scalar::silu_mul, t.quick_gelu = scalar::quick_gelu;
+    return t;  // no f32 GEMM: Eigen does it
+  }();
+  return t;
+}
+
+// The table for `level`, or nullptr when this CPU (or build) does not have it:
+// the scalar reference with each ISA's own kernels in place.
 inline const KernelTable* kernels_for(CpuLevel level) {
   if (!cpu_features().supports(level)) return nullptr;
   switch (level) {
     case CpuLevel::Scalar: return &scalar_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
     case CpuLevel::Avx2: {
-      static const KernelTable t{"avx2", 8, 0, x86::quantize_rows_avx2, x86::matmul_q4_0_avx2, x86::matmul_q8_0_avx2,
-                                 x86::f16_to_f32_row_avx2, x86::bf16_to_f32_row_avx2, x86::f32_to_f16_row_avx2,
-                                 x86::dot_f32_avx2, x86::dot_f16_avx2, x86::axpy_f32_avx2, x86::axpy_f16_avx2,
-                                 x86::exp_sum_avx2, x86::silu_mul_avx2, x86::quick_gelu_avx2, nullptr, nullptr, nullptr};
+      static const KernelTable t = [] {
+        KernelTable t = with_vec_kernels<x86::avx2::VecKernels>(scalar_kernels());
+        t.name = "avx2";
+        t.quantize_rows = x86::quantize_rows_avx2, t.matmul_q4_0 = x86::matmul_q4_0_avx2, t.matmul_q8_0 = x86::matmul_q8_0_avx2;
+        return t;
+      }();
       return &t;
     }
     case CpuLevel::Avx512: {
-      static const KernelTable t{"avx512", 8, 128, x86::quantize_rows_avx512, x86::matmul_q4_0_avx512, x86::matmul_q8_0_avx512,
-                                 x86::f16_to_f32_row_avx512, x86::bf16_to_f32_row_avx512, x86::f32_to_f16_row_avx512,
-                                 x86::dot_f32_avx512, x86::dot_f16_avx512, x86::axpy_f32_avx512, x86::axpy_f16_avx512,
-                                 x86::exp_sum_avx512, x86::silu_mul_avx512, x86::quick_gelu_avx512,
-                                 [](int64_t n, int64_t k) { return (n + x86::kPackRows - 1) / x86::kPackRows * x86::kPackRows * k; },
-                                 x86::pack_rows_f32, x86::gemm_f32_avx512};
+      static const KernelTable t = [] {
+        KernelTable t = with_vec_kernels<x86::avx512::VecKernels>(scalar_kernels());
+        t.name = "avx512";
+        t.q8_0_offset = 128;  // VNNI's unsigned side: Q8_0 bytes flipped to q + 128
+        t.quantize_rows = x86::quantize_rows_avx512, t.matmul_q4_0 = x86::matmul_q4_0_avx512, t.matmul_q8_0 = x86::matmul_q8_0_avx512;
+        t.packed_size = [](int64_t n, int64_t k) { return (n + x86::kPackRows - 1) / x86::kPackRows * x86::kPackRows * k; };
+        t.pack_rows = x86::pack_rows_f32, t.gemm_f32 = x86::gemm_f32_avx512;
+        return t;
+      }();
       return &t;
     }
 #endif
 #if defined(__wasm_simd128__)
     case CpuLevel::Simd128: {
-      static const KernelTable t{"simd128", 8, 0, wasm::quantize_rows_wasm, wasm::matmul_q4_0_wasm, wasm::matmul_q8_0_wasm,
-                                 wasm::f16_to_f32_row_wasm, wasm::bf16_to_f32_row_wasm, scalar::f32_to_f16_row,
-                                 wasm::dot_f32_wasm, wasm::dot_f16_wasm, wasm::axpy_f32_wasm, wasm::axpy_f16_wasm,
-                                 wasm::exp_sum_wasm, wasm::silu_mul_wasm, wasm::quick_gelu_wasm, nullptr, nullptr, nullptr};
+      static const KernelTable t = [] {
+        KernelTable t = with_vec_kernels<wasm::VecKernels>(scalar_kernels());
+        t.name = "simd128";
+        t.quantize_rows = wasm::quantize_rows_wasm, t.matmul_q4_0 = wasm::matmul_q4_0_wasm, t.matmul_q8_0 = wasm::matmul_q8_0_wasm;
+        return t;
+      }();
       return &t;
     }
 #endif
 #if defined(__aarch64__) && defined(__ARM_NEON)
     case CpuLevel::Neon: {
-      static const KernelTable t{"neon", 8, 0, scalar::quantize_rows, neon::matmul_q4_0_neon, neon::matmul_q8_0_neon,
-                                 neon::f16_to_f32_row_neon, scalar::bf16_to_f32_row, neon::f32_to_f16_row_neon,
-                                 neon::dot_f32_neon, neon::dot_f16_neon, neon::axpy_f32_neon, neon::axpy_f16_neon,
-                                 neon::exp_sum_neon, neon::silu_mul_neon, neon::quick_gelu_neon, nullptr, nullptr, nullptr};
+      static const KernelTable t = [] {
+        KernelTable t = with_vec_kernels<neon::VecKernels>(scalar_kernels());
+        t.name = "neon";
+        t.matmul_q4_0 = neon::matmul_q4_0_neon, t.matmul_q8_0 = neon::matmul_q8_0_neon;  // the scalar quantiser
+        return t;
+      }();
       return &t;
     }
 #endif

@@ -78,94 +78,33 @@ inline void matmul_q8_0_neon(const uint8_t* w, size_t ws, int64_t r0, int64_t r1
   matmul_neon<false>(w, ws, r0, r1, x, y, ldy);
 }
 
-inline void f16_to_f32_row_neon(const uint16_t* s, float* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) vst1q_f32(d + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(s + i))));
-  for (; i < n; ++i) d[i] = fp16_to_f32(s[i]);
-}
-inline void f32_to_f16_row_neon(const float* s, uint16_t* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) vst1_u16(d + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(s + i))));
-  for (; i < n; ++i) d[i] = f32_to_fp16(s[i]);
-}
-
-// exp as the x86 kernels (Cephes expf), with FMA.
-inline float32x4_t exp_neon(float32x4_t x) {
-  x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3365402f)), vdupq_n_f32(88.3762626647949f));
-  const float32x4_t k = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
-  float32x4_t r = vfmsq_n_f32(x, k, 0.693359375f);
-  r = vfmsq_n_f32(r, k, -2.12194440e-4f);
-  float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
-  p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
-  p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
-  p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
-  p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
-  p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
-  p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
-  const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127)), 23);
-  return vmulq_f32(p, vreinterpretq_f32_s32(e));
-}
-
-inline float dot_f32_neon(const float* x, const float* y, int64_t n) {
-  float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    a0 = vfmaq_f32(a0, vld1q_f32(x + i), vld1q_f32(y + i));
-    a1 = vfmaq_f32(a1, vld1q_f32(x + i + 4), vld1q_f32(y + i + 4));
+// ---- f32 vector kernels and row converters: vec_f32.inl over these traits.
+struct Vec {
+  using V = float32x4_t;
+  static constexpr int64_t kLanes = 4;
+  static constexpr bool kMasked = false;
+  static V zero() { return vdupq_n_f32(0.0f); }
+  static V set1(float f) { return vdupq_n_f32(f); }
+  static V load(const float* p) { return vld1q_f32(p); }
+  static void store(float* p, V v) { vst1q_f32(p, v); }
+  static V load_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+  static void store_f16(uint16_t* p, V v) { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(v))); }
+  static V load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+  static V add(V a, V b) { return vaddq_f32(a, b); }
+  static V sub(V a, V b) { return vsubq_f32(a, b); }
+  static V mul(V a, V b) { return vmulq_f32(a, b); }
+  static V div(V a, V b) { return vdivq_f32(a, b); }
+  static V min(V a, V b) { return vminq_f32(a, b); }
+  static V max(V a, V b) { return vmaxq_f32(a, b); }
+  static V fma(V a, V b, V c) { return vfmaq_f32(c, a, b); }
+  static V fnma(V a, V b, V c) { return vfmsq_f32(c, a, b); }
+  static V round(V v) { return vrndnq_f32(v); }
+  static V scale2(V p, V k) {  // 2^k built in the exponent bits
+    return vmulq_f32(p, vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127)), 23)));
   }
-  float s = vaddvq_f32(vaddq_f32(a0, a1));
-  for (; i < n; ++i) s += x[i] * y[i];
-  return s;
-}
-inline float dot_f16_neon(const float* x, const uint16_t* y, int64_t n) {
-  float32x4_t a0 = vdupq_n_f32(0.0f);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(x + i), vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(y + i))));
-  float s = vaddvq_f32(a0);
-  for (; i < n; ++i) s += x[i] * fp16_to_f32(y[i]);
-  return s;
-}
-inline void axpy_f32_neon(float a, const float* x, float* y, int64_t n) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-inline void axpy_f16_neon(float a, const uint16_t* x, float* y, int64_t n) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))), a));
-  for (; i < n; ++i) y[i] += a * fp16_to_f32(x[i]);
-}
-inline float exp_sum_neon(float* x, int64_t n, float shift) {
-  const float32x4_t vs = vdupq_n_f32(shift);
-  float32x4_t acc = vdupq_n_f32(0.0f);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(x + i), vs));
-    vst1q_f32(x + i, e);
-    acc = vaddq_f32(acc, e);
-  }
-  float s = vaddvq_f32(acc);
-  for (; i < n; ++i) s += (x[i] = std::exp(x[i] - shift));
-  return s;
-}
-inline void silu_mul_neon(float* g, const float* u, int64_t n) {
-  const float32x4_t one = vdupq_n_f32(1.0f);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float32x4_t v = vld1q_f32(g + i);
-    vst1q_f32(g + i, vmulq_f32(vdivq_f32(v, vaddq_f32(one, exp_neon(vnegq_f32(v)))), vld1q_f32(u + i)));
-  }
-  for (; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-}
-inline void quick_gelu_neon(float* x, int64_t n) {
-  const float32x4_t one = vdupq_n_f32(1.0f);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float32x4_t v = vld1q_f32(x + i);
-    vst1q_f32(x + i, vdivq_f32(v, vaddq_f32(one, exp_neon(vmulq_n_f32(v, -1.702f)))));
-  }
-  for (; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-1.702f * x[i]));
-}
+  static float hsum(V v) { return vaddvq_f32(v); }
+};
+#include "vec_f32.inl"
 
 }  // namespace neon
 }  // namespace loupe

@@ -103,115 +103,37 @@ inline v128_t f16x4_to_f32(v128_t h) {  // h: 4 halves zero-extended to u32
   f = wasm_v128_bitselect(wasm_v128_or(em, wasm_i32x4_splat(0x7f800000)), f, special);
   return wasm_v128_or(f, sign);
 }
-inline void f16_to_f32_row_wasm(const uint16_t* s, float* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const v128_t h = wasm_v128_load(s + i);
-    wasm_v128_store(d + i, f16x4_to_f32(wasm_u32x4_extend_low_u16x8(h)));
-    wasm_v128_store(d + i + 4, f16x4_to_f32(wasm_u32x4_extend_high_u16x8(h)));
+// ---- f32 vector kernels and row converters: vec_f32.inl over these traits.
+// (No FMA in SIMD128: multiply, then add. No fp16 store: lane by lane, exactly.)
+struct Vec {
+  using V = v128_t;
+  static constexpr int64_t kLanes = 4;
+  static constexpr bool kMasked = false;
+  static V zero() { return wasm_f32x4_splat(0.0f); }
+  static V set1(float f) { return wasm_f32x4_splat(f); }
+  static V load(const float* p) { return wasm_v128_load(p); }
+  static void store(float* p, V v) { wasm_v128_store(p, v); }
+  static V load_f16(const uint16_t* p) { return f16x4_to_f32(wasm_u32x4_load16x4(p)); }
+  static void store_f16(uint16_t* p, V v) {
+    p[0] = f32_to_fp16(wasm_f32x4_extract_lane(v, 0)), p[1] = f32_to_fp16(wasm_f32x4_extract_lane(v, 1));
+    p[2] = f32_to_fp16(wasm_f32x4_extract_lane(v, 2)), p[3] = f32_to_fp16(wasm_f32x4_extract_lane(v, 3));
   }
-  for (; i < n; ++i) d[i] = fp16_to_f32(s[i]);
-}
-inline void bf16_to_f32_row_wasm(const uint16_t* s, float* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const v128_t h = wasm_v128_load(s + i);
-    wasm_v128_store(d + i, wasm_i32x4_shl(wasm_u32x4_extend_low_u16x8(h), 16));
-    wasm_v128_store(d + i + 4, wasm_i32x4_shl(wasm_u32x4_extend_high_u16x8(h), 16));
+  static V load_bf16(const uint16_t* p) { return wasm_i32x4_shl(wasm_u32x4_load16x4(p), 16); }
+  static V add(V a, V b) { return wasm_f32x4_add(a, b); }
+  static V sub(V a, V b) { return wasm_f32x4_sub(a, b); }
+  static V mul(V a, V b) { return wasm_f32x4_mul(a, b); }
+  static V div(V a, V b) { return wasm_f32x4_div(a, b); }
+  static V min(V a, V b) { return wasm_f32x4_min(a, b); }
+  static V max(V a, V b) { return wasm_f32x4_max(a, b); }
+  static V fma(V a, V b, V c) { return wasm_f32x4_add(wasm_f32x4_mul(a, b), c); }
+  static V fnma(V a, V b, V c) { return wasm_f32x4_sub(c, wasm_f32x4_mul(a, b)); }
+  static V round(V v) { return wasm_f32x4_nearest(v); }
+  static V scale2(V p, V k) {  // 2^k built in the exponent bits
+    return wasm_f32x4_mul(p, wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(k), wasm_i32x4_splat(127)), 23));
   }
-  for (; i < n; ++i) d[i] = bf16_to_f32(s[i]);
-}
-
-// ---- f32 vector kernels.
-
-// exp as the x86 kernels (Cephes expf, 2^k through the exponent bits), mul + add.
-inline v128_t exp_wasm(v128_t x) {
-  x = wasm_f32x4_min(wasm_f32x4_max(x, wasm_f32x4_splat(-87.3365402f)), wasm_f32x4_splat(88.3762626647949f));
-  const v128_t k = wasm_f32x4_nearest(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
-  v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(k, wasm_f32x4_splat(0.693359375f)));
-  r = wasm_f32x4_sub(r, wasm_f32x4_mul(k, wasm_f32x4_splat(-2.12194440e-4f)));
-  v128_t p = wasm_f32x4_splat(1.9875691500e-4f);
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.3981999507e-3f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(8.3334519073e-3f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(4.1665795894e-2f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.6666665459e-1f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(5.0000001201e-1f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, wasm_f32x4_mul(r, r)), wasm_f32x4_add(r, wasm_f32x4_splat(1.0f)));
-  const v128_t e = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(k), wasm_i32x4_splat(127)), 23);
-  return wasm_f32x4_mul(p, e);
-}
-
-inline float dot_f32_wasm(const float* x, const float* y, int64_t n) {
-  v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0;
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(wasm_v128_load(x + i), wasm_v128_load(y + i)));
-    a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(wasm_v128_load(x + i + 4), wasm_v128_load(y + i + 4)));
-  }
-  float s = hsum(wasm_f32x4_add(a0, a1));
-  for (; i < n; ++i) s += x[i] * y[i];
-  return s;
-}
-inline float dot_f16_wasm(const float* x, const uint16_t* y, int64_t n) {
-  v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0;
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const v128_t h = wasm_v128_load(y + i);
-    a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(wasm_v128_load(x + i), f16x4_to_f32(wasm_u32x4_extend_low_u16x8(h))));
-    a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(wasm_v128_load(x + i + 4), f16x4_to_f32(wasm_u32x4_extend_high_u16x8(h))));
-  }
-  float s = hsum(wasm_f32x4_add(a0, a1));
-  for (; i < n; ++i) s += x[i] * fp16_to_f32(y[i]);
-  return s;
-}
-inline void axpy_f32_wasm(float a, const float* x, float* y, int64_t n) {
-  const v128_t va = wasm_f32x4_splat(a);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) wasm_v128_store(y + i, wasm_f32x4_add(wasm_v128_load(y + i), wasm_f32x4_mul(va, wasm_v128_load(x + i))));
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-inline void axpy_f16_wasm(float a, const uint16_t* x, float* y, int64_t n) {
-  const v128_t va = wasm_f32x4_splat(a);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const v128_t h = wasm_v128_load(x + i);
-    wasm_v128_store(y + i, wasm_f32x4_add(wasm_v128_load(y + i), wasm_f32x4_mul(va, f16x4_to_f32(wasm_u32x4_extend_low_u16x8(h)))));
-    wasm_v128_store(y + i + 4, wasm_f32x4_add(wasm_v128_load(y + i + 4), wasm_f32x4_mul(va, f16x4_to_f32(wasm_u32x4_extend_high_u16x8(h)))));
-  }
-  for (; i < n; ++i) y[i] += a * fp16_to_f32(x[i]);
-}
-inline float exp_sum_wasm(float* x, int64_t n, float shift) {
-  const v128_t vs = wasm_f32x4_splat(shift);
-  v128_t acc = wasm_f32x4_splat(0.0f);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const v128_t e = exp_wasm(wasm_f32x4_sub(wasm_v128_load(x + i), vs));
-    wasm_v128_store(x + i, e);
-    acc = wasm_f32x4_add(acc, e);
-  }
-  float s = hsum(acc);
-  for (; i < n; ++i) s += (x[i] = std::exp(x[i] - shift));
-  return s;
-}
-inline void silu_mul_wasm(float* g, const float* u, int64_t n) {
-  const v128_t one = wasm_f32x4_splat(1.0f);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const v128_t v = wasm_v128_load(g + i);
-    const v128_t sig = wasm_f32x4_div(v, wasm_f32x4_add(one, exp_wasm(wasm_f32x4_neg(v))));
-    wasm_v128_store(g + i, wasm_f32x4_mul(sig, wasm_v128_load(u + i)));
-  }
-  for (; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-}
-inline void quick_gelu_wasm(float* x, int64_t n) {
-  const v128_t one = wasm_f32x4_splat(1.0f), c = wasm_f32x4_splat(-1.702f);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const v128_t v = wasm_v128_load(x + i);
-    wasm_v128_store(x + i, wasm_f32x4_div(v, wasm_f32x4_add(one, exp_wasm(wasm_f32x4_mul(c, v)))));
-  }
-  for (; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-1.702f * x[i]));
-}
+  static float hsum(V v) { return wasm::hsum(v); }
+};
+#include "vec_f32.inl"
 
 }  // namespace wasm
 }  // namespace loupe

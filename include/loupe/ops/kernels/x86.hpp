@@ -36,6 +36,17 @@
 
 #define LOUPE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define LOUPE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+// Everything between LOUPE_BEGIN_TARGET(isa) and LOUPE_END_TARGET() is compiled for
+// `isa`, templates and lambdas included (what vec_f32.inl needs; the attribute
+// above marks one function at a time).
+#define LOUPE_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define LOUPE_BEGIN_TARGET(isa) LOUPE_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define LOUPE_END_TARGET() LOUPE_PRAGMA(clang attribute pop)
+#else
+#define LOUPE_BEGIN_TARGET(isa) LOUPE_PRAGMA(GCC push_options) LOUPE_PRAGMA(GCC target(isa))
+#define LOUPE_END_TARGET() LOUPE_PRAGMA(GCC pop_options)
+#endif
 
 namespace loupe {
 namespace x86 {
@@ -172,118 +183,41 @@ LOUPE_TARGET_AVX2 inline void matmul_q8_0_avx2(const uint8_t* w, size_t ws, int6
   matmul_avx2<false>(w, ws, r0, r1, x, y, ldy);
 }
 
-LOUPE_TARGET_AVX2 inline void f16_to_f32_row_avx2(const uint16_t* s, float* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
-  for (; i < n; ++i) d[i] = fp16_to_f32(s[i]);
-}
-LOUPE_TARGET_AVX2 inline void bf16_to_f32_row_avx2(const uint16_t* s, float* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), _mm256_slli_epi32(v, 16));
+// ---- f32 vector kernels and row converters: vec_f32.inl over these traits.
+namespace avx2 {
+LOUPE_BEGIN_TARGET("avx2,fma,f16c")
+struct Vec {
+  using V = __m256;
+  static constexpr int64_t kLanes = 8;
+  static constexpr bool kMasked = false;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float f) { return _mm256_set1_ps(f); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static void store_f16(uint16_t* p, V v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  for (; i < n; ++i) d[i] = bf16_to_f32(s[i]);
-}
-
-
-// ---- f32 vector kernels (attention, activations).
-
-// exp(x) for x in [-87.3, 88.4] (outside: clamped; NaN not propagated), Cephes
-// expf: x = k·ln2 + r, degree-6 polynomial for e^r, within 2 ulp of std::exp.
-LOUPE_TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365402f)), _mm256_set1_ps(88.3762626647949f));
-  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-LOUPE_TARGET_AVX2 inline float dot_f32_avx2(const float* x, const float* y, int64_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+  static V load_bf16(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
   }
-  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
-  float s = hsum256(_mm256_add_ps(a0, a1));
-  for (; i < n; ++i) s += x[i] * y[i];
-  return s;
-}
-LOUPE_TARGET_AVX2 inline float dot_f16_avx2(const float* x, const uint16_t* y, int64_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y + i))), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y + i + 8))), a1);
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnma(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V round(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V scale2(V p, V k) {  // 2^k built in the exponent bits
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23)));
   }
-  for (; i + 8 <= n; i += 8)
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y + i))), a0);
-  float s = hsum256(_mm256_add_ps(a0, a1));
-  for (; i < n; ++i) s += x[i] * fp16_to_f32(y[i]);
-  return s;
-}
-LOUPE_TARGET_AVX2 inline void axpy_f32_avx2(float a, const float* x, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(a);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-LOUPE_TARGET_AVX2 inline void axpy_f16_avx2(float a, const uint16_t* x, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(a);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))),
-                                            _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * fp16_to_f32(x[i]);
-}
-LOUPE_TARGET_AVX2 inline float exp_sum_avx2(float* x, int64_t n, float shift) {
-  const __m256 vs = _mm256_set1_ps(shift);
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
-    _mm256_storeu_ps(x + i, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  float s = hsum256(acc);
-  for (; i < n; ++i) s += (x[i] = std::exp(x[i] - shift));
-  return s;
-}
-LOUPE_TARGET_AVX2 inline void silu_mul_avx2(float* g, const float* u, int64_t n) {
-  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(g + i);
-    const __m256 sig = _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(zero, v))));
-    _mm256_storeu_ps(g + i, _mm256_mul_ps(sig, _mm256_loadu_ps(u + i)));
-  }
-  for (; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-}
-LOUPE_TARGET_AVX2 inline void quick_gelu_avx2(float* x, int64_t n) {
-  const __m256 one = _mm256_set1_ps(1.0f), c = _mm256_set1_ps(-1.702f);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    _mm256_storeu_ps(x + i, _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_mul_ps(c, v)))));
-  }
-  for (; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-1.702f * x[i]));
-}
-LOUPE_TARGET_AVX2 inline void f32_to_f16_row_avx2(const float* s, uint16_t* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  for (; i < n; ++i) d[i] = f32_to_fp16(s[i]);
-}
+  static float hsum(V v) { return hsum256(v); }
+};
+#include "vec_f32.inl"
+LOUPE_END_TARGET()
+}  // namespace avx2
 
 // ============================================================= AVX-512
 
@@ -707,115 +641,49 @@ LOUPE_TARGET_AVX512 inline void matmul_q8_0_avx512(const uint8_t* w, size_t ws, 
   matmul_avx512<false>(w, ws, r0, r1, x, y, ldy);
 }
 
-LOUPE_TARGET_AVX512 inline void f16_to_f32_row_avx512(const uint16_t* s, float* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i))));
-  for (; i < n; ++i) d[i] = fp16_to_f32(s[i]);
-}
-LOUPE_TARGET_AVX512 inline void bf16_to_f32_row_avx512(const uint16_t* s, float* d, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
-    _mm512_storeu_si512(d + i, _mm512_slli_epi32(v, 16));
-  }
-  for (; i < n; ++i) d[i] = bf16_to_f32(s[i]);
-}
-
-
-// ---- f32 vector kernels (attention, activations).
-
-// exp(x): as exp_avx2, with the 2^k scaling by vscalefps (so down to 0 at −104).
-LOUPE_TARGET_AVX512 inline __m512 exp_avx512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.3762626647949f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, k);
-}
-
 inline __mmask16 tail_mask(int64_t left) { return __mmask16(left >= 16 ? 0xffff : (1u << left) - 1); }
 
-LOUPE_TARGET_AVX512 inline float dot_f32_avx512(const float* x, const float* y, int64_t n) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
+// ---- f32 vector kernels and row converters: vec_f32.inl over these traits
+// (tails by masks, no scalar loop).
+namespace avx512 {
+LOUPE_BEGIN_TARGET("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+struct Vec {
+  using V = __m512;
+  static constexpr int64_t kLanes = 16;
+  static constexpr bool kMasked = true;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float f) { return _mm512_set1_ps(f); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
+  static void store_n(float* p, V v, int64_t n) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+  static V keep_n(V v, int64_t n) { return _mm512_maskz_mov_ps(tail_mask(n), v); }
+  static V load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static V load_f16_n(const uint16_t* p, int64_t n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask(n), p)); }
+  static void store_f16(uint16_t* p, V v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  for (; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i), a0);
+  static void store_f16_n(uint16_t* p, V v, int64_t n) {
+    _mm256_mask_storeu_epi16(p, tail_mask(n), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-LOUPE_TARGET_AVX512 inline float dot_f16_avx512(const float* x, const uint16_t* y, int64_t n) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i))), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i + 16))), a1);
+  static V load_bf16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
   }
-  for (; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, y + i)), a0);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-LOUPE_TARGET_AVX512 inline void axpy_f32_avx512(float a, const float* x, float* y, int64_t n) {
-  const __m512 va = _mm512_set1_ps(a);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
-  }
-}
-LOUPE_TARGET_AVX512 inline void axpy_f16_avx512(float a, const uint16_t* x, float* y, int64_t n) {
-  const __m512 va = _mm512_set1_ps(a);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i)), _mm512_maskz_loadu_ps(m, y + i)));
-  }
-}
-LOUPE_TARGET_AVX512 inline float exp_sum_avx512(float* x, int64_t n, float shift) {
-  const __m512 vs = _mm512_set1_ps(shift);
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    const __m512 e = _mm512_maskz_mov_ps(m, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vs)));
-    _mm512_mask_storeu_ps(x + i, m, e);
-    acc = _mm512_add_ps(acc, e);
-  }
-  return _mm512_reduce_add_ps(acc);
-}
-LOUPE_TARGET_AVX512 inline void silu_mul_avx512(float* g, const float* u, int64_t n) {
-  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    const __m512 v = _mm512_maskz_loadu_ps(m, g + i);
-    const __m512 sig = _mm512_div_ps(v, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(zero, v))));
-    _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(sig, _mm512_maskz_loadu_ps(m, u + i)));
-  }
-}
-LOUPE_TARGET_AVX512 inline void quick_gelu_avx512(float* x, int64_t n) {
-  const __m512 one = _mm512_set1_ps(1.0f), c = _mm512_set1_ps(-1.702f);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-    _mm512_mask_storeu_ps(x + i, m, _mm512_div_ps(v, _mm512_add_ps(one, exp_avx512(_mm512_mul_ps(c, v)))));
-  }
-}
-LOUPE_TARGET_AVX512 inline void f32_to_f16_row_avx512(const float* s, uint16_t* d, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    _mm256_mask_storeu_epi16(d + i, m, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-}
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  static V round(V v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V scale2(V p, V k) { return _mm512_scalef_ps(p, k); }
+  static float hsum(V v) { return _mm512_reduce_add_ps(v); }
+};
+#include "vec_f32.inl"
+LOUPE_END_TARGET()
+}  // namespace avx512
 
 // ---- f32 gemm (F32/F16/BF16 weights: CLIP, the projector, unquantised LLaMA).
 //
@@ -900,8 +768,8 @@ LOUPE_TARGET_AVX512 inline void gemm_f32_avx512(const float* xp, int64_t n, int6
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = w + size_t(r0 + r) * ws;
     float* dst = s.wt.data() + r * wst;
-    if (t == DType::F16) f16_to_f32_row_avx512(reinterpret_cast<const uint16_t*>(src), dst, k);
-    else if (t == DType::BF16) bf16_to_f32_row_avx512(reinterpret_cast<const uint16_t*>(src), dst, k);
+    if (t == DType::F16) avx512::VecKernels::f16_to_f32_row(reinterpret_cast<const uint16_t*>(src), dst, k);
+    else if (t == DType::BF16) avx512::VecKernels::bf16_to_f32_row(reinterpret_cast<const uint16_t*>(src), dst, k);
     else std::memcpy(dst, src, size_t(k) * 4);
   }
   for (int64_t c0 = 0; c0 < k; c0 += kGemmKc) {
