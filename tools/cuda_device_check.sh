@@ -13,4 +13,4 @@ cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DLOUPE_CUDA=ON -DCMAKE_CUDA_
 cmake --build build-gpu -j "$(nproc)" --target loupe_cli test_backend test_cuda_ops test_cuda_pipeline 2>&1 | tail -5
 ctest --test-dir build-gpu -L cuda --output-on-failure -V 2>&1 | tee "$out/ctest-cuda.log"
 build-gpu/bin/loupe describe --device cuda -m demo/shapes-q4_0.gguf --mmproj demo/mmproj-shapes-q4_0.gguf \
-  --image demo/scenes/scene-1000-0005.png -p "What does this image show?" 2>&1 | tee "$out/describe.txt"
+  --image demo/scenes/scene-1000-0007.png -p "What does this image show?" 2>&1 | tee "$out/describe.txt"

@@ -27,7 +27,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 if ldd "$build/bin/loupe" | grep -q libcudart; then fail "bin/loupe links the CUDA runtime dynamically"; fi
 
 describe=(describe -m demo/shapes-q4_0.gguf --mmproj demo/mmproj-shapes-q4_0.gguf
-          --image demo/scenes/scene-1000-0005.png -p "What does this image show?")
+          --image demo/scenes/scene-1000-0007.png -p "What does this image show?")
 want=$("$cpu_build/bin/loupe" "${describe[@]}" 2> /dev/null)
 for device in cuda auto; do
   got=$("$build/bin/loupe" "${describe[@]}" --device $device 2> "$build/stderr.txt")

@@ -156,7 +156,7 @@ async function main() {
   {
     const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
     const r = await post(base, { model: 'lt', temperature: 0, messages: [{ role: 'user', content: [
-      { type: 'image_url', image_url: { url: 'file://scene-1000-0005.png' } }, { type: 'text', text: 'What does this image show?' }] }] });
+      { type: 'image_url', image_url: { url: 'file://scene-1000-0007.png' } }, { type: 'text', text: 'What does this image show?' }] }] });
     const content = r.json?.choices?.[0]?.message?.content;
     check(r.status === 200 && readme.includes(`"content":${JSON.stringify(content)}`) &&
           readme.includes(`"usage":${JSON.stringify(r.json.usage)}`),
