@@ -14,11 +14,21 @@ const state = {
   adapters: [],       // loaded adapter names
   image: null,        // {src: URL string | File, name, caption?}
   running: false,
+  loading: false,
   lastResult: null,
+  runImage: null,     // the image the running (or last) description is about
 };
 window.loupeDemo = state;  // for tests and the console
 
 const setState = (s) => { document.body.dataset.state = s; };
+// Screen readers hear milestones, not every progress tick or token.
+const announce = (text) => { $('announce').textContent = text; };
+// Library messages that mean nothing in a browser, said plainly.
+const friendly = (msg) => String(msg).replace(/more than the limit of (\d+) \(PIL's decompression-bomb limit;[^)]*\)/,
+  (_, n) => `more than ${Number(n).toLocaleString('en')} pixels, the most loupe reads (a guard against images made to exhaust memory)`);
+// What loupe's decoder reads; anything else is refused before it is shown.
+const imageTypes = /\.(png|jpe?g|gif|bmp)$/i;
+const imageMime = /^image\/(png|jpeg|gif|bmp|x-ms-bmp)$/;
 const showError = (el, msg) => { $(el).textContent = msg || ''; $(el).hidden = !msg; };
 const fmtBytes = (n) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`);
 
@@ -40,11 +50,14 @@ function onProgress(p) {
 }
 
 async function load(files, entry) {
+  if (state.loading) return null;
+  state.loading = true;
   showError('model-error', '');
   setState('loading');
+  announce(`loading ${entry.label || entry.id}`);
+  for (const id of ['model-load', 'own-load']) $(id).disabled = true;
   $('describe').disabled = true;
   $('lora-toggle').disabled = true;
-  $('lora-toggle').checked = false;
   $('progress').value = 0;
   try {
     const info = await state.loupe.loadModel(files, { onProgress });
@@ -57,20 +70,45 @@ async function load(files, entry) {
       `${info.weightType}; vision ${info.imageSize}px, ${info.patches} patches; context ${info.context} (${info.kvType} KV cache); ` +
       `memory ${fmtBytes(info.heapBytes)} of ${fmtBytes(info.heapMaxBytes)}`;
     updateLoraSwitch(info);
+    $('lora-toggle').checked = false;
     if (entry.prompt && !$('prompt').dataset.touched) $('prompt').value = entry.prompt;
+    showAbout(entry);
     setState('ready');
-    updateDescribe();
+    announce(`model loaded`);
     return info;
   } catch (err) {
-    $('progress-text').textContent = '';
-    showError('model-error', err.message);
-    setState('error');
+    // The worker refuses a wrong file before it lets go of the loaded model; only a failure
+    // after that (err.modelLost) leaves the page without one.
+    if (err.modelLost) {
+      state.model = null, state.adapters = [];
+      $('model-info').textContent = 'No model loaded: the last load failed after the old model was unloaded.';
+      showAbout(null);
+    }
+    $('progress-text').textContent = state.model ? `still loaded: ${state.model.label || state.model.id}` : '';
+    showError('model-error', friendly(err.message));
+    setState(state.model ? 'ready' : 'error');
+    announce('the model did not load');
     throw err;
+  } finally {
+    state.loading = false;
+    for (const id of ['model-load', 'own-load']) $(id).disabled = false;
+    updateLoraSwitch(null);
+    updateDescribe();
   }
 }
 
+// What the model is (and is not) for, from its manifest entry.
+function showAbout(entry) {
+  $('model-about').textContent = (entry && entry.about) || '';
+  $('model-about').hidden = !(entry && entry.about);
+  const note = entry && entry.photos_note;
+  $('photos-note').textContent = note || '';
+  $('photos-note').hidden = !note;
+}
+
 function updateLoraSwitch(info) {
-  const has = state.adapters.length > 0;
+  const has = state.adapters.length > 0 && !!state.model;
+  if (!info) { $('lora-toggle').disabled = !has; return; }
   $('lora-toggle').disabled = !has;
   // The switch is named after the manifest's label for the adapter (own files: the adapter's file name).
   const e = has && state.model && (state.model.adapters || []).find((a) => a.name === state.adapters[0]);
@@ -112,12 +150,22 @@ async function setupModels() {
 
 // ------------------------------------------------------------------ images
 function selectImage(src, name, caption) {
+  showError('image-error', '');
+  if (typeof src !== 'string' && !(imageMime.test(src.type) || (!src.type && imageTypes.test(name)))) {
+    showError('image-error', `${name}: ${src.type || 'this file type'} is not an image loupe reads; use PNG, JPEG, GIF or BMP.`);
+    return;
+  }
   state.image = { src, name, caption };
+  if (state.running) {  // the answer on screen is about the previous image: stop it (where Stop works) and say so
+    state.loupe.stop();
+    $('status').textContent = `the image changed: this answer is about ${state.runImage}`;
+  }
   const img = $('preview');
   img.src = typeof src === 'string' ? src : URL.createObjectURL(src);
   img.hidden = false;
   $('drop-hint').hidden = true;
   $('image-name').textContent = name;
+  announce(`image ${name} selected`);
   const text = !caption ? '' : typeof caption === 'string' ? caption
     : [caption.en, caption.lt].filter(Boolean).join(' / ') || caption.caption || '';
   $('expected').textContent = text ? `reference caption: ${text}` : '';
@@ -180,21 +228,34 @@ async function setupImages() {
   }
 
   const drop = $('drop');
-  $('image-file').onchange = (e) => e.target.files[0] && selectImage(e.target.files[0], e.target.files[0].name);
-  drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
-  drop.ondragleave = () => drop.classList.remove('over');
-  drop.ondrop = (e) => {
-    e.preventDefault();
-    drop.classList.remove('over');
-    const f = e.dataTransfer.files[0];
+  const pick = () => $('image-file').click();
+  $('image-file').onchange = (e) => {
+    const f = e.target.files[0];
+    e.target.value = '';  // the same file again fires onchange again
     if (f) selectImage(f, f.name);
   };
+  $('choose-image').onclick = pick;
+  drop.onclick = pick;
+  drop.onkeydown = (e) => {
+    if (e.key === 'Enter' || e.key === ' ') e.preventDefault(), pick();
+  };
+  // A file dropped anywhere on the page is taken as the image (never opened by the browser in place of the page).
+  document.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+  document.addEventListener('dragleave', (e) => { if (!e.relatedTarget) drop.classList.remove('over'); });
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    const f = e.dataTransfer && e.dataTransfer.files[0];
+    if (f) selectImage(f, f.name);
+  });
 }
 
 // ------------------------------------------------------------------ describe
 function updateDescribe() {
-  $('describe').disabled = state.running || !state.model || !state.image;
+  $('describe').disabled = state.running || state.loading || !state.model || !state.image;
   $('stop').disabled = !state.running || !state.loupe.canStop;
+  $('stop-note').hidden = !state.loupe || state.loupe.canStop;
+  $('copy').disabled = state.running || !$('output').textContent;
 }
 
 async function run() {
@@ -205,29 +266,54 @@ async function run() {
   setState('describing');
   const out = $('output');
   out.textContent = '';
+  out.setAttribute('aria-busy', 'true');
   for (const id of ['t-encode', 't-prefill', 't-decode']) $(id).textContent = '…';
   const lora = $('lora-toggle').checked && state.adapters.length ? { [state.adapters[0]]: loraScale() } : null;
+  // The answer is labelled with its image and language (lang="lt" for the Lithuanian adapter).
+  state.runImage = state.image.name;
+  const language = lora ? (state.model.adapters || []).find((a) => a.name === state.adapters[0]) : null;
+  out.lang = language && language.name === 'lt' ? 'lt' : 'en';
+  $('output-label').textContent = `About ${state.image.name}${language ? ` · ${language.label || language.name}` : ''}:`;
+  $('status').textContent = 'reading the image…';
+  announce(`describing ${state.image.name}`);
+  let first = true;
   try {
     const r = await state.loupe.describe(state.image.src, $('prompt').value, {
       maxTokens: Number($('max-tokens').value) || 128,
       temperature: Number($('temperature').value) || 0,
       conv: (state.model && state.model.conv) || '',
       lora,
-    }, (piece) => { out.textContent += piece; });
+      onProgress: (p) => {
+        if (p.phase === 'encode') $('status').textContent = 'encoding the image…';
+      },
+    }, (piece) => {
+      if (first && state.image.name === state.runImage) $('status').textContent = '';
+      first = false;
+      out.textContent += piece;
+    });
     state.lastResult = r;
     const s = r.stats;
-    $('t-encode').textContent = !s.imageCached ? `${s.encodeMs.toFixed(0)} ms`
-      : s.projectMs > 0 ? `CLIP cached; projector ${s.projectMs.toFixed(0)} ms (adapter switched)` : 'cached (same image)';
-    $('t-prefill').textContent = `${s.prefillTokS.toFixed(1)} tok/s (${s.promptTokens} positions, ${s.prefillMs.toFixed(0)} ms)`;
-    $('t-decode').textContent = `${s.decodeTokS.toFixed(1)} tok/s (${s.generated} tokens, ${s.decodeMs.toFixed(0)} ms)`;
-    $('t-threads').textContent = `${s.threads}`;
+    if (r.stopped && !r.text) $('status').textContent = 'stopped before the first word';
+    else if (r.stopped) $('status').textContent = 'stopped';
+    else if (state.image.name === state.runImage) $('status').textContent = '';
+    $('t-encode').textContent = (s.imageReadMs != null ? `read ${s.imageReadMs.toFixed(0)} ms · ` : '') + (s.encodeMs == null ? '–'
+      : !s.imageCached ? `encode ${s.encodeMs.toFixed(0)} ms`
+      : s.projectMs > 0 ? `CLIP cached; projector ${s.projectMs.toFixed(0)} ms (adapter switched)` : 'cached (same image)');
+    $('t-prefill').textContent = s.prefillTokS == null ? '–' : `${s.prefillTokS.toFixed(1)} tok/s (${s.promptTokens} positions, ${s.prefillMs.toFixed(0)} ms)`;
+    $('t-decode').textContent = s.decodeTokS == null ? '–' : `${s.decodeTokS.toFixed(1)} tok/s (${s.generated} tokens, ${s.decodeMs.toFixed(0)} ms)`;
+    $('t-threads').textContent = s.threads == null ? '–' : `${s.threads}`;
     setState('done');
+    announce(`answer: ${out.textContent}`);
   } catch (err) {
-    showError('describe-error', err.message);
+    $('status').textContent = '';
+    showError('describe-error', friendly(err.message));
     setState('describe-error');
+    announce('the description failed');
   } finally {
     state.running = false;
+    out.setAttribute('aria-busy', 'false');
     updateDescribe();
+    if (document.activeElement === $('describe') || document.activeElement === $('stop') || document.activeElement === document.body) out.focus();
   }
 }
 
@@ -240,7 +326,11 @@ function loraScale() {
 async function main() {
   const threads = Number(params.get('threads')) || defaultThreads();
   state.loupe = new Loupe({ threads });
-  const rt = await state.loupe.ready;
+  const rt = await state.loupe.ready.catch((err) => {
+    $('runtime').textContent = 'the engine did not start';
+    throw new Error(`The WebAssembly engine did not start: ${err.message}`);
+  });
+  updateDescribe();
   $('runtime').textContent = `${rt.build === 'mt' ? `${rt.threads} threads` : 'single thread'}` +
     ` · ${rt.crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated (no threads)'}` +
     ` · WebAssembly memory up to ${fmtBytes(rt.heapMaxBytes)}`;
@@ -248,6 +338,14 @@ async function main() {
   $('prompt').oninput = () => { $('prompt').dataset.touched = '1'; };
   $('describe').onclick = run;
   $('stop').onclick = () => state.loupe.stop();
+  $('copy').onclick = async () => {
+    try {
+      await navigator.clipboard.writeText($('output').textContent);
+      $('status').textContent = 'copied';
+    } catch (err) {
+      $('status').textContent = `could not copy: ${err.message}`;
+    }
+  };
   $('model-load').onclick = () => {
     const e = state.manifest.models.find((x) => x.id === $('model-select').value);
     if (e) loadEntry(e).catch(() => {});

@@ -81,8 +81,19 @@ export function serve({ port = 8080, host = '127.0.0.1', dist = defaultDist(), m
     });
     function send(err, st) {
       if (err || !st.isFile()) return done(404, 'not found\n');
+      // Conditional requests (the page's model cache revalidates with If-None-Match): 304, no body.
+      const etag = `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`;
+      const lastModified = st.mtime.toUTCString();
+      const inm = req.headers['if-none-match'], ims = req.headers['if-modified-since'];
+      const fresh = inm ? inm.split(',').some((t) => t.trim().replace(/^W\//, '') === etag)
+        : ims ? Math.floor(st.mtimeMs / 1000) <= Math.floor(Date.parse(ims) / 1000) : false;
+      if (fresh) {
+        res.writeHead(304, { ...headers, ETag: etag, 'Last-Modified': lastModified });
+        if (!quiet) console.log(`304 ${req.method} ${req.url}`);
+        return res.end();
+      }
       const h = { ...headers, 'Content-Type': types[path.extname(file).toLowerCase()] || 'application/octet-stream',
-                  'Content-Length': st.size, 'Last-Modified': st.mtime.toUTCString() };
+                  'Content-Length': st.size, 'Last-Modified': lastModified, ETag: etag };
       res.writeHead(200, h);
       if (!quiet) console.log(`200 ${req.method} ${req.url} ${st.size}`);
       if (req.method === 'HEAD') return res.end();

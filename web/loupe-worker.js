@@ -73,8 +73,8 @@ async function fill(slot, o, onBytes) {
   let size = o.size;
   let pending = null;
   if (size == null) {  // no usable Content-Length: collect the chunks first (rare: compressed responses)
-    pending = [];
-    size = 0;
+    pending = o.first ? [o.first] : [];
+    size = o.first ? o.first.byteLength : 0;
     const rd = o.stream.getReader();
     for (;;) {
       const { done, value } = await rd.read();
@@ -94,6 +94,7 @@ async function fill(slot, o, onBytes) {
   };
   if (pending) pending.forEach(put);
   else {
+    if (o.first) put(o.first);  // the chunk checkMagic() read
     const rd = o.stream.getReader();
     for (;;) {
       const { done, value } = await rd.read();
@@ -123,28 +124,53 @@ function preflight(opened) {
 }
 let baseHeap = 0;  // memory in use before any model
 
+// An error after engine.unload(): the page no longer has the model it had.
+const lost = (err) => Object.assign(err instanceof Error ? err : new Error(String(err)), { modelLost: true });
+
+// A GGUF file starts with "GGUF": checked from the first bytes, before anything is read
+// in full or the loaded model is let go of. A URL's first chunk is kept for fill().
+async function checkMagic(o) {
+  let head;
+  if (o.bytes) head = o.bytes.subarray(0, 4);
+  else if (o.file) head = new Uint8Array(await o.file.slice(0, 4).arrayBuffer());
+  else {
+    const rd = o.stream.getReader();
+    const { done, value } = await rd.read();
+    rd.releaseLock();
+    o.first = done ? new Uint8Array(0) : value;
+    head = o.first.subarray(0, 4);
+  }
+  if (head.length < 4 || String.fromCharCode(...head) !== 'GGUF')
+    throw new Error(`${o.name} is not a GGUF file (it does not start with "GGUF"); pick the .gguf files loupe-convert or llama.cpp wrote`);
+}
+
 async function loadFiles(id, entries) {
   // entries: [{slot, src, role}]
   const opened = [];
   try {
-    for (const e of entries) opened.push(Object.assign(await open(e.src), { slot: e.slot, role: e.role }));
+    for (const e of entries) opened.push(Object.assign(await open(e.src), { slot: e.slot, role: e.role, file: e.src.file }));
     preflight(opened);
+    for (const o of opened) await checkMagic(o);
   } catch (err) {
     opened.forEach((o) => o.cancel());
-    throw err;
+    throw err;  // the loaded model is untouched
   }
   const total = opened.reduce((s, o) => s + (o.size || 0), 0);
   engine.unload();  // the old model's memory is reused for the new one
-  let loaded = 0, last = 0;
-  for (const o of opened) {
-    await fill(o.slot, o, (n) => {
-      loaded += n;
-      const now = performance.now();
-      if (now - last > 50 || loaded === total) {
-        last = now;
-        self.postMessage({ type: 'progress', id, phase: 'download', file: o.name, role: o.role, loaded, total });
-      }
-    });
+  try {
+    let loaded = 0, last = 0;
+    for (const o of opened) {
+      await fill(o.slot, o, (n) => {
+        loaded += n;
+        const now = performance.now();
+        if (now - last > 50 || loaded === total) {
+          last = now;
+          self.postMessage({ type: 'progress', id, phase: 'download', file: o.name, role: o.role, loaded, total });
+        }
+      });
+    }
+  } catch (err) {
+    throw lost(err);
   }
   self.postMessage({ type: 'progress', id, phase: 'parse', loaded: total, total });
   return { opened, total };
@@ -160,7 +186,12 @@ async function loadModel(id, { text, mmproj, adapters = [] }) {
   ];
   const t0 = performance.now();
   const { opened, total } = await loadFiles(id, entries);
-  const info = engine.loadModel('text', 'mmproj');
+  let info;
+  try {
+    info = engine.loadModel('text', 'mmproj');
+  } catch (err) {
+    throw lost(err);
+  }
   info.adapters = [];
   info.notes = [];
   let extra = 0;
@@ -206,12 +237,20 @@ function applyLora(lora) {
   for (const a of engine.adapters()) engine.setLora(a.name, Number(want[a.name] || 0));
 }
 
+// The page clears the stop flag when it sends a request (loupe.js), so Stop pressed
+// while the image is still being read or decoded ends the request too.
+const stopped = () => !!(stopFlag && Atomics.load(stopFlag, 0));
+
 async function describe(id, { image, prompt, maxTokens = 256, temperature = 0, seed = 42, conv = '', lora }) {
   applyLora(lora);
+  self.postMessage({ type: 'progress', id, phase: 'image' });
+  const t0 = performance.now();
   const o = await open(image);
   await fill('image', o, () => {});
   const img = engine.setImage('image');
-  if (stopFlag) Atomics.store(stopFlag, 0, 0);
+  const imageReadMs = performance.now() - t0;  // read + decode the file: before CLIP, outside the engine's timings
+  if (stopped()) return { text: '', tokens: [], stopped: true, stats: { imageReadMs, imageWidth: img.width, imageHeight: img.height } };
+  self.postMessage({ type: 'progress', id, phase: 'encode' });
   const dec = decoder();
   let streamed = '';
   const r = engine.describe(prompt, maxTokens, temperature, seed, conv, (bytes) => {
@@ -220,14 +259,15 @@ async function describe(id, { image, prompt, maxTokens = 256, temperature = 0, s
       streamed += s;
       self.postMessage({ type: 'token', id, text: s });
     }
-    return !(stopFlag && Atomics.load(stopFlag, 0));
+    return !stopped();
   });
   const tail = dec.decode();
   if (tail) streamed += tail, self.postMessage({ type: 'token', id, text: tail });
   return {
     text: streamed,
     tokens: r.tokens,
-    stats: Object.assign(r.stats, { imageWidth: img.width, imageHeight: img.height }),
+    stopped: stopped(),
+    stats: Object.assign(r.stats, { imageReadMs, imageWidth: img.width, imageHeight: img.height }),
   };
 }
 
@@ -268,7 +308,7 @@ self.onmessage = (ev) => {
       self.postMessage({ type: 'result', id: m.id, value });
     } catch (err) {
       if (err && err.stack && err.name !== 'Error') console.warn('loupe worker:', err.stack);  // a JS/runtime fault, not a loupe message
-      self.postMessage({ type: 'error', id: m.id, message: err && err.message ? err.message : String(err) });
+      self.postMessage({ type: 'error', id: m.id, message: err && err.message ? err.message : String(err), modelLost: !!(err && err.modelLost) });
     }
   });
 };

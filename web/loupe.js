@@ -104,7 +104,7 @@ export class Loupe {
     else {
       this.pending.delete(m.id);
       if (m.type === 'result') p.resolve(m.value);
-      else p.reject(new Error(m.message));
+      else p.reject(Object.assign(new Error(m.message), m.modelLost ? { modelLost: true } : {}));
     }
   }
 
@@ -127,13 +127,15 @@ export class Loupe {
   }
 
   // image: URL, File/Blob or bytes of a JPEG/PNG/BMP/GIF file (decoded by loupe, as natively).
-  // options: {maxTokens, temperature, seed, conv, lora}; lora: adapter name, {name: scale},
-  // or null for none (undefined keeps the current setLora state).
-  // onToken(text) is called for each streamed piece. Resolves to {text, tokens, stats}.
-  async describe(image, prompt, { maxTokens = 256, temperature = 0, seed = 42, conv = '', lora } = {}, onToken) {
+  // options: {maxTokens, temperature, seed, conv, lora, onProgress}; lora: adapter name, {name: scale},
+  // or null for none (undefined keeps the current setLora state); onProgress({phase: 'image'|'encode'}).
+  // onToken(text) is called for each streamed piece. Resolves to {text, tokens, stats, stopped}.
+  // stop() from the moment describe() is called ends it, also before the first token.
+  async describe(image, prompt, { maxTokens = 256, temperature = 0, seed = 42, conv = '', lora, onProgress } = {}, onToken) {
+    if (this.stopBuffer) Atomics.store(new Int32Array(this.stopBuffer), 0, 0);  // a new request: not stopped (yet)
     await this.ready;
     return this._call('describe', { image: toSource(image, baseName(image) || 'image'), prompt, maxTokens, temperature, seed, conv, lora },
-                      { onToken });
+                      { onToken, onProgress });
   }
 
   // Scale an adapter (0 = off). Resolves to [{name, scale}].
