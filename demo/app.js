@@ -37,7 +37,7 @@ async function exists(url) {
     const r = await fetch(url, { method: 'HEAD' });
     return r.ok;
   } catch {
-    return false;
+    return true;  // no network: the worker's model cache (or the service worker) may still have it
   }
 }
 
@@ -64,7 +64,9 @@ async function load(files, entry) {
     state.model = entry;
     state.adapters = info.adapters || [];
     $('progress').value = 1;
-    $('progress-text').textContent = `loaded in ${(info.loadMs / 1000).toFixed(1)} s`;
+    const fromCache = info.files.every((f) => f.cached);
+    $('progress-text').textContent = `${fromCache ? 'loaded from this browser\'s cache' : 'loaded'} in ${(info.loadMs / 1000).toFixed(1)} s`;
+    showCache();
     $('model-info').textContent =
       `${info.files.map((f) => f.name).join(' + ')} — ${fmtBytes(info.fileBytes)}; LLM ${info.layers} layers × ${info.dim}, ` +
       `${info.weightType}; vision ${info.imageSize}px, ${info.patches} patches; context ${info.context} (${info.kvType} KV cache); ` +
@@ -94,6 +96,18 @@ async function load(files, entry) {
     for (const id of ['model-load', 'own-load']) $(id).disabled = false;
     updateLoraSwitch(null);
     updateDescribe();
+  }
+}
+
+// The model cache (OPFS, kept by the worker): what it holds, and a way to empty it.
+async function showCache() {
+  try {
+    const c = await state.loupe.cacheInfo();
+    $('cache-state').textContent = c.files ? `cached in this browser: ${c.files} file${c.files > 1 ? 's' : ''}, ${fmtBytes(c.bytes)}`
+      : 'no model files cached in this browser';
+    $('cache-clear').hidden = !c.files;
+  } catch (err) {
+    $('cache-state').textContent = `model cache unavailable (${err.message})`;
   }
 }
 
@@ -334,10 +348,17 @@ async function main() {
   $('runtime').textContent = `${rt.build === 'mt' ? `${rt.threads} threads` : 'single thread'}` +
     ` · ${rt.crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated (no threads)'}` +
     ` · WebAssembly memory up to ${fmtBytes(rt.heapMaxBytes)}`;
+  showCache();
+  // The page itself works offline once visited (sw.js keeps its files; the models are in the model cache).
+  if ('serviceWorker' in navigator && params.get('sw') !== '0') navigator.serviceWorker.register('sw.js').catch((err) => console.warn('service worker:', err));
 
   $('prompt').oninput = () => { $('prompt').dataset.touched = '1'; };
   $('describe').onclick = run;
   $('stop').onclick = () => state.loupe.stop();
+  $('cache-clear').onclick = async () => {
+    await state.loupe.clearCache();
+    showCache();
+  };
   $('copy').onclick = async () => {
     try {
       await navigator.clipboard.writeText($('output').textContent);

@@ -34,7 +34,9 @@ export function defaultDist() {
 }
 
 // mounts: {prefix: dir}; '' is the site root.
-export function serve({ port = 8080, host = '127.0.0.1', dist = defaultDist(), mounts = {}, quiet = true, isolate = true } = {}) {
+// onResponse(status, method, url): every answer (tests count downloads with it).
+export function serve({ port = 8080, host = '127.0.0.1', dist = defaultDist(), mounts = {}, quiet = true, isolate = true,
+                        onResponse = null } = {}) {
   const table = { '': path.join(root, 'demo'), web: dist, ...mounts };
   const photos = path.resolve(root, '../shared/images');
   if (!('photos' in table) && fs.existsSync(photos)) table.photos = photos;
@@ -51,6 +53,7 @@ export function serve({ port = 8080, host = '127.0.0.1', dist = defaultDist(), m
       res.writeHead(code, { ...headers, 'Content-Type': 'text/plain; charset=utf-8', ...extra });
       res.end(body);
       if (!quiet) console.log(`${code} ${req.method} ${req.url}`);
+      if (onResponse) onResponse(code, req.method, req.url);
     };
     if (req.method !== 'GET' && req.method !== 'HEAD') return done(405, 'method not allowed\n', { Allow: 'GET, HEAD' });
     let pathname;
@@ -90,12 +93,14 @@ export function serve({ port = 8080, host = '127.0.0.1', dist = defaultDist(), m
       if (fresh) {
         res.writeHead(304, { ...headers, ETag: etag, 'Last-Modified': lastModified });
         if (!quiet) console.log(`304 ${req.method} ${req.url}`);
+        if (onResponse) onResponse(304, req.method, req.url);
         return res.end();
       }
       const h = { ...headers, 'Content-Type': types[path.extname(file).toLowerCase()] || 'application/octet-stream',
                   'Content-Length': st.size, 'Last-Modified': lastModified, ETag: etag };
       res.writeHead(200, h);
       if (!quiet) console.log(`200 ${req.method} ${req.url} ${st.size}`);
+      if (onResponse) onResponse(200, req.method, req.url);
       if (req.method === 'HEAD') return res.end();
       const s = fs.createReadStream(file);
       s.on('error', () => res.destroy());

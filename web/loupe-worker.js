@@ -38,18 +38,97 @@ async function init({ threads, stop }) {
   };
 }
 
+// ------------------------------------------------------------------ model cache
+// Model files fetched by URL are kept in the Origin Private File System (as wllama
+// keeps them), keyed by URL, with the server's ETag / Last-Modified and the size.
+// The next load asks the server "changed?" (If-None-Match): 304 reads the file from
+// OPFS, no download; offline, the cached copy is used as it is. Where OPFS is
+// missing (or full) models simply load from the network.
+const kCacheDir = 'loupe-models';
+async function cacheDir(create = true) {
+  try {
+    return await (await navigator.storage.getDirectory()).getDirectoryHandle(kCacheDir, { create });
+  } catch {
+    return null;
+  }
+}
+async function cacheKey(url) {
+  const h = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(url)));
+  return Array.from(h.slice(0, 16), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+async function readJson(dir, name) {
+  try {
+    return JSON.parse(await (await (await dir.getFileHandle(name)).getFile()).text());
+  } catch {
+    return null;
+  }
+}
+async function writeFile(dir, name, data) {
+  const w = await (await dir.getFileHandle(name, { create: true })).createWritable();
+  await w.write(data);
+  await w.close();
+}
+// {files, bytes, entries: [{url, size}]} of what is cached.
+async function cacheInfo() {
+  const dir = await cacheDir(false);
+  const out = { files: 0, bytes: 0, entries: [] };
+  if (!dir) return out;
+  for await (const [name] of dir.entries()) {
+    if (!name.endsWith('.json')) continue;
+    const m = await readJson(dir, name);
+    if (m && m.complete) out.files++, out.bytes += m.size, out.entries.push({ url: m.url, size: m.size });
+  }
+  return out;
+}
+async function clearCache() {
+  try {
+    await (await navigator.storage.getDirectory()).removeEntry(kCacheDir, { recursive: true });
+  } catch { /* nothing cached */ }
+  return cacheInfo();
+}
+// The cached copy of `url` as an opened source, or null.
+async function fromCache(dir, key, meta, name) {
+  try {
+    const f = await (await dir.getFileHandle(`${key}.bin`)).getFile();
+    if (f.size !== meta.size) return null;
+    return { name, size: f.size, stream: f.stream(), cancel: () => {}, cached: true };
+  } catch {
+    return null;
+  }
+}
+
 // ------------------------------------------------------------------ sources
 // A source is {url}, {file: Blob|File, name?} or {bytes: ArrayBuffer|Uint8Array, name}.
-// open() returns {name, size, reader} without reading the body yet.
-async function open(src) {
+// open() returns {name, size, reader} without reading the body yet; with `cache`, a
+// URL's file comes from (and goes to) the model cache.
+async function open(src, { cache = false } = {}) {
   if (src.url) {
     const url = new URL(src.url, self.location.href).href;
-    const r = await fetch(url);
-    if (!r.ok) throw new Error(`${src.url}: HTTP ${r.status} ${r.statusText}`);
     const name = src.name || decodeURIComponent(new URL(url).pathname.split('/').pop());
+    const dir = cache ? await cacheDir() : null;
+    const key = dir ? await cacheKey(url) : null;
+    const meta = dir ? await readJson(dir, `${key}.json`) : null;
+    const have = meta && meta.complete && meta.url === url;
+    const validators = !have ? {} : meta.etag ? { 'If-None-Match': meta.etag } : meta.lastModified ? { 'If-Modified-Since': meta.lastModified } : {};
+    let r;
+    try {
+      r = await fetch(url, have ? { headers: validators, cache: 'no-store' } : {});
+    } catch (err) {
+      const c = have && await fromCache(dir, key, meta, name);  // offline: the cached copy as it is
+      if (c) return c;
+      throw new Error(`${src.url}: ${err.message}`);
+    }
+    if (r.status === 304 && have) {
+      const c = await fromCache(dir, key, meta, name);
+      if (c) return c;
+      r = await fetch(url, { cache: 'no-store' });  // the cached file went missing: download it again
+    }
+    if (!r.ok) throw new Error(`${src.url}: HTTP ${r.status} ${r.statusText}`);
     const len = r.headers.get('Content-Length');
     const enc = r.headers.get('Content-Encoding');
-    return { name, size: len && !enc ? Number(len) : null, stream: r.body, cancel: () => r.body.cancel() };
+    const o = { name, size: len && !enc ? Number(len) : null, stream: r.body, cancel: () => r.body.cancel() };
+    if (dir) o.save = { dir, key, meta: { url, etag: r.headers.get('ETag'), lastModified: r.headers.get('Last-Modified') } };
+    return o;
   }
   if (src.file) {
     const f = src.file;
@@ -85,12 +164,23 @@ async function fill(slot, o, onBytes) {
   }
   const p = engine.allocFile(slot, size, o.name);
   if (Module.HEAPU8.length < p + size) throw new Error(`internal: WebAssembly memory view is stale (${o.name})`);
+  // A download is also written to the model cache as it streams (a failed write only loses the caching).
+  let writer = null, writes = Promise.resolve();
+  if (o.save) {
+    try {
+      writer = await (await o.save.dir.getFileHandle(`${o.save.key}.bin`, { create: true })).createWritable();
+      await writeFile(o.save.dir, `${o.save.key}.json`, JSON.stringify({ ...o.save.meta, size, complete: false }));
+    } catch {
+      writer = null;
+    }
+  }
   let off = 0;
   const put = (chunk) => {
     if (off + chunk.byteLength > size) throw new Error(`${o.name}: more bytes than announced (${size})`);
     Module.HEAPU8.set(chunk, p + off);  // HEAPU8 is re-read: memory may have grown
     off += chunk.byteLength;
     onBytes(chunk.byteLength);
+    if (writer) writes = writes.then(() => writer.write(chunk)).catch(() => { writer = null; });
   };
   if (pending) pending.forEach(put);
   else {
@@ -103,6 +193,17 @@ async function fill(slot, o, onBytes) {
     }
   }
   if (off !== size) throw new Error(`${o.name}: got ${off} bytes, expected ${size}`);
+  if (o.save) {
+    await writes;
+    try {
+      if (!writer) throw new Error('not cached');
+      await writer.close();
+      await writeFile(o.save.dir, `${o.save.key}.json`, JSON.stringify({ ...o.save.meta, size, complete: true }));
+    } catch {
+      await o.save.dir.removeEntry(`${o.save.key}.json`).catch(() => {});
+      await o.save.dir.removeEntry(`${o.save.key}.bin`).catch(() => {});
+    }
+  }
 }
 
 // Can it ever fit? The files live in WASM memory next to the KV cache and the activations;
@@ -148,7 +249,7 @@ async function loadFiles(id, entries) {
   // entries: [{slot, src, role}]
   const opened = [];
   try {
-    for (const e of entries) opened.push(Object.assign(await open(e.src), { slot: e.slot, role: e.role, file: e.src.file }));
+    for (const e of entries) opened.push(Object.assign(await open(e.src, { cache: true }), { slot: e.slot, role: e.role, file: e.src.file }));
     preflight(opened);
     for (const o of opened) await checkMagic(o);
   } catch (err) {
@@ -205,7 +306,7 @@ async function loadModel(id, { text, mmproj, adapters = [] }) {
         engine.dropFile(slot);
         throw new Error(`adapter ${a.name}: also pick its companion file ${needs} (it holds the tensors the adapter replaces, e.g. the projector)`);
       }
-      const o = await open({ url: new URL(needs, new URL(a.src.url, self.location.href)).href });
+      const o = await open({ url: new URL(needs, new URL(a.src.url, self.location.href)).href }, { cache: true });
       await fill(`${slot}.replace`, o, () => {});
       extra += o.size || 0;
       replaceSlot = `${slot}.replace`;
@@ -216,7 +317,7 @@ async function loadModel(id, { text, mmproj, adapters = [] }) {
   }
   info.loadMs = performance.now() - t0;
   info.fileBytes = total + extra;
-  info.files = opened.map((o) => ({ name: o.name, role: o.role, size: o.size }));
+  info.files = opened.map((o) => ({ name: o.name, role: o.role, size: o.size, cached: !!o.cached }));
   info.build = build;
   info.heapBytes = Module.Engine.heapSize();
   return info;
@@ -293,7 +394,11 @@ const handlers = {
   adapters: () => engine.adapters(),
   bench: (id, m) => engine.bench(m.nPrompt, m.nGen),
   info: () => engine.info(),
+  cacheInfo: () => cacheInfo(),
+  clearCache: () => clearCache(),
 };
+
+const engineFree = new Set(['init', 'cacheInfo', 'clearCache']);  // requests that need no engine
 
 // Requests run one at a time, in order.
 let queue = Promise.resolve();
@@ -303,7 +408,7 @@ self.onmessage = (ev) => {
     try {
       const h = handlers[m.type];
       if (!h) throw new Error(`unknown request '${m.type}'`);
-      if (m.type !== 'init' && !engine) throw new Error('the engine is not initialised');
+      if (!engineFree.has(m.type) && !engine) throw new Error('the engine is not initialised');
       const value = await h(m.id, m);
       self.postMessage({ type: 'result', id: m.id, value });
     } catch (err) {

@@ -145,6 +145,10 @@ export class Loupe {
   }
 
   async adapters() { await this.ready; return this._call('adapters'); }
+  // The model cache (model files loaded by URL, kept in the browser's OPFS):
+  // {files, bytes, entries: [{url, size}]}; clearCache() empties it.
+  async cacheInfo() { await this.ready; return this._call('cacheInfo'); }
+  async clearCache() { await this.ready; return this._call('clearCache'); }
   async generate(prompt, { maxTokens = 64, temperature = 0 } = {}, onToken) {
     await this.ready;
     return this._call('generate', { prompt, maxTokens, temperature }, { onToken });

@@ -66,8 +66,8 @@ const run = (cmd, argv, opts = {}) => {
   return r;
 };
 
-fs.rmSync(work, { recursive: true, force: true });
 fs.mkdirSync(work, { recursive: true });
+for (const f of fs.readdirSync(work)) if (f !== 'ux') fs.rmSync(path.join(work, f), { recursive: true, force: true });  // ux/: browser_ux's
 
 // ------------------------------------------------------------- the model
 // models: {dir (served as /models/), manifest entry, files for the native CLI}

@@ -66,7 +66,8 @@ const context = await chromium.launchPersistentContext(profile, {
 });
 await context.grantPermissions(['clipboard-read', 'clipboard-write']);
 const logs = [];
-const server = await serve({ port: 0, dist });
+const responses = [];  // [status, method, url] of the isolated server: downloads are counted from them
+const server = await serve({ port: 0, dist, onResponse: (...r) => responses.push(r) });
 const plain = await serve({ port: 0, dist, isolate: false });
 
 async function openPage(url, viewport, query = '') {
@@ -186,15 +187,44 @@ try {
   check(await visible(st, '#stop-note') && /Stop needs threads/.test(await text(st, '#stop-note')), 'single-threaded: the page explains why Stop is off');
   await st.close();
 
-  // ---- the engine's scripts missing: a message, not an endless "starting…".
+  // ---- the engine's scripts missing: a message, not an endless "starting…" (an origin no service worker has seen).
+  const fresh = await serve({ port: 0, dist });
   const broken = await context.newPage();
   await broken.route('**/web/loupe-*.js', (r) => r.fulfill({ status: 404, body: 'not found' }));
   await broken.route('**/web/loupe-worker.js', (r) => r.fulfill({ status: 404, body: 'not found' }));
-  await broken.goto(`${server.url}?threads=2`);
+  await broken.goto(`${fresh.url}?threads=2&sw=0`);
   await broken.waitForFunction(() => document.body.dataset.state === 'error', null, { timeout: 30000 }).catch(() => {});
   check(/did not start/.test(await text(broken, '#runtime')) && /did not start/.test(await text(broken, '#model-error')),
         'the engine failing to start is said on the page', `${await text(broken, '#runtime')} | ${await text(broken, '#model-error')}`);
   await broken.close();
+  await fresh.close();
+
+  // ---- the model cache: a second visit downloads no model; Clear empties it; offline, page and model still load.
+  const models = (from) => responses.slice(from).filter(([, method, url]) => method === 'GET' && /\.gguf$/.test(url));
+  check(models(0).some(([status, , url]) => status === 200 && /shapes-q4_0\.gguf$/.test(url)), 'first visit: the model was downloaded');
+  let from = responses.length;
+  const again = await openPage(server.url, { width: 1280, height: 800 });
+  const revisit = models(from);
+  check(revisit.length >= 3 && revisit.every(([status]) => status === 304), 'second visit: every model file answered 304, nothing downloaded',
+        JSON.stringify(revisit));
+  check(/loaded from this browser's cache/.test(await text(again, '#progress-text')) && /cached in this browser: \d+ files, [\d.]+ MB/.test(await text(again, '#cache-state')),
+        'the page says the model came from the cache, and how much is cached', `${await text(again, '#progress-text')} | ${await text(again, '#cache-state')}`);
+  await again.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 30000 }).catch(() => {});
+  await again.close();
+  // Offline: the server goes away; the service worker has the page and the engine, OPFS the model.
+  const closing = server.close();
+  server.server.closeAllConnections();
+  await closing;
+  const offline = await openPage(server.url, { width: 1280, height: 800 });
+  check(await offline.evaluate(() => document.body.dataset.state) === 'ready', 'offline: the page and the cached model load', await text(offline, '#model-error'));
+  await offline.click('#scenes button[data-name="scene-1000-0007.png"]');
+  await offline.click('#describe');
+  await done(offline);
+  check(await text(offline, '#output') === english, 'offline: the description is `loupe describe`\'s');
+  await offline.click('#cache-clear');
+  await offline.waitForFunction(() => /no model files cached/.test(document.getElementById('cache-state').textContent), null, { timeout: 10000 }).catch(() => {});
+  check(/no model files cached/.test(await text(offline, '#cache-state')) && await offline.isHidden('#cache-clear'), 'Clear empties the model cache');
+  await offline.close();
 } catch (err) {
   check(false, 'the browser test ran to its end', err.stack || String(err));
 } finally {
