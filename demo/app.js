@@ -170,6 +170,7 @@ function selectImage(src, name, caption) {
     return;
   }
   state.image = { src, name, caption };
+  $('follow-up-form').hidden = true;  // follow-ups are about the image of the answer
   if (state.running) {  // the answer on screen is about the previous image: stop it (where Stop works) and say so
     state.loupe.stop();
     $('status').textContent = `the image changed: this answer is about ${state.runImage}`;
@@ -278,6 +279,7 @@ async function run() {
   updateDescribe();
   showError('describe-error', '');
   setState('describing');
+  $('follow-up-form').hidden = true;
   const out = $('output');
   out.textContent = '';
   out.setAttribute('aria-busy', 'true');
@@ -318,6 +320,7 @@ async function run() {
     $('t-threads').textContent = s.threads == null ? '–' : `${s.threads}`;
     setState('done');
     announce(`answer: ${out.textContent}`);
+    $('follow-up-form').hidden = !r.text || state.image.name !== state.runImage;  // the conversation goes on
   } catch (err) {
     $('status').textContent = '';
     showError('describe-error', friendly(err.message));
@@ -328,6 +331,45 @@ async function run() {
     out.setAttribute('aria-busy', 'false');
     updateDescribe();
     if (document.activeElement === $('describe') || document.activeElement === $('stop') || document.activeElement === document.body) out.focus();
+  }
+}
+
+// A follow-up question about the same image: the next turn of the conversation,
+// appended below the answers so far.
+async function askFollowUp(e) {
+  e.preventDefault();
+  const q = $('follow-up').value.trim();
+  if (!q || state.running) return;
+  state.running = true;
+  updateDescribe();
+  $('ask').disabled = true;
+  showError('describe-error', '');
+  setState('describing');
+  const out = $('output');
+  out.setAttribute('aria-busy', 'true');
+  out.textContent += `\n\n» ${q}\n`;
+  announce(`asking: ${q}`);
+  try {
+    const r = await state.loupe.followUp(q, { maxTokens: Number($('max-tokens').value) || 128,
+                                              temperature: Number($('temperature').value) || 0 },
+                                         (piece) => { out.textContent += piece; });
+    state.lastResult = r;
+    const s = r.stats;
+    $('t-encode').textContent = 'same image, same conversation';
+    $('t-prefill').textContent = `${s.prefillTokS.toFixed(1)} tok/s (${s.promptTokens} new positions, ${s.prefillMs.toFixed(0)} ms)`;
+    $('t-decode').textContent = `${s.decodeTokS.toFixed(1)} tok/s (${s.generated} tokens, ${s.decodeMs.toFixed(0)} ms)`;
+    $('follow-up').value = '';
+    setState('done');
+    announce(`answer: ${r.text}`);
+  } catch (err) {
+    showError('describe-error', friendly(err.message));
+    setState('describe-error');
+  } finally {
+    state.running = false;
+    $('ask').disabled = false;
+    out.setAttribute('aria-busy', 'false');
+    updateDescribe();
+    $('follow-up').focus();
   }
 }
 
@@ -354,6 +396,7 @@ async function main() {
 
   $('prompt').oninput = () => { $('prompt').dataset.touched = '1'; };
   $('describe').onclick = run;
+  $('follow-up-form').onsubmit = askFollowUp;
   $('stop').onclick = () => state.loupe.stop();
   $('cache-clear').onclick = async () => {
     await state.loupe.clearCache();

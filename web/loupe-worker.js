@@ -372,6 +372,20 @@ async function describe(id, { image, prompt, maxTokens = 256, temperature = 0, s
   };
 }
 
+// A follow-up question about the same image, in the conversation describe() started.
+async function followUp(id, { prompt, maxTokens = 256, temperature = 0, seed = 42 }) {
+  const dec = decoder();
+  let streamed = '';
+  const r = engine.followUp(prompt, maxTokens, temperature, seed, (bytes) => {
+    const s = dec.decode(bytes, { stream: true });
+    if (s) streamed += s, self.postMessage({ type: 'token', id, text: s });
+    return !stopped();
+  });
+  const tail = dec.decode();
+  if (tail) streamed += tail, self.postMessage({ type: 'token', id, text: tail });
+  return { text: streamed, tokens: r.tokens, stopped: stopped(), stats: r.stats };
+}
+
 async function generate(id, { prompt, maxTokens = 64, temperature = 0 }) {
   const dec = decoder();
   let text = '';
@@ -389,6 +403,7 @@ const handlers = {
   loadModel: (id, m) => loadModel(id, m),
   loadTextModel: (id, m) => loadTextModel(id, m),
   describe: (id, m) => describe(id, m),
+  followUp: (id, m) => followUp(id, m),
   generate: (id, m) => generate(id, m),
   setLora: (id, m) => (engine.setLora(m.name, m.scale), engine.adapters()),
   adapters: () => engine.adapters(),

@@ -138,6 +138,14 @@ export class Loupe {
                       { onToken, onProgress });
   }
 
+  // A follow-up question about the image of the last describe(), in the same conversation
+  // (what was said stays in the KV cache; only the new turn is read). Same result as describe().
+  async followUp(prompt, { maxTokens = 256, temperature = 0, seed = 42 } = {}, onToken) {
+    if (this.stopBuffer) Atomics.store(new Int32Array(this.stopBuffer), 0, 0);
+    await this.ready;
+    return this._call('followUp', { prompt, maxTokens, temperature, seed }, { onToken });
+  }
+
   // Scale an adapter (0 = off). Resolves to [{name, scale}].
   async setLora(name, scale = 1) {
     await this.ready;

@@ -253,26 +253,40 @@ class Engine {
     return guarded([&] {
       if (!chat_) loupe::fail("no vision model loaded");
       if (image_.empty()) loupe::fail("no image set");
-      loupe::DescribeOptions& opt = chat_->options();
-      opt.conv = conv;  // empty: the model's template
-      opt.gen.max_tokens = max_tokens;
-      opt.gen.sampling.temperature = float(temperature);
-      opt.gen.sampling.seed = uint64_t(seed);
+      chat_->options().conv = conv;  // empty: the model's template
       chat_->set_image(decoded_);  // a new conversation; the same image keeps its encoding
-      loupe::Generation g = chat_->ask(prompt, stream_to(on_text));
-      val o = val::object();
-      o.set("text", to_bytes(g.text));
-      o.set("tokens", val::array(g.tokens.begin(), g.tokens.end()));
-      val st = val::object();
-      st.set("encodeMs", chat_->encode_ms + chat_->project_ms);
-      st.set("projectMs", chat_->project_ms);
-      st.set("imageCached", chat_->image_cached);
-      set_timings(st, g.stats);
-      st.set("threads", threads_);
-      st.set("heapBytes", heapSize());
-      o.set("stats", st);
-      return o;
+      return turn(prompt, max_tokens, temperature, seed, on_text);
     });
+  }
+
+  // A follow-up question in the conversation describe() started (the same image;
+  // the KV cache keeps what was said, only the new turn is prefilled).
+  val followUp(const std::string& prompt, int max_tokens, double temperature, double seed, val on_text) {
+    return guarded([&] {
+      if (!chat_ || chat_->conversation().messages.empty()) loupe::fail("no conversation yet: describe an image first");
+      return turn(prompt, max_tokens, temperature, seed, on_text);
+    });
+  }
+
+  // One user turn of the current conversation, streamed; {text, tokens, stats}.
+  val turn(const std::string& prompt, int max_tokens, double temperature, double seed, val on_text) {
+    loupe::DescribeOptions& opt = chat_->options();
+    opt.gen.max_tokens = max_tokens;
+    opt.gen.sampling.temperature = float(temperature);
+    opt.gen.sampling.seed = uint64_t(seed);
+    loupe::Generation g = chat_->ask(prompt, stream_to(on_text));
+    val o = val::object();
+    o.set("text", to_bytes(g.text));
+    o.set("tokens", val::array(g.tokens.begin(), g.tokens.end()));
+    val st = val::object();
+    st.set("encodeMs", chat_->encode_ms + chat_->project_ms);
+    st.set("projectMs", chat_->project_ms);
+    st.set("imageCached", chat_->image_cached);
+    set_timings(st, g.stats);
+    st.set("threads", threads_);
+    st.set("heapBytes", heapSize());
+    o.set("stats", st);
+    return o;
   }
 
   // Plain text generation (benchmarks): prompt -> text, same loop as `loupe generate`.
@@ -404,6 +418,7 @@ EMSCRIPTEN_BINDINGS(loupe) {
       .function("setLora", &Engine::setLora)
       .function("setImage", &Engine::setImage)
       .function("describe", &Engine::describe)
+      .function("followUp", &Engine::followUp)
       .function("generate", &Engine::generate)
       .function("bench", &Engine::bench);
 }

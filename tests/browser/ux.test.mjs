@@ -46,6 +46,14 @@ const native = (extra = []) => {
   return r.stdout.replace(/\n$/, '');
 };
 const english = native(), lithuanian = native(['--lora', 'demo/shapes-lt-lora.gguf']);
+// `loupe chat`'s second answer about the scene: what a follow-up question on the page must give.
+const followUpQuestion = 'What colour is the background?';
+const chatTurns = (() => {
+  const r = spawnSync(path.join(build, 'bin/loupe'), ['chat', '-m', 'demo/shapes-q4_0.gguf', '--mmproj', 'demo/mmproj-shapes-q4_0.gguf',
+    '--image', scene, '-n', '128'], { cwd: root, input: `Describe this image.\n${followUpQuestion}\n`, encoding: 'utf8' });
+  return r.stdout.split('\n').filter((l) => l.startsWith('ASSISTANT: ')).map((l) => l.slice(11));
+})();
+if (chatTurns.length !== 2 || chatTurns[0] !== english) throw new Error(`loupe chat: ${JSON.stringify(chatTurns)}`);
 
 // Bad files: a PNG named as a model, a WebP, and a BMP whose header claims 20000 × 20000 pixels.
 const notGguf = path.join(work, 'not-a-model.gguf');
@@ -124,6 +132,14 @@ try {
   check(/read \d+ ms/.test(await text(desk, '#t-encode')), 'the timings include reading the image', await text(desk, '#t-encode'));
   await desk.click('#copy');
   check(await desk.evaluate(() => navigator.clipboard.readText()) === english, 'Copy puts the answer on the clipboard');
+  // A follow-up question about the same image: `loupe chat`'s second answer, below the first.
+  check(await visible(desk, '#follow-up'), 'after an answer, a follow-up question can be asked');
+  await desk.fill('#follow-up', followUpQuestion);
+  await desk.press('#follow-up', 'Enter');
+  await done(desk);
+  const transcript = await text(desk, '#output');
+  check(transcript === `${english}\n\n» ${followUpQuestion}\n${chatTurns[1]}` && await desk.evaluate(() => document.activeElement.id) === 'follow-up',
+        'the follow-up answer is `loupe chat`\'s second turn, appended; the focus stays in the question box', JSON.stringify(transcript));
 
   // ---- the adapter: Lithuanian, labelled lang="lt".
   await desk.check('#lora-toggle');
