@@ -105,7 +105,10 @@ void write_with_progress(const GgufWriter& w, const std::string& path) {
 // LLaMA-7B (Vicuna-7B v1.5 / ShareGPT4V-7B) shapes, every matrix in `type`,
 // the LLaMA tokenizer (tokenizer.model) in its metadata so llama.cpp loads it too.
 void make_llama(const std::string& out, DType type, const std::string& vocab_path, int64_t layers) {
-  const Tokenizer tok = Tokenizer::load(vocab_path);
+  // A tokenizer.model, or a GGUF that embeds the LLaMA vocabulary (demo/shapes-q4_0.gguf does: the
+  // GPU machine has the repository but not ../shared).
+  const bool gguf = vocab_path.size() > 5 && vocab_path.compare(vocab_path.size() - 5, 5, ".gguf") == 0;
+  const Tokenizer tok = gguf ? read_vocab(GgufFile::open(vocab_path)) : Tokenizer::load(vocab_path);
   LlamaConfig c;
   c.n_vocab = 32000, c.dim = 4096, c.n_layers = layers, c.n_heads = c.n_kv_heads = 32, c.head_dim = 128;
   c.ffn_dim = 11008, c.n_ctx = 4096, c.rms_eps = 1e-5f, c.rope_base = 10000.0f;
@@ -206,39 +209,50 @@ double decode_bytes(const LanguageModel& lm) {
   return b;
 }
 
+// The device a run used, for its JSON line.
+std::string device_name(Backend* be) { return be ? be->describe() : "cpu"; }
+
+// A device backend gets every weight before the clock starts (the first use would upload it).
+void upload_weights(const LanguageModel& lm, Backend* be, ThreadPool*) {
+  if (!be) return;
+  for (const GgufTensor& t : lm.file.tensors) be->prepare(t.view);
+}
+
 // Prefill `prompt` tokens, then decode `gen` tokens greedily (EOS ignored).
-void bench_llm(const std::string& path, int threads, int64_t prompt, int64_t gen, int64_t ctx) {
+void bench_llm(const std::string& path, int threads, int64_t prompt, int64_t gen, int64_t ctx, Backend* be) {
   auto t0 = Clock::now();
   LanguageModel lm = LanguageModel::open(path);
   const double load_ms = ms_since(t0), warm_ms = warm(lm.file);
   ThreadPool pool(threads);
   SessionOptions so;
-  so.n_ctx = ctx;
+  so.n_ctx = ctx, so.backend = be;
+  upload_weights(lm, be, &pool);
   Session s(lm, so);
   const Generation g = generate(s, random_tokens(prompt, lm.model.cfg.n_vocab, 7), {}, decode_only(gen), nullptr, &pool);
   uint64_t h = 0;
   for (size_t i = 0; i < size_t(gen); ++i) h = h * 1000003u + uint64_t(g.tokens[i]);
   std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"load_ms\":%.1f,\"warm_ms\":%.1f,\"prefill_tokens\":%lld,\"prefill_tok_s\":%.3f,"
               "\"decode_tokens\":%lld,\"decode_tok_s\":%.3f,\"decode_bytes_per_token\":%.0f,\"peak_rss_mb\":%.0f,"
-              "\"kernels\":\"%s\",\"tokens_hash\":%llu,\"pool_serial_jobs\":%lld}\n",
+              "\"kernels\":\"%s\",\"tokens_hash\":%llu,\"pool_serial_jobs\":%lld,\"device\":\"%s\"}\n",
               threads, load_ms, warm_ms, (long long)prompt, 1000.0 * double(prompt) / g.stats.prefill_ms, (long long)gen,
               1000.0 * double(gen) / g.stats.decode_ms, decode_bytes(lm), peak_rss_mb(), kernels().name, (unsigned long long)h,
-              (long long)pool.serial_jobs());
+              (long long)pool.serial_jobs(), device_name(be).c_str());
 }
 
 // Aggregate decode speed of B sessions decoding together (one forward pass per
 // step for all of them, Generator's continuous batching): B prompts of `prompt`
 // random tokens are read in the first steps, then `gen` decode steps are timed.
-void bench_batch(const std::string& path, int threads, const std::vector<int64_t>& sizes, int64_t prompt, int64_t gen) {
+void bench_batch(const std::string& path, int threads, const std::vector<int64_t>& sizes, int64_t prompt, int64_t gen, Backend* be) {
   LanguageModel lm = LanguageModel::open(path);
   warm(lm.file);
   ThreadPool pool(threads);
+  upload_weights(lm, be, &pool);
   for (int64_t B : sizes) {
     SessionOptions so;
-    so.n_ctx = prompt + gen + 8;
+    so.n_ctx = prompt + gen + 8, so.backend = be;
     std::vector<Session> sessions;
     for (int64_t b = 0; b < B; ++b) sessions.emplace_back(lm, so);
-    Batch batch(lm, 512);
+    Batch batch(lm, 512, backend_of(so));
     Generator gen_all(batch);
     for (int64_t b = 0; b < B; ++b)
       gen_all.submit(sessions[size_t(b)], random_tokens(prompt, lm.model.cfg.n_vocab, 100 + uint64_t(b)), {}, decode_only(gen));
@@ -253,9 +267,9 @@ void bench_batch(const std::string& path, int threads, const std::vector<int64_t
     for (; gen_all.busy(); ++steps) gen_all.step(&pool);
     const double ms = ms_since(t0);
     std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"batch\":%lld,\"prompt\":%lld,\"steps\":%lld,\"step_ms\":%.1f,"
-                "\"aggregate_tok_s\":%.3f,\"per_sequence_tok_s\":%.3f,\"peak_rss_mb\":%.0f,\"kernels\":\"%s\"}\n",
+                "\"aggregate_tok_s\":%.3f,\"per_sequence_tok_s\":%.3f,\"peak_rss_mb\":%.0f,\"kernels\":\"%s\",\"device\":\"%s\"}\n",
                 threads, (long long)B, (long long)prompt, (long long)steps, ms / double(steps), 1000.0 * double(B * steps) / ms,
-                1000.0 * double(steps) / ms, peak_rss_mb(), kernels().name);
+                1000.0 * double(steps) / ms, peak_rss_mb(), kernels().name, device_name(be).c_str());
     std::fflush(stdout);
   }
 }
@@ -267,32 +281,34 @@ Tensor random_pixels(int64_t S) {
   return p;
 }
 
-void bench_clip(const std::string& path, int threads) {
+void bench_clip(const std::string& path, int threads, Backend* be) {
   VisionModel vm = VisionModel::open(path);
   warm(vm.file);
   ThreadPool pool(threads);
   Tensor px = random_pixels(vm.clip.cfg.image_size);
+  if (be) vm.projector(clip_encode(vm.clip, px.f32(), &pool, nullptr, be), &pool, be);  // a device: weights uploaded, kernels warm
   auto t0 = Clock::now();
-  std::vector<float> f = clip_encode(vm.clip, px.f32(), &pool);
+  std::vector<float> f = clip_encode(vm.clip, px.f32(), &pool, nullptr, be);
   const double clip_ms = ms_since(t0);
   t0 = Clock::now();
-  std::vector<float> e = vm.projector(f, &pool);
+  std::vector<float> e = vm.projector(f, &pool, be);
   const double proj_ms = ms_since(t0);
-  std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"clip_ms\":%.1f,\"projector_ms\":%.1f,\"peak_rss_mb\":%.0f}\n", threads,
-              clip_ms, proj_ms, peak_rss_mb());
+  std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"clip_ms\":%.1f,\"projector_ms\":%.1f,\"peak_rss_mb\":%.0f,\"device\":\"%s\"}\n",
+              threads, clip_ms, proj_ms, peak_rss_mb(), device_name(be).c_str());
 }
 
 // Image + text prompt to the first generated token: CLIP, projector, prefill of
 // BOS + image positions + `prompt` text tokens, first token.
-void bench_ttft(const std::string& llm_path, const std::string& mmproj_path, int threads, int64_t prompt) {
+void bench_ttft(const std::string& llm_path, const std::string& mmproj_path, int threads, int64_t prompt, Backend* be) {
   LanguageModel lm = LanguageModel::open(llm_path);
   VisionModel vm = VisionModel::open(mmproj_path);
   warm(lm.file), warm(vm.file);
   ThreadPool pool(threads);
   const LlamaConfig& c = lm.model.cfg;
   Tensor px = random_pixels(vm.clip.cfg.image_size);
+  if (be) vm.projector(clip_encode(vm.clip, px.f32(), &pool, nullptr, be), &pool, be), upload_weights(lm, be, &pool);
   auto t0 = Clock::now();
-  std::vector<float> img = vm.projector(clip_encode(vm.clip, px.f32(), &pool), &pool);
+  std::vector<float> img = vm.projector(clip_encode(vm.clip, px.f32(), &pool, nullptr, be), &pool, be);
   const double vision_ms = ms_since(t0);
   const int64_t n_img = int64_t(img.size()) / c.dim, n = 1 + n_img + prompt;
   const std::vector<int32_t> text = random_tokens(1 + prompt, c.n_vocab, 11);
@@ -304,15 +320,15 @@ void bench_ttft(const std::string& llm_path, const std::string& mmproj_path, int
   std::copy(img.begin(), img.end(), x.begin() + c.dim);
   embed(lm.model, ids.data() + 1 + n_img, prompt, x.data() + (1 + n_img) * c.dim);
   SessionOptions so;
-  so.n_ctx = n + 64;
+  so.n_ctx = n + 64, so.backend = be;
   Session s(lm, so);
   GenerateOptions o;
   o.max_tokens = 1;
   const Generation g = generate(s, ids, std::move(x), o, nullptr, &pool);
   std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"ttft_ms\":%.1f,\"vision_ms\":%.1f,\"prefill_ms\":%.1f,"
-              "\"positions\":%lld,\"first_token\":%d,\"peak_rss_mb\":%.0f}\n",
+              "\"positions\":%lld,\"first_token\":%d,\"peak_rss_mb\":%.0f,\"device\":\"%s\"}\n",
               threads, vision_ms + g.stats.prefill_ms, vision_ms, g.stats.prefill_ms, (long long)n,
-              g.tokens.empty() ? -1 : g.tokens[0], peak_rss_mb());
+              g.tokens.empty() ? -1 : g.tokens[0], peak_rss_mb(), device_name(be).c_str());
 }
 
 // Kernel throughput on LLaMA-7B-sized matrices (random bytes in the blocks):
@@ -372,7 +388,7 @@ struct Opts {
   int threads = 1;
   int64_t prompt = -1, gen = 32, ctx = 512, layers = 32, mb = 1024;
   int64_t rows = 11008, cols = 4096, mats = 8;
-  std::string type = "q4_0", vocab, level, ktype;
+  std::string type = "q4_0", vocab, level, ktype, device = "cpu";
   std::vector<int64_t> ns;  // kernels: activation row counts
 };
 
@@ -404,6 +420,7 @@ Opts parse(int argc, char** argv) {
       }
     }
     else if (a == "--vocab") o.vocab = val();
+    else if (a == "--device") o.device = val();
     else if (!a.empty() && a[0] == '-') fail("unknown option ", a);
     else o.pos.push_back(a);
   }
@@ -420,6 +437,9 @@ int main(int argc, char** argv) {
     }
     const std::string cmd = argv[1];
     Opts o = parse(argc, argv);
+    // --device cuda|auto: the llm, batch, clip and ttft runs on that backend (null: the CPU, as before).
+    const BackendHandle device = open_backend(parse_device(o.device), [](const std::string& l) { std::fprintf(stderr, "%s\n", l.c_str()); });
+    Backend* be = device.get() == &cpu_backend() ? nullptr : device.get();
     auto need = [&](size_t n) {
       if (o.pos.size() != n) fail(cmd, ": expected ", n, " file argument(s)");
     };
@@ -437,16 +457,16 @@ int main(int argc, char** argv) {
                     o.mats, o.level, o.ktype);
     } else if (cmd == "llm") {
       need(1);
-      bench_llm(o.pos[0], o.threads, o.prompt < 0 ? 128 : o.prompt, o.gen, o.ctx);
+      bench_llm(o.pos[0], o.threads, o.prompt < 0 ? 128 : o.prompt, o.gen, o.ctx, be);
     } else if (cmd == "batch") {
       need(1);
-      bench_batch(o.pos[0], o.threads, o.ns.empty() ? std::vector<int64_t>{1, 2, 4, 8, 16} : o.ns, o.prompt < 0 ? 32 : o.prompt, o.gen);
+      bench_batch(o.pos[0], o.threads, o.ns.empty() ? std::vector<int64_t>{1, 2, 4, 8, 16} : o.ns, o.prompt < 0 ? 32 : o.prompt, o.gen, be);
     } else if (cmd == "clip") {
       need(1);
-      bench_clip(o.pos[0], o.threads);
+      bench_clip(o.pos[0], o.threads, be);
     } else if (cmd == "ttft") {
       need(2);
-      bench_ttft(o.pos[0], o.pos[1], o.threads, o.prompt < 0 ? 32 : o.prompt);
+      bench_ttft(o.pos[0], o.pos[1], o.threads, o.prompt < 0 ? 32 : o.prompt, be);
     } else {
       fail("unknown command '", cmd, "'");
     }

@@ -2,7 +2,7 @@
 # The GPU checks in one run, for a machine with an NVIDIA GPU (the device tool's
 # H100/H200): build the CUDA backend for this card, run ctest -L cuda, and keep
 # the logs in $OUT (default build-gpu/out). Needs ../shared for the real-weight cases.
-#   usage: bash tools/cuda_device_check.sh        (about 3-5 minutes on 16 cores)
+#   usage: OUT=DIR bash tools/cuda_device_check.sh   (about 8 minutes: build, ctest -L cuda, bench/cuda.sh)
 set -euo pipefail
 out=${OUT:-build-gpu/out}
 mkdir -p "$out"
@@ -14,3 +14,5 @@ cmake --build build-gpu -j "$(nproc)" --target loupe_cli test_backend test_cuda_
 ctest --test-dir build-gpu -L cuda --output-on-failure -V 2>&1 | tee "$out/ctest-cuda.log"
 build-gpu/bin/loupe describe --device cuda -m demo/shapes-q4_0.gguf --mmproj demo/mmproj-shapes-q4_0.gguf \
   --image demo/scenes/scene-1000-0007.png -p "What does this image show?" 2>&1 | tee "$out/describe.txt"
+# The benchmark against PyTorch eager fp16 on the same card (bench/cuda.sh; its table: $out/cuda-bench.md).
+OUT="$out" LOUPE_BENCH_BUILD=build-gpu bash bench/cuda.sh
