@@ -27,9 +27,9 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+import { browserTools, chromiumPath, root, skip } from './browser.mjs';
+
 const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
   if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]]);
   return acc;
@@ -37,23 +37,13 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) =>
 const build = path.resolve(args.build || path.join(root, 'build'));
 const dist = path.resolve(args.dist || path.join(build, 'wasm/dist'));
 const work = path.resolve(args.work || path.join(build, 'browser-test'));
-const chromiumPath = process.env.LOUPE_CHROMIUM || '/usr/bin/chromium';
 const cli = path.join(build, 'bin/loupe');
 const convert = path.join(build, 'bin/loupe-convert');
 const python = '/usr/bin/python3';
 // The demo folder the page and its manifest come from (another one only to try the test itself).
 const demoDir = path.resolve(process.env.LOUPE_DEMO_DIR || path.join(root, 'demo'));
 
-const skip = (why) => { console.log(`SKIPPED: ${why}`); process.exit(77); };
-if (!fs.existsSync(chromiumPath)) skip(`${chromiumPath} not found (apt-get install chromium)`);
-if (!fs.existsSync(path.join(dist, 'loupe-mt.js'))) skip(`no WebAssembly build in ${dist}`);
-let chromium;
-try {
-  ({ chromium } = await import('playwright-core'));
-} catch {
-  skip('npm playwright-core is not installed (bash tools/setup.sh)');
-}
-const { serve } = await import(path.join(root, 'tools/serve.mjs'));
+const { chromium, serve } = await browserTools(dist);
 
 let failures = 0, tagNow = '';
 const check = (ok, what, detail = '') => {

@@ -9,24 +9,14 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+import { browserTools, chromiumPath, root } from './browser.mjs';
+
 const arg = (name, dflt) => (process.argv.includes(`--${name}`) ? process.argv[process.argv.indexOf(`--${name}`) + 1] : dflt);
 const build = path.resolve(arg('build', path.join(root, 'build')));
 const dist = path.resolve(arg('dist', path.join(build, 'wasm/dist')));
 const work = path.resolve(arg('work', path.join(build, 'browser-ux')));
-const chromiumPath = process.env.LOUPE_CHROMIUM || '/usr/bin/chromium';
-const skip = (why) => { console.log(`SKIPPED: ${why}`); process.exit(77); };
-if (!fs.existsSync(chromiumPath)) skip(`${chromiumPath} not found (apt-get install chromium)`);
-if (!fs.existsSync(path.join(dist, 'loupe-mt.js'))) skip(`no WebAssembly build in ${dist}`);
-let chromium;
-try {
-  ({ chromium } = await import('playwright-core'));
-} catch {
-  skip('npm playwright-core is not installed (bash tools/setup.sh)');
-}
-const { serve } = await import(path.join(root, 'tools/serve.mjs'));
+const { chromium, serve } = await browserTools(dist);
 
 let failures = 0;
 const check = (ok, what, detail = '') => {
