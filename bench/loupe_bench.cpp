@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -281,20 +282,28 @@ Tensor random_pixels(int64_t S) {
   return p;
 }
 
-void bench_clip(const std::string& path, int threads, Backend* be) {
+void bench_clip(const std::string& path, int threads, Backend* be, Precision precision) {
   VisionModel vm = VisionModel::open(path);
   warm(vm.file);
   ThreadPool pool(threads);
   Tensor px = random_pixels(vm.clip.cfg.image_size);
   if (be) vm.projector(clip_encode(vm.clip, px.f32(), &pool, nullptr, be), &pool, be);  // a device: weights uploaded, kernels warm
   auto t0 = Clock::now();
-  std::vector<float> f = clip_encode(vm.clip, px.f32(), &pool, nullptr, be);
+  std::vector<float> f = clip_encode(vm.clip, px.f32(), &pool, nullptr, be, precision);
   const double clip_ms = ms_since(t0);
   t0 = Clock::now();
   std::vector<float> e = vm.projector(f, &pool, be);
   const double proj_ms = ms_since(t0);
-  std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"clip_ms\":%.1f,\"projector_ms\":%.1f,\"peak_rss_mb\":%.0f,\"device\":\"%s\"}\n",
-              threads, clip_ms, proj_ms, peak_rss_mb(), device_name(be).c_str());
+  double err = 0;  // bf16 products: the features' distance from the f32 encode, max |a − b| / max |b|
+  if (precision == Precision::Bf16) {
+    const std::vector<float> exact = clip_encode(vm.clip, px.f32(), &pool, nullptr, be, Precision::F32);
+    double d = 0, m = 0;
+    for (size_t i = 0; i < f.size(); ++i) d = std::max(d, double(std::fabs(f[i] - exact[i]))), m = std::max(m, double(std::fabs(exact[i])));
+    err = m > 0 ? d / m : 0;
+  }
+  std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"clip_ms\":%.1f,\"projector_ms\":%.1f,\"peak_rss_mb\":%.0f,\"device\":\"%s\","
+              "\"precision\":\"%s\",\"features_rel_err_vs_f32\":%.2e}\n",
+              threads, clip_ms, proj_ms, peak_rss_mb(), device_name(be).c_str(), precision == Precision::Bf16 ? "bf16" : "f32", err);
 }
 
 // Image + text prompt to the first generated token: CLIP, projector, prefill of
@@ -388,7 +397,7 @@ struct Opts {
   int threads = 1;
   int64_t prompt = -1, gen = 32, ctx = 512, layers = 32, mb = 1024;
   int64_t rows = 11008, cols = 4096, mats = 8;
-  std::string type = "q4_0", vocab, level, ktype, device = "cpu";
+  std::string type = "q4_0", vocab, level, ktype, device = "cpu", precision = "f32";
   std::vector<int64_t> ns;  // kernels: activation row counts
 };
 
@@ -421,6 +430,7 @@ Opts parse(int argc, char** argv) {
     }
     else if (a == "--vocab") o.vocab = val();
     else if (a == "--device") o.device = val();
+    else if (a == "--clip-precision") o.precision = val();
     else if (!a.empty() && a[0] == '-') fail("unknown option ", a);
     else o.pos.push_back(a);
   }
@@ -463,7 +473,7 @@ int main(int argc, char** argv) {
       bench_batch(o.pos[0], o.threads, o.ns.empty() ? std::vector<int64_t>{1, 2, 4, 8, 16} : o.ns, o.prompt < 0 ? 32 : o.prompt, o.gen, be);
     } else if (cmd == "clip") {
       need(1);
-      bench_clip(o.pos[0], o.threads, be);
+      bench_clip(o.pos[0], o.threads, be, o.precision == "bf16" ? Precision::Bf16 : Precision::F32);
     } else if (cmd == "ttft") {
       need(2);
       bench_ttft(o.pos[0], o.pos[1], o.threads, o.prompt < 0 ? 32 : o.prompt, be);

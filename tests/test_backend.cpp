@@ -65,10 +65,10 @@ class SeamChecker final : public Backend {
     mine(dst, bytes, "copy dst"), mine(src, bytes, "copy src");
     cpu().copy(dst, src, bytes);
   }
-  void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool) override {
+  void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool, Precision p = Precision::F32) override {
     Open open(*this);
     weight(w, "matmul"), mine(x, floats(n * w.cols()), "matmul x"), mine(y, floats(n * w.rows()), "matmul y");
-    cpu().matmul(w, x, n, y, pool);
+    cpu().matmul(w, x, n, y, pool, p);
   }
   void add_bias(const TensorView& b, float* y, int64_t n, int64_t d) override {
     Open open(*this);

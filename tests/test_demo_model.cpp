@@ -101,6 +101,36 @@ TEST_CASE("demo model: the bundled scenes described in one batch equal each desc
   }
 }
 
+TEST_CASE("demo model: an F16 vision tower with bf16 products (the CLI's default) gives the F32 captions on every bundled scene") {
+  const fs::path demo = loupe_test::source_dir() / "demo", dir = loupe_test::scratch("demo_f16_tower");
+  const std::string convert = (fs::path(LOUPE_BINARY_DIR) / "bin/loupe-convert").string() + " --model " +
+                              loupe_test::quote((demo / "mmproj-shapes-q4_0.gguf").string()) + " --outtype f16 -o " +
+                              loupe_test::quote(dir.string()) + " --name tower-f16 -q";
+  REQUIRE(std::system(convert.c_str()) == 0);
+  LanguageModel lm = LanguageModel::open((demo / "shapes-q4_0.gguf").string());
+  fs::path f16;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".gguf") f16 = e.path();
+  VisionModel vm = VisionModel::open(f16.string());
+  REQUIRE(vm.clip.layers[0].q_w.dtype == DType::F16);
+  const Json caps = Json::load((demo / "scenes" / "captions.json").string());
+  ThreadPool pool(2);
+  for (size_t i = 0; i < caps.size(); ++i) {
+    const Image img = load_image((demo / "scenes" / caps.keys()[i]).string());
+    std::string text[2];
+    for (Precision p : {Precision::F32, Precision::Bf16}) {
+      DescribeOptions opt;
+      opt.gen.max_tokens = 64;
+      opt.clip_precision = p;
+      VisionChat chat(lm, vm, opt, &pool);
+      chat.set_image(img);
+      text[p == Precision::Bf16] = chat.ask(caps.values()[i].at("prompt").str()).text;
+    }
+    INFO(caps.keys()[i]);
+    CHECK(text[1] == text[0]);
+  }
+}
+
 // README's demo commands print what README says, with every kernel level this CPU has.
 TEST_CASE("README: the demo model's example output, on every kernel level") {
   const fs::path root = loupe_test::source_dir();

@@ -186,6 +186,45 @@ TEST_CASE("ops: fp16 and bf16 rows widen exactly at every level") {
   }
 }
 
+TEST_CASE("ops: bf16 products (Precision::Bf16) stay within 2^-7 of Σ|x·w| of the exact product, every shape; F32 where the CPU lacks them") {
+  // Each product rounds x and w to 8-bit mantissas (2^-9 each) and sums in f32, so
+  // |y − exact| ≤ (2^-8 + f32 sums) · Σ|x·w|; a misplaced pair or row is off by O(|y|).
+  ThreadPool p2(2);
+  const bool native = kernels().gemm_bf16 != nullptr;
+  MESSAGE((native ? "this CPU multiplies bf16 pairs (AVX512-BF16)" : "no AVX512-BF16 here: Bf16 must equal F32 exactly"));
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int64_t in : {64, 37, 588, 1024})
+      for (int64_t n : {8, 17, 33, 70}) {
+        const int64_t out = in == 1024 ? 100 : 13;
+        std::vector<float> wf = random_floats(size_t(out * in), uint32_t(in + n), 0.05f), x = random_floats(size_t(n * in), uint32_t(in * n));
+        Tensor w = convert(make_view(DType::F32, {out, in}, wf.data()), t);
+        Tensor wd = to_f32(w.view());
+        std::vector<float> yb(size_t(n * out)), yf(yb.size());
+        matmul(w.view(), x.data(), n, yb.data(), &p2, Precision::Bf16);
+        matmul(w.view(), x.data(), n, yf.data(), &p2, Precision::F32);
+        INFO(dtype_name(t) << " in=" << in << " n=" << n);
+        if (!native) {
+          CHECK(std::memcmp(yb.data(), yf.data(), yb.size() * 4) == 0);
+          continue;
+        }
+        double worst = 0;
+        bool differs = false;
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t r = 0; r < out; ++r) {
+            double e = 0, mag = 0;
+            for (int64_t c = 0; c < in; ++c) {
+              const double pr = double(wd.f32()[r * in + c]) * x[size_t(i * in + c)];
+              e += pr, mag += std::fabs(pr);
+            }
+            const float got = yb[size_t(i * out + r)];
+            worst = std::max(worst, std::fabs(e - got) / mag);
+            differs |= got != yf[size_t(i * out + r)];
+          }
+        CHECK(worst <= 1.0 / 128);
+        CHECK(differs);  // the bf16 kernel ran (its roundings show)
+      }
+}
+
 TEST_CASE("ops: matmul is independent of the thread count, for every weight type") {
   ThreadPool p2(2), p3(3);
   for (auto tc : {std::pair<DType, int64_t>{DType::F32, 256}, {DType::F32, 101}, {DType::F16, 256}, {DType::F16, 37},

@@ -7,6 +7,7 @@
 
 #include <loupe/convert/convert.hpp>
 #include <loupe/io/npy.hpp>
+#include <loupe/ops/kernels.hpp>
 #include <loupe/pipeline/pipeline.hpp>
 
 using namespace loupe;
@@ -184,6 +185,22 @@ TEST_CASE("pipeline: clear errors") {
   }
   CHECK(msg.find("the projector outputs width") != std::string::npos);
   CHECK(msg.find("mmproj from a different model?") != std::string::npos);
+}
+
+TEST_CASE("clip: bf16 products keep the image features within 1e-2 of f32 (F16 and F32 towers); F32 where the CPU lacks them") {
+  for (DType t : {DType::F16, DType::F32}) {
+    INFO(dtype_name(t));
+    Fixture f = make("sharegpt4v-safetensors", "", t);
+    VisionModel vm = VisionModel::open(f.mmproj);
+    Tensor px = npy(f, "pixel_values.npy");
+    ThreadPool pool(2);
+    const std::vector<float> exact = clip_encode(vm.clip, px.f32(), &pool, nullptr, nullptr, Precision::F32);
+    const std::vector<float> fast = clip_encode(vm.clip, px.f32(), &pool, nullptr, nullptr, Precision::Bf16);
+    const double err = rel_err(fast, exact.data(), exact.size());
+    MESSAGE("features, bf16 products vs f32: rel. error " << err);
+    if (kernels().gemm_bf16) CHECK((err > 0 && err < 1e-2));
+    else CHECK(err == 0);
+  }
 }
 
 TEST_CASE("cli: loupe describe runs the full 336/14 geometry on every image in ../shared/images") {

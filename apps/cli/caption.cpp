@@ -290,6 +290,7 @@ int caption(const Args& a, const std::vector<std::pair<std::string, float>>& lor
   so.parallel = batch;
   so.queue = size_t(batch);
   so.session = describe.session;
+  so.clip_precision = describe.clip_precision;
   so.conv = describe.conv;
   so.image_cache = 4;
   loupe::ServeEngine engine(lm, &vm, so, &pool);

@@ -466,6 +466,7 @@ int serve(const Args& a, const std::vector<std::pair<std::string, float>>& loras
   so.parallel = a.integer({"--parallel"}, 4);
   so.queue = size_t(std::max(0, a.integer({"--queue"}, 16)));
   so.session = describe.session;
+  so.clip_precision = describe.clip_precision;
   so.conv = describe.conv;
   loupe::ServeEngine engine(lm, vm.get(), so, &pool);
   for (const auto& [spec, scale] : loras) {  // NAME=PATH, or PATH (named by the adapter)

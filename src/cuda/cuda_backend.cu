@@ -120,7 +120,8 @@ class CudaBackend final : public Backend {
 
   // ------------------------------------------------------------------- ops
 
-  void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool*) override {
+  // Precision::Bf16 or not: the tensor-core GEMM multiplies fp16 operands anyway (f32 sums).
+  void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool*, Precision = Precision::F32) override {
     const int64_t out = w.rows(), in = w.cols();
     if (n <= 0 || out <= 0) return;
     const cuda::WeightKind wk = weight_kind(w.dtype, "matmul");

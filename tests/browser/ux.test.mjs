@@ -73,6 +73,10 @@ async function openPage(url, viewport, query = '') {
   await page.setViewportSize(viewport);
   page.on('console', (m) => logs.push(`[console.${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
+  // File choosers are intercepted from the start: Playwright turns interception on
+  // asynchronously when the first listener comes, and a chooser opened by a key
+  // press right after waitForEvent() could be missed (seen once in CI).
+  page.on('filechooser', () => {});
   await page.goto(`${url}?threads=2${query}`);
   await page.waitForFunction(() => ['ready', 'error', 'no-model'].includes(document.body.dataset.state), null, { timeout: 120000 });
   return page;
@@ -105,6 +109,7 @@ try {
   // ---- keyboard only: open the picker from the drop zone, describe, land on the answer.
   const desk = await openPage(server.url, { width: 1280, height: 800 });
   await desk.focus('#drop');
+  check(await desk.evaluate(() => document.activeElement.id) === 'drop', 'keyboard: the drop zone takes the focus');
   const [kbChooser] = await Promise.all([desk.waitForEvent('filechooser'), desk.keyboard.press('Enter')]);
   await kbChooser.setFiles(scene);
   let tabs = 0;

@@ -34,8 +34,11 @@ struct ClipModel {
 // unless cfg.keep_cls).
 // `hidden` (optional) receives every hidden state [n_layers_run + 1][n_patches + 1, dim].
 // Runs on `backend` (null: the CPU); pixels and the result are host memory.
+// precision: the linear layers' (ops.hpp's Precision; Bf16 on CPUs with AVX512-BF16
+// about halves the encode time of F16/F32 towers, features ~1e-3 relative from F32).
 std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPool* pool = nullptr,
-                               std::vector<std::vector<float>>* hidden = nullptr, Backend* backend = nullptr);
+                               std::vector<std::vector<float>>* hidden = nullptr, Backend* backend = nullptr,
+                               Precision precision = Precision::F32);
 
 }  // namespace loupe
 
@@ -101,7 +104,7 @@ TensorView& ClipModel::at(const ClipTensor& t) {
 }
 
 std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPool* pool,
-                               std::vector<std::vector<float>>* hidden, Backend* backend) {
+                               std::vector<std::vector<float>>* hidden, Backend* backend, Precision precision) {
   const ClipConfig& c = m.cfg;
   const int64_t S = c.image_size, P = c.patch_size, G = S / P, N = G * G, T = N + 1, D = c.dim, K = 3 * P * P;
   Backend& be = backend ? *backend : cpu_backend();
@@ -128,7 +131,7 @@ std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPo
     be.download(hidden->back().data(), x, size_t(T * D) * sizeof(float));
   };
   be.upload(xcols.as(), cols.data(), cols.size() * sizeof(float));
-  be.matmul(m.patch_w, xcols.as(), N, x + D, pool);
+  be.matmul(m.patch_w, xcols.as(), N, x + D, pool, precision);
   be.upload(x, m.class_embd.data, size_t(D) * sizeof(float));
   be.add_bias(m.pos_embd, x, 1, T * D);  // position embeddings, [T, D] as one row
   be.layernorm(x, m.pre_ln_w, m.pre_ln_b, T, D, c.eps, x);
@@ -137,20 +140,20 @@ std::vector<float> clip_encode(const ClipModel& m, const float* pixels, ThreadPo
 
   for (const ClipLayer& L : m.layers) {
     be.layernorm(x, L.ln1_w, L.ln1_b, T, D, c.eps, h);
-    linear(be, L.q_w, L.q_b, h, T, q, pool);
-    linear(be, L.k_w, L.k_b, h, T, k, pool);
-    linear(be, L.v_w, L.v_b, h, T, v, pool);
+    linear(be, L.q_w, L.q_b, h, T, q, pool, precision);
+    linear(be, L.k_w, L.k_b, h, T, k, pool, precision);
+    linear(be, L.v_w, L.v_b, h, T, v, pool, precision);
     AttentionShape a;  // bidirectional
     a.n = a.m = T, a.n_heads = a.n_kv_heads = c.n_heads, a.hd = D / c.n_heads;
     a.q_stride = a.kv_stride = a.out_stride = D, a.causal = false;
     be.attention(a, q, k, v, DType::F32, att, pool);
-    linear(be, L.o_w, L.o_b, att, T, h, pool);
+    linear(be, L.o_w, L.o_b, att, T, h, pool, precision);
     be.axpy(1.0f, h, x, T * D);
 
     be.layernorm(x, L.ln2_w, L.ln2_b, T, D, c.eps, h);
-    linear(be, L.fc1_w, L.fc1_b, h, T, ff, pool);
+    linear(be, L.fc1_w, L.fc1_b, h, T, ff, pool, precision);
     be.activation(c.gelu ? Activation::GeluErf : Activation::QuickGelu, ff, T * c.ffn_dim);
-    linear(be, L.fc2_w, L.fc2_b, ff, T, h, pool);
+    linear(be, L.fc2_w, L.fc2_b, ff, T, h, pool, precision);
     be.axpy(1.0f, h, x, T * D);
     keep();
   }

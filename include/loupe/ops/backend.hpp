@@ -44,8 +44,8 @@ class Backend {
   virtual void prepare(const TensorView&) {}
 
   // ---- Ops. x, y, q, k, v, out, gate, up, cs: this backend's memory.
-  // y[n, out] = x[n, in] · Wᵀ (ops.hpp's matmul).
-  virtual void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool) = 0;
+  // y[n, out] = x[n, in] · Wᵀ (ops.hpp's matmul; p: how exact float weights' products must be).
+  virtual void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool, Precision p = Precision::F32) = 0;
   // y[n, d] += b[d] per row (b: an F32 weight of length d).
   virtual void add_bias(const TensorView& b, float* y, int64_t n, int64_t d) = 0;
   virtual void rmsnorm(const float* x, const TensorView& w, int64_t n, int64_t d, float eps, float* y) = 0;
@@ -65,8 +65,9 @@ class Backend {
 };
 
 // torch.nn.Linear on a backend: y = x·Wᵀ + b (b may be an empty view: no bias).
-inline void linear(Backend& be, const TensorView& w, const TensorView& b, const float* x, int64_t n, float* y, ThreadPool* pool) {
-  be.matmul(w, x, n, y, pool);
+inline void linear(Backend& be, const TensorView& w, const TensorView& b, const float* x, int64_t n, float* y, ThreadPool* pool,
+                   Precision p = Precision::F32) {
+  be.matmul(w, x, n, y, pool, p);
   if (b.data) be.add_bias(b, y, n, w.rows());
 }
 
@@ -166,8 +167,8 @@ class CpuBackend final : public Backend {
   void download(void* dst, const void* src, size_t bytes) override { if (bytes) std::memcpy(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { if (bytes) std::memcpy(dst, src, bytes); }
 
-  void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool) override {
-    loupe::matmul(w, x, n, y, pool);
+  void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool, Precision p = Precision::F32) override {
+    loupe::matmul(w, x, n, y, pool, p);
   }
   void add_bias(const TensorView& b, float* y, int64_t n, int64_t d) override {
     const float* bb = static_cast<const float*>(b.data);

@@ -38,6 +38,11 @@ struct KernelTable {
   void (*pack_rows)(const float* x, int64_t n, int64_t k, float* xp);
   void (*gemm_f32)(const float* xp, int64_t n, int64_t k, const uint8_t* w, DType t, size_t ws, int64_t r0, int64_t r1, float* y,
                    int64_t ldy);
+  // The same with bf16 products (AVX512-BF16), or null: for callers that allow it (ops.hpp's Precision::Bf16).
+  int64_t (*bf16_packed_size)(int64_t n, int64_t k);
+  void (*pack_rows_bf16)(const float* x, int64_t n, int64_t k, uint32_t* xp);
+  void (*gemm_bf16)(const uint32_t* xp, int64_t n, int64_t k, const uint8_t* w, DType t, size_t ws, int64_t r0, int64_t r1, float* y,
+                    int64_t ldy);
 };
 
 // The f32 vector kernels and row converters of one ISA (kernels/vec_f32.inl's
@@ -88,6 +93,8 @@ inline const KernelTable* kernels_for(CpuLevel level) {
         t.quantize_rows = x86::quantize_rows_avx512, t.matmul_q4_0 = x86::matmul_q4_0_avx512, t.matmul_q8_0 = x86::matmul_q8_0_avx512;
         t.packed_size = [](int64_t n, int64_t k) { return (n + x86::kPackRows - 1) / x86::kPackRows * x86::kPackRows * k; };
         t.pack_rows = x86::pack_rows_f32, t.gemm_f32 = x86::gemm_f32_avx512;
+        if (cpu_features().avx512bf16)  // Zen 4, Cooper Lake, Sapphire Rapids and later
+          t.bf16_packed_size = x86::bf16_packed_size, t.pack_rows_bf16 = x86::pack_rows_bf16, t.gemm_bf16 = x86::gemm_bf16_avx512;
         return t;
       }();
       return &t;

@@ -18,13 +18,21 @@ struct KernelTable;  // ops/kernels.hpp: the per-CPU kernels
 
 // ------------------------------------------------------------------ matmul
 
+// How exact a product of float weights must be. F32: f32 products and sums (what
+// the reference comparisons need). Bf16: x and W may be rounded to bf16 where the
+// CPU multiplies bf16 pairs natively (AVX512-BF16: twice the products per
+// instruction), sums stay f32; ~2^-9 relative per product. Elsewhere Bf16 is F32.
+// Quantised weights are unaffected (their products are int8 either way).
+enum class Precision { F32, Bf16 };
+
 // y[n, out] = x[n, in] · W[out, in]ᵀ with the kernels of table `kt`.
 // Quantised W: x is quantised to Q8_0 per 32 values first (as llama.cpp does).
 // F16/BF16 W: rows are widened to f32 in tiles and multiplied with Eigen.
-void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr);
+void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr,
+            Precision p = Precision::F32);
 
 // The same with the best kernels for this CPU.
-void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr);
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr, Precision p = Precision::F32);
 
 // torch.nn.Linear: y = x·Wᵀ + b (b may be null).
 void linear(const TensorView& w, const float* b, const float* x, int64_t n, float* y, ThreadPool* pool = nullptr);
@@ -157,11 +165,15 @@ inline AlignedBuffer<float>& packed_scratch() {  // the caller's packed matmul i
   static thread_local AlignedBuffer<float> s;
   return s;
 }
+inline AlignedBuffer<uint32_t>& packed_bf16_scratch() {  // the same for the bf16 gemm
+  static thread_local AlignedBuffer<uint32_t> s;
+  return s;
+}
 }  // namespace ops_detail
 
 void quick_gelu(float* x, int64_t n) { kernels().quick_gelu(x, n); }
 
-void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool) {
+void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool, Precision p) {
   using ops_detail::kGrain;
   const int64_t out = w.rows(), in = w.cols();
   if (n <= 0 || out <= 0) return;
@@ -181,6 +193,15 @@ void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t 
   }
   if (w.dtype != DType::F32 && w.dtype != DType::F16 && w.dtype != DType::BF16)
     fail("matmul: unsupported weight type ", dtype_name(w.dtype));
+  if (p == Precision::Bf16 && kt.gemm_bf16 && n >= 8) {
+    AlignedBuffer<uint32_t>& xp = ops_detail::packed_bf16_scratch();
+    xp.resize(size_t(kt.bf16_packed_size(n, in)));
+    kt.pack_rows_bf16(x, n, in, xp.data());
+    const auto* base = static_cast<const uint8_t*>(w.data);
+    const size_t ws = w.row_stride();
+    parallel_chunks(pool, out, 48, [&](int64_t r0, int64_t r1) { kt.gemm_bf16(xp.data(), n, in, base, w.dtype, ws, r0, r1, y, out); });
+    return;
+  }
   if (kt.gemm_f32 && n >= 8) {
     // Our SIMD GEMM: x packed once, tasks of weight rows.
     AlignedBuffer<float>& xp = ops_detail::packed_scratch();
@@ -221,8 +242,8 @@ void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t 
   });
 }
 
-void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool) {
-  matmul(kernels(), w, x, n, y, pool);
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, ThreadPool* pool, Precision p) {
+  matmul(kernels(), w, x, n, y, pool, p);
 }
 
 void linear(const TensorView& w, const float* b, const float* x, int64_t n, float* y, ThreadPool* pool) {

@@ -56,6 +56,7 @@ struct DescribeOptions {
   std::string conv;  // chat template name; empty: the model's (default_chat_template)
   GenerateOptions gen;
   SessionOptions session;          // context, KV cache type (F16 by default), pass size
+  Precision clip_precision = Precision::F32;  // Bf16: faster on CPUs with AVX512-BF16 (ops.hpp), F32 exact
 };
 
 // One image, one conversation, on a session of its own: the image's CLIP
@@ -174,7 +175,7 @@ void VisionChat::set_pixels(Tensor pixels) {
     fail("pixel values have shape ", pixels.view().shape_str(), ", the vision tower expects [3, ", S, ", ", S, "]");
   auto t0 = std::chrono::steady_clock::now();
   pixel_values = std::move(pixels);
-  clip_features_ = clip_encode(vm_.clip, pixel_values.f32(), pool_, nullptr, session_.options().backend);
+  clip_features_ = clip_encode(vm_.clip, pixel_values.f32(), pool_, nullptr, session_.options().backend, opt_.clip_precision);
   projected_with_ = {};
   image_key_ = 0;
   image_cached = false;

@@ -41,6 +41,7 @@ struct ServeOptions {
   int64_t max_rows = 512;    // rows of one forward pass (prompts are read in chunks of what is left)
   size_t image_cache = 32;   // encoded images kept
   std::string conv;          // chat template; empty: the model's (default_chat_template)
+  Precision clip_precision = Precision::F32;  // as DescribeOptions'
 };
 
 struct ServeResult {
@@ -229,7 +230,7 @@ const std::vector<float>& ServeEngine::image_features(const ServeRequest& r, uin
   if (*encoded) {
     Encoded e;
     const Tensor pixels = r.pixels ? Tensor() : preprocess(*r.image, vm_->preprocess_config());
-    e.clip = clip_encode(vm_->clip, r.pixels ? r.pixels->f32() : pixels.f32(), pool_, nullptr, opt_.session.backend);
+    e.clip = clip_encode(vm_->clip, r.pixels ? r.pixels->f32() : pixels.f32(), pool_, nullptr, opt_.session.backend, opt_.clip_precision);
     images_.emplace_front(key, std::move(e));
     if (images_.size() > std::max<size_t>(1, opt_.image_cache)) images_.pop_back();
   } else {

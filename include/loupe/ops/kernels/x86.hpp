@@ -789,6 +789,126 @@ LOUPE_TARGET_AVX512 inline void gemm_f32_avx512(const float* xp, int64_t n, int6
     for (int64_t r = 0; r < rows; ++r) y[i * ldy + r0 + r] = s.yt.data()[r * ytst + i];
 }
 
+// ---- bf16 gemm (AVX512-BF16's vdpbf16ps; the same weight types as gemm_f32).
+//
+// The f32 gemm's structure with bf16 operands: x is packed as pairs of columns
+// ([block of 32 rows][k/2 pairs][32 rows] of (bf16 x[c], bf16 x[c+1]) in 32 bits),
+// each weight row is rounded to bf16 pairs in the task's tile, and one vdpbf16ps
+// multiplies 16 rows × 2 columns into f32 sums: twice the products per instruction
+// of the f32 FMA (x and w rounded to 8-bit mantissas: ~2^-9 relative per product,
+// f32 accumulation). Used where the caller allows it (Precision::Bf16: CLIP).
+#define LOUPE_TARGET_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c")))
+
+// 16 f32 values of column a and 16 of column b -> 16 (bf16 a, bf16 b) pairs, round to nearest even.
+LOUPE_TARGET_AVX512BF16 inline __m512i bf16_pairs(__m512 a, __m512 b) {
+  const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
+  const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
+inline int64_t bf16_packed_size(int64_t n, int64_t k) { return (n + kPackRows - 1) / kPackRows * kPackRows * ((k + 1) / 2); }
+
+LOUPE_TARGET_AVX512BF16 inline void pack_rows_bf16(const float* x, int64_t n, int64_t k, uint32_t* xp) {
+  const int64_t kp = (k + 1) / 2;
+  for (int64_t b = 0; b * kPackRows < n; ++b) {
+    uint32_t* out = xp + b * kp * kPackRows;
+    const int64_t rows = std::min<int64_t>(kPackRows, n - b * kPackRows);
+    for (int64_t c0 = 0; c0 < k; c0 += 16) {
+      alignas(64) float t[16][kPackRows];  // 16 columns × 32 rows, transposed; zeros past the edges
+      for (int64_t r = 0; r < kPackRows; ++r)
+        for (int64_t c = 0; c < 16; ++c) t[c][r] = (r < rows && c0 + c < k) ? x[(b * kPackRows + r) * k + c0 + c] : 0.0f;
+      for (int64_t c = 0; c < 16 && c0 + c < k; c += 2)
+        for (int z = 0; z < 2; ++z)
+          _mm512_store_si512(out + ((c0 + c) / 2) * kPackRows + 16 * z, bf16_pairs(_mm512_load_ps(t[c] + 16 * z), _mm512_load_ps(t[c + 1] + 16 * z)));
+    }
+  }
+}
+
+// NW weight rows × NZ·16 activation rows over pairs [0, kc2) of the current block.
+template <int NW, int NZ>
+LOUPE_TARGET_AVX512BF16 inline void gemm_bf16_tile(const uint32_t* xp, const uint32_t* wt, int64_t wst, int64_t kc2, float* yt,
+                                                   int64_t ytst, bool first) {
+  __m512 acc[NW][NZ];
+  for (int r = 0; r < NW; ++r)
+    for (int z = 0; z < NZ; ++z) acc[r][z] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(yt + r * ytst + 16 * z);
+  for (int64_t c = 0; c < kc2; ++c) {
+    __m512bh xv[NZ];
+    for (int z = 0; z < NZ; ++z) xv[z] = (__m512bh)_mm512_load_si512(xp + c * kPackRows + 16 * z);
+    for (int r = 0; r < NW; ++r) {
+      const __m512bh w = (__m512bh)_mm512_set1_epi32(int(wt[r * wst + c]));
+      for (int z = 0; z < NZ; ++z) acc[r][z] = _mm512_dpbf16_ps(acc[r][z], xv[z], w);
+    }
+  }
+  for (int r = 0; r < NW; ++r)
+    for (int z = 0; z < NZ; ++z) _mm512_storeu_ps(yt + r * ytst + 16 * z, acc[r][z]);
+}
+
+template <int NZ>
+LOUPE_TARGET_AVX512BF16 inline void gemm_bf16_rows(int nw, const uint32_t* xp, const uint32_t* wt, int64_t wst, int64_t kc2, float* yt,
+                                                   int64_t ytst, bool first) {
+  switch (nw) {
+#define LOUPE_CASE(N) \
+  case N: return gemm_bf16_tile<N, NZ>(xp, wt, wst, kc2, yt, ytst, first);
+    LOUPE_CASE(1) LOUPE_CASE(2) LOUPE_CASE(3) LOUPE_CASE(4) LOUPE_CASE(5) LOUPE_CASE(6)
+    LOUPE_CASE(7) LOUPE_CASE(8) LOUPE_CASE(9) LOUPE_CASE(10) LOUPE_CASE(11) LOUPE_CASE(12)
+#undef LOUPE_CASE
+    default: return;
+  }
+}
+
+struct Bf16GemmScratch {
+  AlignedBuffer<float> row, yt;
+  AlignedBuffer<uint32_t> wt;
+};
+inline Bf16GemmScratch& bf16_gemm_scratch() {
+  static thread_local Bf16GemmScratch s;
+  return s;
+}
+
+// Rows [r0, r1) of w (F32, F16 or BF16) against x packed by pack_rows_bf16.
+LOUPE_TARGET_AVX512BF16 inline void gemm_bf16_avx512(const uint32_t* xp, int64_t n, int64_t k, const uint8_t* w, DType t, size_t ws,
+                                                     int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  Bf16GemmScratch& s = bf16_gemm_scratch();
+  const int64_t rows = r1 - r0, kp = (k + 1) / 2, wst = kp + 16;  // padded, as gemm_f32's tile
+  const int64_t nblk = (n + kPackRows - 1) / kPackRows, ytst = nblk * kPackRows;
+  s.wt.resize(size_t(rows * wst));
+  s.yt.resize(size_t(rows * ytst));
+  s.row.resize(size_t(2 * kp + 32));
+  for (int64_t r = 0; r < rows; ++r) {  // each weight row widened to f32, then rounded to bf16 pairs
+    const uint8_t* src = w + size_t(r0 + r) * ws;
+    float* f = s.row.data();
+    if (t == DType::F16) avx512::VecKernels::f16_to_f32_row(reinterpret_cast<const uint16_t*>(src), f, k);
+    else if (t == DType::BF16) avx512::VecKernels::bf16_to_f32_row(reinterpret_cast<const uint16_t*>(src), f, k);
+    else std::memcpy(f, src, size_t(k) * 4);
+    std::fill(f + k, f + 2 * kp + 32, 0.0f);
+    uint32_t* dst = s.wt.data() + r * wst;
+    for (int64_t c = 0; c < kp; c += 16) {  // 32 values -> 16 pairs: even and odd columns apart, then paired
+      const __m512 a = _mm512_loadu_ps(f + 2 * c), b = _mm512_loadu_ps(f + 2 * c + 16);
+      const __m512i idx_even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+      const __m512i idx_odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+      const __m512i pairs = bf16_pairs(_mm512_permutex2var_ps(a, idx_even, b), _mm512_permutex2var_ps(a, idx_odd, b));
+      _mm512_mask_storeu_epi32(dst + c, tail_mask(kp - c), pairs);
+    }
+  }
+  constexpr int64_t kc2max = kGemmKc / 2;
+  for (int64_t c0 = 0; c0 < kp; c0 += kc2max) {
+    const int64_t kc2 = std::min(kc2max, kp - c0);
+    for (int64_t g = 0; g < rows; g += kGemmNW) {
+      const int nw = int(std::min(kGemmNW, rows - g));
+      for (int64_t b = 0; b < nblk; ++b) {
+        const uint32_t* xpb = xp + b * kp * kPackRows + c0 * kPackRows;
+        const uint32_t* wtg = s.wt.data() + g * wst + c0;
+        float* ytg = s.yt.data() + g * ytst + b * kPackRows;
+        if (n - b * kPackRows > 16) gemm_bf16_rows<2>(nw, xpb, wtg, wst, kc2, ytg, ytst, c0 == 0);
+        else gemm_bf16_rows<1>(nw, xpb, wtg, wst, kc2, ytg, ytst, c0 == 0);
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) y[i * ldy + r0 + r] = s.yt.data()[r * ytst + i];
+}
+
 }  // namespace x86
 }  // namespace loupe
 
