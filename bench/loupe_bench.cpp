@@ -214,7 +214,7 @@ double decode_bytes(const LanguageModel& lm) {
 std::string device_name(Backend* be) { return be ? be->describe() : "cpu"; }
 
 // A device backend gets every weight before the clock starts (the first use would upload it).
-void upload_weights(const LanguageModel& lm, Backend* be, ThreadPool*) {
+void upload_weights(const LanguageModel& lm, Backend* be) {
   if (!be) return;
   for (const GgufTensor& t : lm.file.tensors) be->prepare(t.view);
 }
@@ -227,7 +227,7 @@ void bench_llm(const std::string& path, int threads, int64_t prompt, int64_t gen
   ThreadPool pool(threads);
   SessionOptions so;
   so.n_ctx = ctx, so.backend = be;
-  upload_weights(lm, be, &pool);
+  upload_weights(lm, be);
   Session s(lm, so);
   const Generation g = generate(s, random_tokens(prompt, lm.model.cfg.n_vocab, 7), {}, decode_only(gen), nullptr, &pool);
   uint64_t h = 0;
@@ -247,7 +247,7 @@ void bench_batch(const std::string& path, int threads, const std::vector<int64_t
   LanguageModel lm = LanguageModel::open(path);
   warm(lm.file);
   ThreadPool pool(threads);
-  upload_weights(lm, be, &pool);
+  upload_weights(lm, be);
   for (int64_t B : sizes) {
     SessionOptions so;
     so.n_ctx = prompt + gen + 8, so.backend = be;
@@ -315,7 +315,7 @@ void bench_ttft(const std::string& llm_path, const std::string& mmproj_path, int
   ThreadPool pool(threads);
   const LlamaConfig& c = lm.model.cfg;
   Tensor px = random_pixels(vm.clip.cfg.image_size);
-  if (be) vm.projector(clip_encode(vm.clip, px.f32(), &pool, nullptr, be), &pool, be), upload_weights(lm, be, &pool);
+  if (be) vm.projector(clip_encode(vm.clip, px.f32(), &pool, nullptr, be), &pool, be), upload_weights(lm, be);
   auto t0 = Clock::now();
   std::vector<float> img = vm.projector(clip_encode(vm.clip, px.f32(), &pool, nullptr, be), &pool, be);
   const double vision_ms = ms_since(t0);

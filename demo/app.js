@@ -315,8 +315,7 @@ async function run() {
     $('t-encode').textContent = (s.imageReadMs != null ? `read ${s.imageReadMs.toFixed(0)} ms · ` : '') + (s.encodeMs == null ? '–'
       : !s.imageCached ? `encode ${s.encodeMs.toFixed(0)} ms`
       : s.projectMs > 0 ? `CLIP cached; projector ${s.projectMs.toFixed(0)} ms (adapter switched)` : 'cached (same image)');
-    $('t-prefill').textContent = s.prefillTokS == null ? '–' : `${s.prefillTokS.toFixed(1)} tok/s (${s.promptTokens} positions, ${s.prefillMs.toFixed(0)} ms)`;
-    $('t-decode').textContent = s.decodeTokS == null ? '–' : `${s.decodeTokS.toFixed(1)} tok/s (${s.generated} tokens, ${s.decodeMs.toFixed(0)} ms)`;
+    showRates(s, 'positions');
     $('t-threads').textContent = s.threads == null ? '–' : `${s.threads}`;
     setState('done');
     announce(`answer: ${out.textContent}`);
@@ -332,6 +331,12 @@ async function run() {
     updateDescribe();
     if (document.activeElement === $('describe') || document.activeElement === $('stop') || document.activeElement === document.body) out.focus();
   }
+}
+
+// Prefill and decode rates of a turn ('–' for a request stopped before them).
+function showRates(s, positions) {
+  $('t-prefill').textContent = s.prefillTokS == null ? '–' : `${s.prefillTokS.toFixed(1)} tok/s (${s.promptTokens} ${positions}, ${s.prefillMs.toFixed(0)} ms)`;
+  $('t-decode').textContent = s.decodeTokS == null ? '–' : `${s.decodeTokS.toFixed(1)} tok/s (${s.generated} tokens, ${s.decodeMs.toFixed(0)} ms)`;
 }
 
 // A follow-up question about the same image: the next turn of the conversation,
@@ -356,8 +361,7 @@ async function askFollowUp(e) {
     state.lastResult = r;
     const s = r.stats;
     $('t-encode').textContent = 'same image, same conversation';
-    $('t-prefill').textContent = `${s.prefillTokS.toFixed(1)} tok/s (${s.promptTokens} new positions, ${s.prefillMs.toFixed(0)} ms)`;
-    $('t-decode').textContent = `${s.decodeTokS.toFixed(1)} tok/s (${s.generated} tokens, ${s.decodeMs.toFixed(0)} ms)`;
+    showRates(s, 'new positions');
     $('follow-up').value = '';
     setState('done');
     announce(`answer: ${r.text}`);

@@ -352,38 +352,30 @@ async function describe(id, { image, prompt, maxTokens = 256, temperature = 0, s
   const imageReadMs = performance.now() - t0;  // read + decode the file: before CLIP, outside the engine's timings
   if (stopped()) return { text: '', tokens: [], stopped: true, stats: { imageReadMs, imageWidth: img.width, imageHeight: img.height } };
   self.postMessage({ type: 'progress', id, phase: 'encode' });
-  const dec = decoder();
-  let streamed = '';
-  const r = engine.describe(prompt, maxTokens, temperature, seed, conv, (bytes) => {
-    const s = dec.decode(bytes, { stream: true });
-    if (s) {
-      streamed += s;
-      self.postMessage({ type: 'token', id, text: s });
-    }
-    return !stopped();
-  });
-  const tail = dec.decode();
-  if (tail) streamed += tail, self.postMessage({ type: 'token', id, text: tail });
-  return {
-    text: streamed,
-    tokens: r.tokens,
-    stopped: stopped(),
-    stats: Object.assign(r.stats, { imageReadMs, imageWidth: img.width, imageHeight: img.height }),
-  };
+  const r = streamTurn(id, (onBytes) => engine.describe(prompt, maxTokens, temperature, seed, conv, onBytes));
+  Object.assign(r.stats, { imageReadMs, imageWidth: img.width, imageHeight: img.height });
+  return r;
 }
 
 // A follow-up question about the same image, in the conversation describe() started.
 async function followUp(id, { prompt, maxTokens = 256, temperature = 0, seed = 42 }) {
+  return streamTurn(id, (onBytes) => engine.followUp(prompt, maxTokens, temperature, seed, onBytes));
+}
+
+// One turn of the engine (describe or followUp), its UTF-8 pieces decoded and streamed to
+// the page as they come, until the end or Stop: {text, tokens, stopped, stats}.
+function streamTurn(id, run) {
   const dec = decoder();
-  let streamed = '';
-  const r = engine.followUp(prompt, maxTokens, temperature, seed, (bytes) => {
-    const s = dec.decode(bytes, { stream: true });
-    if (s) streamed += s, self.postMessage({ type: 'token', id, text: s });
+  let text = '';
+  const emit = (s) => {
+    if (s) text += s, self.postMessage({ type: 'token', id, text: s });
+  };
+  const r = run((bytes) => {
+    emit(dec.decode(bytes, { stream: true }));
     return !stopped();
   });
-  const tail = dec.decode();
-  if (tail) streamed += tail, self.postMessage({ type: 'token', id, text: tail });
-  return { text: streamed, tokens: r.tokens, stopped: stopped(), stats: r.stats };
+  emit(dec.decode());
+  return { text, tokens: r.tokens, stopped: stopped(), stats: r.stats };
 }
 
 async function generate(id, { prompt, maxTokens = 64, temperature = 0 }) {

@@ -193,25 +193,17 @@ void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t 
   }
   if (w.dtype != DType::F32 && w.dtype != DType::F16 && w.dtype != DType::BF16)
     fail("matmul: unsupported weight type ", dtype_name(w.dtype));
-  if (p == Precision::Bf16 && kt.gemm_bf16 && n >= 8) {
-    AlignedBuffer<uint32_t>& xp = ops_detail::packed_bf16_scratch();
-    xp.resize(size_t(kt.bf16_packed_size(n, in)));
-    kt.pack_rows_bf16(x, n, in, xp.data());
+  // Our SIMD GEMMs (f32, or bf16 products where allowed): x packed once into xp, tasks of weight rows.
+  auto packed_gemm = [&](auto& xp, int64_t packed_size, auto pack, auto gemm) {
+    xp.resize(size_t(packed_size));
+    pack(x, n, in, xp.data());
     const auto* base = static_cast<const uint8_t*>(w.data);
     const size_t ws = w.row_stride();
-    parallel_chunks(pool, out, 48, [&](int64_t r0, int64_t r1) { kt.gemm_bf16(xp.data(), n, in, base, w.dtype, ws, r0, r1, y, out); });
-    return;
-  }
-  if (kt.gemm_f32 && n >= 8) {
-    // Our SIMD GEMM: x packed once, tasks of weight rows.
-    AlignedBuffer<float>& xp = ops_detail::packed_scratch();
-    xp.resize(size_t(kt.packed_size(n, in)));
-    kt.pack_rows(x, n, in, xp.data());
-    const auto* base = static_cast<const uint8_t*>(w.data);
-    const size_t ws = w.row_stride();
-    parallel_chunks(pool, out, 48, [&](int64_t r0, int64_t r1) { kt.gemm_f32(xp.data(), n, in, base, w.dtype, ws, r0, r1, y, out); });
-    return;
-  }
+    parallel_chunks(pool, out, 48, [&](int64_t r0, int64_t r1) { gemm(xp.data(), n, in, base, w.dtype, ws, r0, r1, y, out); });
+  };
+  if (p == Precision::Bf16 && kt.gemm_bf16 && n >= 8)
+    return packed_gemm(ops_detail::packed_bf16_scratch(), kt.bf16_packed_size(n, in), kt.pack_rows_bf16, kt.gemm_bf16);
+  if (kt.gemm_f32 && n >= 8) return packed_gemm(ops_detail::packed_scratch(), kt.packed_size(n, in), kt.pack_rows, kt.gemm_f32);
   parallel_chunks(pool, out, kGrain, [&](int64_t r0, int64_t r1) {
     const int64_t m = r1 - r0;
     std::vector<float>& tile = ops_detail::f32_scratch(4);
