@@ -240,9 +240,13 @@ TEST_CASE("device choice: cpu, cuda and auto; a CUDA request without CUDA falls 
   CHECK(lines.empty());
 
   std::string why;
-  const bool have_gpu = make_cuda_backend(0, &why) != nullptr;
-  if (have_gpu) {
-    MESSAGE("a CUDA GPU is here; the fallback is checked on machines without one");
+  if (make_cuda_backend(0, &why)) {  // a GPU here: cuda and auto give it, and say which
+    for (DeviceChoice c : {DeviceChoice::Cuda, DeviceChoice::Auto}) {
+      BackendHandle gpu = open_backend(c, log);
+      REQUIRE(gpu.get() != &cpu_backend());
+      CHECK(lines == std::vector<std::string>{"device: " + gpu.get()->describe()});
+      lines.clear();
+    }
     return;
   }
   MESSAGE("no CUDA backend: " << why);
