@@ -14,12 +14,13 @@
 //   lanes hold partial sums of one block, scaled per block and accumulated in
 //   f32 lanes, summed across lanes at the end of the row. Same values as the
 //   scalar kernel up to f32 rounding order. One activation row (decode proper)
-//   has its own AVX-512 kernel, gemv1_rows: see there for what profiling showed.
-// * gemm (many activation rows: prefill, CLIP, projector) with AVX-512 VNNI:
-//   a panel of 32 weight rows is repacked once per task into VNNI order
-//   ([block][4-value group][row][4 bytes]) and reused for every activation row;
-//   lanes are weight rows, so each output is accumulated block by block exactly
-//   like the scalar kernel: bit-identical results.
+//   has its own kernels, gemv1_rows (AVX-512) and gemv1_q4_0_avx2: see there for
+//   what profiling showed.
+// * gemm (many activation rows: prefill, CLIP, projector) with AVX-512 VNNI,
+//   and for Q4_0 with AVX2: a panel of 32 (AVX2: 16) weight rows is repacked
+//   once per task into VNNI order ([block][4-value group][row][4 bytes]) and
+//   reused for every activation row; lanes are weight rows, so each output is
+//   accumulated block by block exactly like the scalar kernel: bit-identical results.
 #pragma once
 #include "scalar.hpp"
 
@@ -48,6 +49,10 @@
 #define LOUPE_END_TARGET() LOUPE_PRAGMA(GCC pop_options)
 #endif
 
+
+
+
+
 namespace loupe {
 namespace x86 {
 
@@ -60,6 +65,23 @@ inline int32_t load_i32(const void* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return v;
+}
+
+// Weight panels of the gemms (repacked once per task, reused for every
+// activation row), and the zero row that stands in for rows past the end.
+struct PanelScratch {
+  AlignedBuffer<uint8_t> q;
+  AlignedBuffer<float> d;
+};
+inline PanelScratch& panel_scratch() {
+  static thread_local PanelScratch s;
+  return s;
+}
+
+inline const uint8_t* zero_row(size_t bytes) {
+  static thread_local std::vector<uint8_t> z;
+  if (z.size() < bytes) z.assign(bytes, 0);
+  return z.data();
 }
 
 // =============================================================== AVX2
@@ -164,9 +186,219 @@ LOUPE_TARGET_AVX2 inline void gemv_q8_0_avx2_nx(const uint8_t* w, size_t ws, int
   }
 }
 
+// ---- decode gemv (AVX2, Q4_0): one activation row, two blocks per ymm.
+//
+// gemv_q4_0_avx2_nx spends a ymm on each block: 16 weight bytes are widened to
+// 32 nibbles, and the per-lane tables (corr4, d8) add a load and an op each. It
+// ran at 11–12 GB/s on a Zen 3 core from DRAM and from cache alike: bound by
+// its op count, not by memory. Here a block pair's 32 weight bytes fill one
+// ymm, their low and high nibbles are two vpmaddubsw against the activations
+// permuted to match (once a call, into Gemv1Scratch: [lo b | lo b+1], [hi b |
+// hi b+1]), and the bias correction and scales come per pair from small tables
+// (in cache: 12 -> 17.8 GB/s). Integer sums are exact; only the f32 order
+// differs from scalar.
+//
+// From DRAM it then waited on memory (13.7 GB/s against the probe's 22): software prefetch this many bytes ahead of the weight stream (it runs on into
+// the next rows, which follow in memory; past the tensor's end it is harmless).
+// loupe_bench kernels, 11008×4096 and 4096×11008 Q4_0 from DRAM, 1 thread, Zen 3:
+// none 14.2 / 13.5 GB/s, 512: 13.7 / 15.1, 1024: 16.4 / 16.3, 2048: 17.1 / 17.5,
+// 3072: 17.1 / 17.2 (2 threads: 32.0, the read probe's 32.7), 6144: 17.3 / 17.1.
+constexpr int64_t kGemv1Prefetch = 3072;
+
+struct Gemv1Scratch {
+  AlignedBuffer<int8_t> xs;   // per pair: 64 activation bytes in nibble order
+  AlignedBuffer<float> cs;    // per pair: [corr_b / 4 ×4 | corr_b+1 / 4 ×4] (corr = −8·Σx, so exact)
+  AlignedBuffer<float> ds;    // per pair: [dx_b ×4 | dx_b+1 ×4]
+};
+inline Gemv1Scratch& gemv1_scratch() {
+  static thread_local Gemv1Scratch s;
+  return s;
+}
+
+LOUPE_TARGET_AVX2 inline void gemv1_q4_0_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y) {
+  const int64_t nb = x.nb, np = nb / 2;
+  Gemv1Scratch& sc = gemv1_scratch();
+  sc.xs.resize(size_t(np * 64)), sc.cs.resize(size_t(np * 8)), sc.ds.resize(size_t(np * 8));
+  for (int64_t q = 0; q < np; ++q) {
+    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(x.row(0) + 2 * q * QK));
+    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(x.row(0) + (2 * q + 1) * QK));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sc.xs.data() + q * 64), _mm256_permute2x128_si256(a, b, 0x20));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sc.xs.data() + q * 64 + 32), _mm256_permute2x128_si256(a, b, 0x31));
+    const __m128 c0 = _mm_set1_ps(float(x.corr.data()[2 * q] / 4)), c1 = _mm_set1_ps(float(x.corr.data()[2 * q + 1] / 4));
+    _mm256_store_ps(sc.cs.data() + q * 8, _mm256_insertf128_ps(_mm256_castps128_ps256(c0), c1, 1));
+    const __m128 d0 = _mm_set1_ps(x.d.data()[2 * q]), d1 = _mm_set1_ps(x.d.data()[2 * q + 1]);
+    _mm256_store_ps(sc.ds.data() + q * 8, _mm256_insertf128_ps(_mm256_castps128_ps256(d0), d1, 1));
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const int8_t* xs = sc.xs.data();
+  const float *cs = sc.cs.data(), *ds = sc.ds.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = w + size_t(r) * ws;
+    const auto pair = [&](int64_t q, __m256 acc) {
+      const uint8_t* wb = wr + q * 36;
+      if ((q & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wb + kGemv1Prefetch), _MM_HINT_T0);
+      const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 2))),
+                                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 20)), 1);
+      const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+      const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + q * 64))),
+                                           _mm256_maddubs_epi16(hi, _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + q * 64 + 32))));
+      const __m256 p = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)), _mm256_load_ps(cs + q * 8));
+      const __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_set1_epi16(short(load_u16(wb))), _mm_set1_epi16(short(load_u16(wb + 18)))));
+      return _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_load_ps(ds + q * 8)), acc);
+    };
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();  // two chains of f32 adds
+    int64_t q = 0;
+    for (; q + 2 <= np; q += 2) a0 = pair(q, a0), a1 = pair(q + 1, a1);
+    if (q < np) a0 = pair(q, a0);
+    float sum = hsum256(_mm256_add_ps(a0, a1));
+    if (nb & 1) {  // odd block count: the last block alone
+      const int64_t b = nb - 1;
+      sum += float(scalar::block_dot(*reinterpret_cast<const BlockQ4_0*>(wr + b * 18), x.row(0) + b * QK)) *
+             (fp16_to_f32(load_u16(wr + b * 18)) * x.d.data()[b]);
+    }
+    y[r] = sum;
+  }
+}
+
+// ---- gemm (AVX2, Q4_0): 16-row panels, int16 block sums.
+//
+// Without VNNI the u8×s8 product is vpmaddubsw (pairs summed into int16) and
+// vpmaddwd (pairs of those into int32). With Q4_0 nibbles (0..15) and Q8_0
+// activations (|x| <= 127) a pair is at most 2·15·127 = 3810, so the 8 groups
+// of a block add up in int16 (16 pairs: 30480 < 32767) and only one vpmaddwd is
+// needed a block. Like the VNNI gemm, a panel of weight rows is repacked once
+// per task ([block][4-value group][16 rows][4 bytes]) and reused for every
+// activation row, lanes are weight rows, and y += float(dot) · (dw · dx) block by
+// block: bit-identical to the scalar kernel. (Q8_0 bytes would overflow the
+// int16 sums; Q8_0 keeps the gemv.) It replaced gemv passes of 4 activation rows
+// that re-read the weights for every 4 rows: loupe_bench kernels --n 128 on one
+// Zen 3 core, 38 -> 170 GOP/s (tiles of 2, 3 or 4 activation rows: 168–173).
+constexpr int kPanelRows2 = 16;                          // two ymm of int32 lanes
+constexpr int kPanelBlockBytes2 = 8 * 4 * kPanelRows2;   // one block: 8 groups × 16 rows × 4 bytes
+
+// 8 rows' 16-byte groups at p[r] + off -> 4 ymm: dword g of rows 0..7 in lanes 0..7.
+LOUPE_TARGET_AVX2 inline void transpose8x4(const uint8_t* const* p, int64_t off, __m256i g[4]) {
+  __m256i a[4];
+  for (int j = 0; j < 4; ++j)
+    a[j] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[j] + off))),
+                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(p[j + 4] + off)), 1);
+  const __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+  g[0] = _mm256_unpacklo_epi64(t0, t2), g[1] = _mm256_unpackhi_epi64(t0, t2);
+  g[2] = _mm256_unpacklo_epi64(t1, t3), g[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// Q4_0 rows [r0, r0 + rows) (rows <= 16; missing rows read as zeros) -> pq
+// [nb][8][16][4] nibbles as bytes and pd [nb][16] f32 scales.
+LOUPE_TARGET_AVX2 inline void repack_panel_q4_avx2(const uint8_t* w, size_t ws, int64_t r0, int rows, int64_t nb, uint8_t* pq,
+                                                   float* pd) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const uint8_t* zeros = zero_row(ws);
+  const uint8_t* p[kPanelRows2];
+  for (int r = 0; r < kPanelRows2; ++r) p[r] = r < rows ? w + size_t(r0 + r) * ws : zeros;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* out = pq + b * kPanelBlockBytes2;
+    const int64_t off = b * 18;
+    for (int h = 0; h < 2; ++h) {
+      __m256i g[4];
+      transpose8x4(p + 8 * h, off + 2, g);
+      for (int k = 0; k < 4; ++k) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out + k * 64 + 32 * h), _mm256_and_si256(g[k], m4));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out + (k + 4) * 64 + 32 * h), _mm256_and_si256(_mm256_srli_epi16(g[k], 4), m4));
+      }
+    }
+    for (int r = 0; r < kPanelRows2; ++r) pd[b * kPanelRows2 + r] = fp16_to_f32(load_u16(p[r] + off));
+  }
+}
+
+// NR activation rows × one 16-row panel.
+template <int NR>
+LOUPE_TARGET_AVX2 inline void gemm_tile_avx2(const uint8_t* pq, const float* pd, const QuantizedRows& x, int64_t i0, float* y,
+                                             int64_t ldy, int64_t r0, int rows) {
+  const int64_t nb = x.nb;
+  __m256 f[NR][2];
+  for (int i = 0; i < NR; ++i) f[i][0] = f[i][1] = _mm256_setzero_ps();
+  const int8_t* xq[NR];
+  const int32_t* xc[NR];
+  const float* xd[NR];
+  for (int i = 0; i < NR; ++i) {
+    xq[i] = x.row(i0 + i);
+    xc[i] = x.corr.data() + (i0 + i) * nb;
+    xd[i] = x.d.data() + (i0 + i) * nb;
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i a[NR][2];
+    for (int i = 0; i < NR; ++i) a[i][0] = a[i][1] = _mm256_setzero_si256();
+    const uint8_t* pb = pq + b * kPanelBlockBytes2;
+    // Kept a loop: unrolled, GCC 12 computes all 48 products first and spills them.
+#pragma GCC unroll 1
+    for (int g = 0; g < 8; ++g) {
+      const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + g * 64));
+      const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + g * 64 + 32));
+      for (int i = 0; i < NR; ++i) {
+        const __m256i xv = _mm256_set1_epi32(load_i32(xq[i] + b * QK + 4 * g));
+        a[i][0] = _mm256_add_epi16(a[i][0], _mm256_maddubs_epi16(w0, xv));
+        a[i][1] = _mm256_add_epi16(a[i][1], _mm256_maddubs_epi16(w1, xv));
+      }
+    }
+    const __m256 d0 = _mm256_load_ps(pd + b * kPanelRows2), d1 = _mm256_load_ps(pd + b * kPanelRows2 + 8);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int i = 0; i < NR; ++i) {
+      const __m256i c = _mm256_set1_epi32(xc[i][b]);
+      const __m256 dx = _mm256_set1_ps(xd[i][b]);
+      const __m256i s0 = _mm256_add_epi32(_mm256_madd_epi16(a[i][0], ones), c), s1 = _mm256_add_epi32(_mm256_madd_epi16(a[i][1], ones), c);
+      f[i][0] = _mm256_add_ps(f[i][0], _mm256_mul_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(d0, dx)));
+      f[i][1] = _mm256_add_ps(f[i][1], _mm256_mul_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(d1, dx)));
+    }
+  }
+  for (int i = 0; i < NR; ++i) {
+    float* yr = y + (i0 + i) * ldy + r0;
+    if (rows == kPanelRows2) {
+      _mm256_storeu_ps(yr, f[i][0]), _mm256_storeu_ps(yr + 8, f[i][1]);
+    } else {
+      alignas(32) float t[kPanelRows2];
+      _mm256_store_ps(t, f[i][0]), _mm256_store_ps(t + 8, f[i][1]);
+      std::memcpy(yr, t, sizeof(float) * size_t(rows));
+    }
+  }
+}
+
+constexpr int kGemmNR2 = 3;
+
+// Activation rows from which the panel gemm beats the gemv passes: from 4
+// (loupe_bench kernels, 11008×4096 Q4_0, 1 thread, Zen 3, gemv vs gemm: 2 rows
+// 3.3 vs 4.7 ms, 3: 4.8 vs 5.2, 4: 7.8 vs 5.7, 16: 34.9 vs 11.8). LOUPE_GEMM_MIN_ROWS for tuning.
+inline int64_t gemm_min_rows_avx2() {
+  static const int64_t n = [] {
+    const char* e = std::getenv("LOUPE_GEMM_MIN_ROWS");
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(4);
+  }();
+  return n;
+}
+
+LOUPE_TARGET_AVX2 inline void gemm_q4_0_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
+                                             int64_t ldy) {
+  PanelScratch& ps = panel_scratch();
+  ps.q.resize(size_t(x.nb * kPanelBlockBytes2));
+  ps.d.resize(size_t(x.nb * kPanelRows2));
+  for (int64_t p = r0; p < r1; p += kPanelRows2) {
+    const int rows = int(std::min<int64_t>(kPanelRows2, r1 - p));
+    repack_panel_q4_avx2(w, ws, p, rows, x.nb, ps.q.data(), ps.d.data());
+    int64_t i = 0;
+    for (; i + kGemmNR2 <= x.n; i += kGemmNR2) gemm_tile_avx2<kGemmNR2>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows);
+    switch (x.n - i) {
+      case 2: gemm_tile_avx2<2>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
+      case 1: gemm_tile_avx2<1>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
+      default: break;
+    }
+  }
+}
+
 template <bool Q4>
 LOUPE_TARGET_AVX2 inline void matmul_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
                                           int64_t ldy) {
+  if (Q4 && x.n >= gemm_min_rows_avx2()) return gemm_q4_0_avx2(w, ws, r0, r1, x, y, ldy);
+  if (Q4 && x.n == 1) return gemv1_q4_0_avx2(w, ws, r0, r1, x, y);
   int64_t i = 0;
   for (; i + 4 <= x.n; i += 4) Q4 ? gemv_q4_0_avx2_nx<4>(w, ws, r0, r1, x, i, y, ldy) : gemv_q8_0_avx2_nx<4>(w, ws, r0, r1, x, i, y, ldy);
   switch (x.n - i) {
@@ -461,12 +693,6 @@ LOUPE_TARGET_AVX512 inline void transpose16x4(const uint8_t* const* p, int64_t o
   g[2] = _mm512_unpacklo_epi64(t1, t3), g[3] = _mm512_unpackhi_epi64(t1, t3);
 }
 
-inline const uint8_t* zero_row(size_t bytes) {
-  static thread_local std::vector<uint8_t> z;
-  if (z.size() < bytes) z.assign(bytes, 0);
-  return z.data();
-}
-
 // Repack rows [r0, r0 + rows) (rows <= 32; missing rows read as zeros) into
 // pq [nb][8][32][4] unsigned bytes and pd [nb][32] f32 scales, 16 rows × one
 // block per step, transposed in registers: full 64-byte stores.
@@ -573,15 +799,6 @@ LOUPE_TARGET_AVX512 inline void gemm_tile(const uint8_t* pq, const float* pd, co
     _mm512_mask_storeu_ps(yr, m0, f[i][0]);
     _mm512_mask_storeu_ps(yr + 16, m1, f[i][1]);
   }
-}
-
-struct PanelScratch {
-  AlignedBuffer<uint8_t> q;
-  AlignedBuffer<float> d;
-};
-inline PanelScratch& panel_scratch() {
-  static thread_local PanelScratch s;
-  return s;
 }
 
 constexpr int kGemmNR = 4;
