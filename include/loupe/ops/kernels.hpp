@@ -81,6 +81,7 @@ inline const KernelTable* kernels_for(CpuLevel level) {
         KernelTable t = with_vec_kernels<x86::avx2::VecKernels>(scalar_kernels());
         t.name = "avx2";
         t.quantize_rows = x86::quantize_rows_avx2, t.matmul_q4_0 = x86::matmul_q4_0_avx2, t.matmul_q8_0 = x86::matmul_q8_0_avx2;
+        t.packed_size = x86::f32_packed_size, t.pack_rows = x86::avx2::pack_rows_f32, t.gemm_f32 = x86::avx2::gemm_f32;
         return t;
       }();
       return &t;
@@ -91,8 +92,7 @@ inline const KernelTable* kernels_for(CpuLevel level) {
         t.name = "avx512";
         t.q8_0_offset = 128;  // VNNI's unsigned side: Q8_0 bytes flipped to q + 128
         t.quantize_rows = x86::quantize_rows_avx512, t.matmul_q4_0 = x86::matmul_q4_0_avx512, t.matmul_q8_0 = x86::matmul_q8_0_avx512;
-        t.packed_size = [](int64_t n, int64_t k) { return (n + x86::kPackRows - 1) / x86::kPackRows * x86::kPackRows * k; };
-        t.pack_rows = x86::pack_rows_f32, t.gemm_f32 = x86::gemm_f32_avx512;
+        t.packed_size = x86::f32_packed_size, t.pack_rows = x86::avx512::pack_rows_f32, t.gemm_f32 = x86::avx512::gemm_f32;
         if (cpu_features().avx512bf16)  // Zen 4, Cooper Lake, Sapphire Rapids and later
           t.bf16_packed_size = x86::bf16_packed_size, t.pack_rows_bf16 = x86::pack_rows_bf16, t.gemm_bf16 = x86::gemm_bf16_avx512;
         return t;

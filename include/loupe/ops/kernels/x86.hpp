@@ -84,6 +84,18 @@ inline const uint8_t* zero_row(size_t bytes) {
   return z.data();
 }
 
+// The f32 and bf16 gemms (gemm_f32.inl; x86::gemm_bf16_avx512): activation rows
+// packed in blocks of kPackRows, columns in blocks of kGemmKc; per-task scratch.
+constexpr int64_t kPackRows = 32, kGemmKc = 256;
+inline int64_t f32_packed_size(int64_t n, int64_t k) { return (n + kPackRows - 1) / kPackRows * kPackRows * k; }
+struct F32GemmScratch {
+  AlignedBuffer<float> wt, yt;
+};
+inline F32GemmScratch& f32_gemm_scratch() {
+  static thread_local F32GemmScratch s;
+  return s;
+}
+
 // =============================================================== AVX2
 
 LOUPE_TARGET_AVX2 inline float hsum256(__m256 v) {
@@ -446,8 +458,10 @@ struct Vec {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23)));
   }
   static float hsum(V v) { return hsum256(v); }
+  static constexpr int kGemmNW = 6;  // f32 gemm: 6 weight rows × 2 ymm = 12 accumulators of 16 registers
 };
 #include "vec_f32.inl"
+#include "gemm_f32.inl"
 LOUPE_END_TARGET()
 }  // namespace avx2
 
@@ -897,114 +911,12 @@ struct Vec {
   static V round(V v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V scale2(V p, V k) { return _mm512_scalef_ps(p, k); }
   static float hsum(V v) { return _mm512_reduce_add_ps(v); }
+  static constexpr int kGemmNW = 12;  // f32 gemm: 12 weight rows × 2 zmm = 24 accumulators of 32 registers
 };
 #include "vec_f32.inl"
+#include "gemm_f32.inl"
 LOUPE_END_TARGET()
 }  // namespace avx512
-
-// ---- f32 gemm (F32/F16/BF16 weights: CLIP, the projector, unquantised LLaMA).
-//
-// y[i, r] = Σ_c x[i, c] · w[r, c]. Lanes are activation rows: x is packed once
-// per matmul into blocks of 32 rows, column-major within the block
-// ([block][c][32], pack_rows_f32), and shared by every task; each task widens
-// its weight rows to f32 (a padded tile, so the 12 rows a microkernel reads do
-// not alias in L1) and runs 12 weight rows × 32 activation rows of FMAs per
-// column (24 accumulators), the columns in blocks of kGemmKc so the tile's
-// slice stays in L1. Results are summed in a fixed order: independent of the
-// thread count, close to (not bit-equal with) the scalar dot product.
-
-constexpr int64_t kPackRows = 32, kGemmKc = 256, kGemmNW = 12;
-
-LOUPE_TARGET_AVX512 inline void pack_rows_f32(const float* x, int64_t n, int64_t k, float* xp) {
-  for (int64_t b = 0; b * kPackRows < n; ++b) {
-    float* out = xp + b * k * kPackRows;
-    const int64_t rows = std::min<int64_t>(kPackRows, n - b * kPackRows);
-    for (int64_t c0 = 0; c0 < k; c0 += 16) {
-      const int64_t cols = std::min<int64_t>(16, k - c0);
-      // 16 columns × up to 32 rows, transposed through a small buffer.
-      alignas(64) float t[16][kPackRows];
-      for (int64_t r = 0; r < kPackRows; ++r)
-        for (int64_t c = 0; c < 16; ++c) t[c][r] = (r < rows && c < cols) ? x[(b * kPackRows + r) * k + c0 + c] : 0.0f;
-      for (int64_t c = 0; c < cols; ++c) {
-        _mm512_store_ps(out + (c0 + c) * kPackRows, _mm512_load_ps(t[c]));
-        _mm512_store_ps(out + (c0 + c) * kPackRows + 16, _mm512_load_ps(t[c] + 16));
-      }
-    }
-  }
-}
-
-// NW weight rows × NZ·16 activation rows over columns [0, kc) of the current block.
-template <int NW, int NZ>
-LOUPE_TARGET_AVX512 inline void gemm_f32_tile(const float* xp, const float* wt, int64_t wst, int64_t kc, float* yt, int64_t ytst,
-                                              bool first) {
-  __m512 acc[NW][NZ];
-  for (int r = 0; r < NW; ++r)
-    for (int z = 0; z < NZ; ++z) acc[r][z] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(yt + r * ytst + 16 * z);
-  for (int64_t c = 0; c < kc; ++c) {
-    __m512 xv[NZ];
-    for (int z = 0; z < NZ; ++z) xv[z] = _mm512_load_ps(xp + c * kPackRows + 16 * z);
-    for (int r = 0; r < NW; ++r) {
-      const __m512 w = _mm512_set1_ps(wt[r * wst + c]);
-      for (int z = 0; z < NZ; ++z) acc[r][z] = _mm512_fmadd_ps(xv[z], w, acc[r][z]);
-    }
-  }
-  for (int r = 0; r < NW; ++r)
-    for (int z = 0; z < NZ; ++z) _mm512_storeu_ps(yt + r * ytst + 16 * z, acc[r][z]);
-}
-
-template <int NZ>
-LOUPE_TARGET_AVX512 inline void gemm_f32_rows(int nw, const float* xp, const float* wt, int64_t wst, int64_t kc, float* yt,
-                                              int64_t ytst, bool first) {
-  switch (nw) {
-#define LOUPE_CASE(N) \
-  case N: return gemm_f32_tile<N, NZ>(xp, wt, wst, kc, yt, ytst, first);
-    LOUPE_CASE(1) LOUPE_CASE(2) LOUPE_CASE(3) LOUPE_CASE(4) LOUPE_CASE(5) LOUPE_CASE(6)
-    LOUPE_CASE(7) LOUPE_CASE(8) LOUPE_CASE(9) LOUPE_CASE(10) LOUPE_CASE(11) LOUPE_CASE(12)
-#undef LOUPE_CASE
-    default: return;
-  }
-}
-
-struct F32GemmScratch {
-  AlignedBuffer<float> wt, yt;
-};
-inline F32GemmScratch& f32_gemm_scratch() {
-  static thread_local F32GemmScratch s;
-  return s;
-}
-
-// Rows [r0, r1) of w (dtype t: F32, F16 or BF16; rows ws bytes apart) against
-// x packed by pack_rows_f32 (n rows of k).
-LOUPE_TARGET_AVX512 inline void gemm_f32_avx512(const float* xp, int64_t n, int64_t k, const uint8_t* w, DType t, size_t ws,
-                                                int64_t r0, int64_t r1, float* y, int64_t ldy) {
-  F32GemmScratch& s = f32_gemm_scratch();
-  const int64_t rows = r1 - r0, wst = k + 16;  // padded: rows a multiple of 4 KB apart would share L1 sets
-  const int64_t nblk = (n + kPackRows - 1) / kPackRows, ytst = nblk * kPackRows;
-  s.wt.resize(size_t(rows * wst));
-  s.yt.resize(size_t(rows * ytst));
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* src = w + size_t(r0 + r) * ws;
-    float* dst = s.wt.data() + r * wst;
-    if (t == DType::F16) avx512::VecKernels::f16_to_f32_row(reinterpret_cast<const uint16_t*>(src), dst, k);
-    else if (t == DType::BF16) avx512::VecKernels::bf16_to_f32_row(reinterpret_cast<const uint16_t*>(src), dst, k);
-    else std::memcpy(dst, src, size_t(k) * 4);
-  }
-  for (int64_t c0 = 0; c0 < k; c0 += kGemmKc) {
-    const int64_t kc = std::min(kGemmKc, k - c0);
-    for (int64_t g = 0; g < rows; g += kGemmNW) {
-      const int nw = int(std::min(kGemmNW, rows - g));
-      for (int64_t b = 0; b < nblk; ++b) {
-        const float* xpb = xp + b * k * kPackRows + c0 * kPackRows;
-        const float* wtg = s.wt.data() + g * wst + c0;
-        float* ytg = s.yt.data() + g * ytst + b * kPackRows;
-        if (n - b * kPackRows > 16) gemm_f32_rows<2>(nw, xpb, wtg, wst, kc, ytg, ytst, c0 == 0);
-        else gemm_f32_rows<1>(nw, xpb, wtg, wst, kc, ytg, ytst, c0 == 0);
-      }
-    }
-  }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t r = 0; r < rows; ++r) y[i * ldy + r0 + r] = s.yt.data()[r * ytst + i];
-}
 
 // ---- bf16 gemm (AVX512-BF16's vdpbf16ps; the same weight types as gemm_f32).
 //
@@ -1111,8 +1023,8 @@ LOUPE_TARGET_AVX512BF16 inline void gemm_bf16_avx512(const uint32_t* xp, int64_t
   constexpr int64_t kc2max = kGemmKc / 2;
   for (int64_t c0 = 0; c0 < kp; c0 += kc2max) {
     const int64_t kc2 = std::min(kc2max, kp - c0);
-    for (int64_t g = 0; g < rows; g += kGemmNW) {
-      const int nw = int(std::min(kGemmNW, rows - g));
+    for (int64_t g = 0; g < rows; g += avx512::Vec::kGemmNW) {
+      const int nw = int(std::min<int64_t>(avx512::Vec::kGemmNW, rows - g));
       for (int64_t b = 0; b < nblk; ++b) {
         const uint32_t* xpb = xp + b * kp * kPackRows + c0 * kPackRows;
         const uint32_t* wtg = s.wt.data() + g * wst + c0;
