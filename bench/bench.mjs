@@ -13,12 +13,15 @@
 //   LOUPE_BENCH_SKIP     comma list of parts to skip: llm,clip,ttft,load
 //   LOUPE_BENCH_BASELINE an older build's loupe_bench: its runs join every round
 //                        (engine "baseline"), and the table gains a "× baseline" column
+//   LOUPE_BENCH_SUMMARY  a results-*.json file: measure nothing, print its table again
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 import { bin, cache, env, here, llama7b, log, loupe, median, root, run } from "./common.mjs";
 
+const summaryFile = env.LOUPE_BENCH_SUMMARY;
+const saved = summaryFile ? JSON.parse(readFileSync(summaryFile, "utf8")) : null;
 const baselineBin = env.LOUPE_BENCH_BASELINE;
 if (baselineBin && !existsSync(baselineBin)) throw new Error(`LOUPE_BENCH_BASELINE: ${baselineBin} does not exist`);
 const loupeOf = (e) => (e === "baseline" ? (...args) => run(baselineBin, args.map(String)) : loupe);
@@ -34,16 +37,16 @@ const mmprojPath = join(cache, "mmproj-vit-l-336-f16.gguf");
 const llamacpp = (...args) => run("node", [join(here, "llamacpp.mjs"), ...args.map(String)], { cwd: root });
 
 // ---- synthetic models, made once
-for (const t of types) llama7b(t);
-if (!existsSync(mmprojPath)) {
+if (!saved) for (const t of types) llama7b(t);
+if (!saved && !existsSync(mmprojPath)) {
   log(`making ${mmprojPath} (CLIP ViT-L/14-336 + mlp2x_gelu, random f16 weights)...`);
   run(bin, ["make-mmproj", mmprojPath], { stdio: ["ignore", "pipe", "inherit"] });
 }
 
 // ---- measurements
-const results = [];
+const results = saved ? saved.results : [];
 const record = (part, extra, r) => {
-  const row = { part, ...extra, ...r };
+  const row = { part, ...r, ...extra };  // extra last: loupe_bench names its engine "loupe", the baseline's too
   results.push(row);
   log(JSON.stringify(row));
 };
@@ -60,7 +63,7 @@ function underLoad(fn) {
 const started = new Date();
 const pressure = () => spawnSync("sh", ["-c", "head -1 /proc/pressure/cpu 2>/dev/null"], { encoding: "utf8" }).stdout.trim() || "?";
 const pressureAtStart = pressure();
-for (let round = 1; round <= rounds; ++round) {
+for (let round = 1; !saved && round <= rounds; ++round) {
   log(`--- round ${round}/${rounds}`);
   const engines = round % 2 ? ["loupe", "llama.cpp"] : ["llama.cpp", "loupe"];
   if (baselineBin) engines.splice(1, 0, "baseline");  // between the other two, so no engine is always first
@@ -99,6 +102,7 @@ for (let round = 1; round <= rounds; ++round) {
 }
 
 // ---- summary
+const hasBaseline = results.some((r) => r.engine === "baseline");
 const pick = (f, key) => {
   const v = results.filter(f).map((r) => r[key]).filter((x) => x !== undefined);
   return v.length ? median(v) : NaN;
@@ -106,12 +110,12 @@ const pick = (f, key) => {
 const fmt = (x, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : "–");
 const ratio = (a, b) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : "–");
 const head = ["measurement", "threads", "loupe", "llama.cpp", "loupe / llama.cpp"];
-if (baselineBin) head.push("baseline", "× baseline");
+if (hasBaseline) head.push("baseline", "× baseline");
 const rows = [head, head.map((_, i) => (i ? "---:" : "---"))];
 // One row; b: the baseline's figure, timeLike: smaller is better (the × column is then baseline / loupe).
 const add = (label, th, l, c, cmp, b = NaN, timeLike = false) => {
   const row = [label, th, l, c, cmp];
-  if (baselineBin) row.push(Number.isFinite(b) ? fmt(b, timeLike ? 0 : 2) : "–", timeLike ? ratio(b, Number(l)) : ratio(Number(l), b));
+  if (hasBaseline) row.push(Number.isFinite(b) ? fmt(b, timeLike ? 0 : 2) : "–", timeLike ? ratio(b, Number(l)) : ratio(Number(l), b));
   rows.push(row);
 };
 for (const t of types)
@@ -154,9 +158,12 @@ for (const th of threadList) {
 const table = rows.map((r) => `| ${r.join(" | ")} |`).join("\n");
 const cpu = spawnSync("sh", ["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2; nproc"], { encoding: "utf8" }).stdout.trim().split("\n");
 const minutes = ((Date.now() - started.getTime()) / 60000).toFixed(0);
-const header = `${started.toISOString()} — ${rounds} round(s) in ${minutes} min, medians; CPU:${cpu[0]}, ${cpu[1]} cores; kernels: ${results.find((r) => r.kernels)?.kernels ?? "?"}\n` +
+const header = saved ? saved.header :
+  `${started.toISOString()} — ${rounds} round(s) in ${minutes} min, medians; CPU:${cpu[0]}, ${cpu[1]} cores; kernels: ${results.find((r) => r.kernels)?.kernels ?? "?"}\n` +
   `CPU pressure (PSI, share of time some runnable task waited for a CPU) at the start: ${pressureAtStart}; at the end: ${pressure()}`;
 console.log(header + "\n\n" + table);
-const out = join(cache, `results-${started.toISOString().replace(/[:.]/g, "-")}.json`);
-writeFileSync(out, JSON.stringify({ header, results }, null, 1));
-log(`raw results: ${out}`);
+if (!saved) {
+  const out = join(cache, `results-${started.toISOString().replace(/[:.]/g, "-")}.json`);
+  writeFileSync(out, JSON.stringify({ header, results }, null, 1));
+  log(`raw results: ${out}`);
+}

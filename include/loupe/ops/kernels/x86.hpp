@@ -255,7 +255,7 @@ LOUPE_TARGET_AVX2 inline void gemv1_q4_0_avx2(const uint8_t* w, size_t ws, int64
       const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + q * 64))),
                                            _mm256_maddubs_epi16(hi, _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + q * 64 + 32))));
       const __m256 p = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)), _mm256_load_ps(cs + q * 8));
-      const __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_set1_epi16(short(load_u16(wb))), _mm_set1_epi16(short(load_u16(wb + 18)))));
+      const __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_broadcastw_epi16(_mm_loadu_si16(wb)), _mm_broadcastw_epi16(_mm_loadu_si16(wb + 18))));
       return _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_load_ps(ds + q * 8)), acc);
     };
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();  // two chains of f32 adds
