@@ -227,6 +227,21 @@ inline Gemv1Scratch& gemv1_scratch() {
   return s;
 }
 
+// Blocks 2q, 2q + 1 of one weight row (wb) against the permuted activations: acc + their partial dots · scales.
+LOUPE_TARGET_AVX2 __attribute__((always_inline)) inline __m256 gemv1_pair_avx2(const uint8_t* wb, int64_t q, const int8_t* xs, const float* cs,
+                                                                                const float* ds, __m256 acc) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  if ((q & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wb + kGemv1Prefetch), _MM_HINT_T0);
+  const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 2))),
+                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 20)), 1);
+  const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+  const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + q * 64))),
+                                       _mm256_maddubs_epi16(hi, _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + q * 64 + 32))));
+  const __m256 p = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)), _mm256_load_ps(cs + q * 8));
+  const __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_broadcastw_epi16(_mm_loadu_si16(wb)), _mm_broadcastw_epi16(_mm_loadu_si16(wb + 18))));
+  return _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_load_ps(ds + q * 8)), acc);
+}
+
 LOUPE_TARGET_AVX2 inline void gemv1_q4_0_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y) {
   const int64_t nb = x.nb, np = nb / 2;
   Gemv1Scratch& sc = gemv1_scratch();
@@ -241,27 +256,17 @@ LOUPE_TARGET_AVX2 inline void gemv1_q4_0_avx2(const uint8_t* w, size_t ws, int64
     const __m128 d0 = _mm_set1_ps(x.d.data()[2 * q]), d1 = _mm_set1_ps(x.d.data()[2 * q + 1]);
     _mm256_store_ps(sc.ds.data() + q * 8, _mm256_insertf128_ps(_mm256_castps128_ps256(d0), d1, 1));
   }
-  const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
   const int8_t* xs = sc.xs.data();
   const float *cs = sc.cs.data(), *ds = sc.ds.data();
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* wr = w + size_t(r) * ws;
-    const auto pair = [&](int64_t q, __m256 acc) {
-      const uint8_t* wb = wr + q * 36;
-      if ((q & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wb + kGemv1Prefetch), _MM_HINT_T0);
-      const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 2))),
-                                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 20)), 1);
-      const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-      const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + q * 64))),
-                                           _mm256_maddubs_epi16(hi, _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + q * 64 + 32))));
-      const __m256 p = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)), _mm256_load_ps(cs + q * 8));
-      const __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_broadcastw_epi16(_mm_loadu_si16(wb)), _mm_broadcastw_epi16(_mm_loadu_si16(wb + 18))));
-      return _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_load_ps(ds + q * 8)), acc);
-    };
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();  // two chains of f32 adds
     int64_t q = 0;
-    for (; q + 2 <= np; q += 2) a0 = pair(q, a0), a1 = pair(q + 1, a1);
-    if (q < np) a0 = pair(q, a0);
+    for (; q + 2 <= np; q += 2) {
+      a0 = gemv1_pair_avx2(wr + q * 36, q, xs, cs, ds, a0);
+      a1 = gemv1_pair_avx2(wr + (q + 1) * 36, q + 1, xs, cs, ds, a1);
+    }
+    if (q < np) a0 = gemv1_pair_avx2(wr + q * 36, q, xs, cs, ds, a0);
     float sum = hsum256(_mm256_add_ps(a0, a1));
     if (nb & 1) {  // odd block count: the last block alone
       const int64_t b = nb - 1;
@@ -272,21 +277,27 @@ LOUPE_TARGET_AVX2 inline void gemv1_q4_0_avx2(const uint8_t* w, size_t ws, int64
   }
 }
 
-// ---- gemm (AVX2, Q4_0): 16-row panels, int16 block sums.
+// ---- gemm (AVX2): 16-row panels.
 //
 // Without VNNI the u8×s8 product is vpmaddubsw (pairs summed into int16) and
-// vpmaddwd (pairs of those into int32). With Q4_0 nibbles (0..15) and Q8_0
-// activations (|x| <= 127) a pair is at most 2·15·127 = 3810, so the 8 groups
-// of a block add up in int16 (16 pairs: 30480 < 32767) and only one vpmaddwd is
-// needed a block. Like the VNNI gemm, a panel of weight rows is repacked once
-// per task ([block][4-value group][16 rows][4 bytes]) and reused for every
-// activation row, lanes are weight rows, and y += float(dot) · (dw · dx) block by
-// block: bit-identical to the scalar kernel. (Q8_0 bytes would overflow the
-// int16 sums; Q8_0 keeps the gemv.) It replaced gemv passes of 4 activation rows
-// that re-read the weights for every 4 rows: loupe_bench kernels --n 128 on one
-// Zen 3 core, 38 -> 170 GOP/s (tiles of 2, 3 or 4 activation rows: 168–173).
-constexpr int kPanelRows2 = 16;                          // two ymm of int32 lanes
-constexpr int kPanelBlockBytes2 = 8 * 4 * kPanelRows2;   // one block: 8 groups × 16 rows × 4 bytes
+// vpmaddwd (pairs of those into int32). Like the VNNI gemm, a panel of weight
+// rows is repacked once per task ([block][4-value group][16 rows][4 bytes]) and
+// reused for every activation row, lanes are weight rows, and y += float(dot) ·
+// (dw · dx) block by block: bit-identical to the scalar kernel.
+// * Q4_0: with nibbles (0..15) and Q8_0 activations (|x| <= 127) a pair is at
+//   most 2·15·127 = 3810, so the 8 groups of a block add up in int16 (16 pairs:
+//   30480 < 32767) and one vpmaddwd a block widens them. It replaced gemv passes
+//   of 4 activation rows that re-read the weights for every 4 rows:
+//   loupe_bench kernels --n 128 on one Zen 3 core, 38 -> 170 GOP/s (tiles of 2,
+//   3 or 4 activation rows: 168–173).
+// * Q8_0: |w| × (x with w's sign) (the panel holds |w| and w), a pair up to
+//   2·128·127, so every product pair is widened at once: about half Q4_0's
+//   rate (98 GOP/s on one core at 128 rows; the gemv passes: 66).
+template <bool Q4>
+constexpr int kPanelBlockBytes2 = (Q4 ? 1 : 2) * 8 * 4 * 16;  // one block: 8 groups × 16 rows × 4 bytes (Q8_0: |w|, then w)
+constexpr int kPanelRows2 = 16;                                 // two ymm of int32 lanes
+
+LOUPE_TARGET_AVX2 inline void store256(uint8_t* at, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(at), v); }
 
 // 8 rows' 16-byte groups at p[r] + off -> 4 ymm: dword g of rows 0..7 in lanes 0..7.
 LOUPE_TARGET_AVX2 inline void transpose8x4(const uint8_t* const* p, int64_t off, __m256i g[4]) {
@@ -300,23 +311,33 @@ LOUPE_TARGET_AVX2 inline void transpose8x4(const uint8_t* const* p, int64_t off,
   g[2] = _mm256_unpacklo_epi64(t1, t3), g[3] = _mm256_unpackhi_epi64(t1, t3);
 }
 
-// Q4_0 rows [r0, r0 + rows) (rows <= 16; missing rows read as zeros) -> pq
-// [nb][8][16][4] nibbles as bytes and pd [nb][16] f32 scales.
-LOUPE_TARGET_AVX2 inline void repack_panel_q4_avx2(const uint8_t* w, size_t ws, int64_t r0, int rows, int64_t nb, uint8_t* pq,
-                                                   float* pd) {
+// Rows [r0, r0 + rows) (rows <= 16; missing rows read as zeros) -> pq
+// [nb][8][16][4] (Q4_0: nibbles as bytes; Q8_0: |w|, then w) and pd [nb][16] f32 scales.
+template <bool Q4>
+LOUPE_TARGET_AVX2 inline void repack_panel_avx2(const uint8_t* w, size_t ws, int64_t r0, int rows, int64_t nb, uint8_t* pq, float* pd) {
+  constexpr int64_t bs = Q4 ? 18 : 34;
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const uint8_t* zeros = zero_row(ws);
   const uint8_t* p[kPanelRows2];
   for (int r = 0; r < kPanelRows2; ++r) p[r] = r < rows ? w + size_t(r0 + r) * ws : zeros;
   for (int64_t b = 0; b < nb; ++b) {
-    uint8_t* out = pq + b * kPanelBlockBytes2;
-    const int64_t off = b * 18;
+    uint8_t* out = pq + b * kPanelBlockBytes2<Q4>;
+    const int64_t off = b * bs;
     for (int h = 0; h < 2; ++h) {
       __m256i g[4];
       transpose8x4(p + 8 * h, off + 2, g);
       for (int k = 0; k < 4; ++k) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out + k * 64 + 32 * h), _mm256_and_si256(g[k], m4));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out + (k + 4) * 64 + 32 * h), _mm256_and_si256(_mm256_srli_epi16(g[k], 4), m4));
+        if (Q4) {
+          store256(out + k * 64 + 32 * h, _mm256_and_si256(g[k], m4));
+          store256(out + (k + 4) * 64 + 32 * h, _mm256_and_si256(_mm256_srli_epi16(g[k], 4), m4));
+        } else {
+          store256(out + k * 64 + 32 * h, _mm256_abs_epi8(g[k]));
+          store256(out + 512 + k * 64 + 32 * h, g[k]);
+        }
+      }
+      if (!Q4) {
+        transpose8x4(p + 8 * h, off + 18, g);
+        for (int k = 0; k < 4; ++k) store256(out + (k + 4) * 64 + 32 * h, _mm256_abs_epi8(g[k])), store256(out + 512 + (k + 4) * 64 + 32 * h, g[k]);
       }
     }
     for (int r = 0; r < kPanelRows2; ++r) pd[b * kPanelRows2 + r] = fp16_to_f32(load_u16(p[r] + off));
@@ -324,10 +345,11 @@ LOUPE_TARGET_AVX2 inline void repack_panel_q4_avx2(const uint8_t* w, size_t ws, 
 }
 
 // NR activation rows × one 16-row panel.
-template <int NR>
+template <bool Q4, int NR>
 LOUPE_TARGET_AVX2 inline void gemm_tile_avx2(const uint8_t* pq, const float* pd, const QuantizedRows& x, int64_t i0, float* y,
                                              int64_t ldy, int64_t r0, int rows) {
   const int64_t nb = x.nb;
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256 f[NR][2];
   for (int i = 0; i < NR; ++i) f[i][0] = f[i][1] = _mm256_setzero_ps();
   const int8_t* xq[NR];
@@ -339,9 +361,9 @@ LOUPE_TARGET_AVX2 inline void gemm_tile_avx2(const uint8_t* pq, const float* pd,
     xd[i] = x.d.data() + (i0 + i) * nb;
   }
   for (int64_t b = 0; b < nb; ++b) {
-    __m256i a[NR][2];
+    __m256i a[NR][2];  // Q4_0: int16 pair sums; Q8_0: int32 sums
     for (int i = 0; i < NR; ++i) a[i][0] = a[i][1] = _mm256_setzero_si256();
-    const uint8_t* pb = pq + b * kPanelBlockBytes2;
+    const uint8_t* pb = pq + b * kPanelBlockBytes2<Q4>;
     // Kept a loop: unrolled, GCC 12 computes all 48 products first and spills them.
 #pragma GCC unroll 1
     for (int g = 0; g < 8; ++g) {
@@ -349,16 +371,23 @@ LOUPE_TARGET_AVX2 inline void gemm_tile_avx2(const uint8_t* pq, const float* pd,
       const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + g * 64 + 32));
       for (int i = 0; i < NR; ++i) {
         const __m256i xv = _mm256_set1_epi32(load_i32(xq[i] + b * QK + 4 * g));
-        a[i][0] = _mm256_add_epi16(a[i][0], _mm256_maddubs_epi16(w0, xv));
-        a[i][1] = _mm256_add_epi16(a[i][1], _mm256_maddubs_epi16(w1, xv));
+        if (Q4) {
+          a[i][0] = _mm256_add_epi16(a[i][0], _mm256_maddubs_epi16(w0, xv));
+          a[i][1] = _mm256_add_epi16(a[i][1], _mm256_maddubs_epi16(w1, xv));
+        } else {
+          const __m256i s0 = _mm256_sign_epi8(xv, _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + 512 + g * 64)));
+          const __m256i s1 = _mm256_sign_epi8(xv, _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + 512 + g * 64 + 32)));
+          a[i][0] = _mm256_add_epi32(a[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, s0), ones));
+          a[i][1] = _mm256_add_epi32(a[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, s1), ones));
+        }
       }
     }
     const __m256 d0 = _mm256_load_ps(pd + b * kPanelRows2), d1 = _mm256_load_ps(pd + b * kPanelRows2 + 8);
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int i = 0; i < NR; ++i) {
-      const __m256i c = _mm256_set1_epi32(xc[i][b]);
+      const __m256i c = _mm256_set1_epi32(xc[i][b]);  // the Q4_0 offset's correction (Q8_0: offset 0, c = 0)
       const __m256 dx = _mm256_set1_ps(xd[i][b]);
-      const __m256i s0 = _mm256_add_epi32(_mm256_madd_epi16(a[i][0], ones), c), s1 = _mm256_add_epi32(_mm256_madd_epi16(a[i][1], ones), c);
+      const __m256i s0 = _mm256_add_epi32(Q4 ? _mm256_madd_epi16(a[i][0], ones) : a[i][0], c);
+      const __m256i s1 = _mm256_add_epi32(Q4 ? _mm256_madd_epi16(a[i][1], ones) : a[i][1], c);
       f[i][0] = _mm256_add_ps(f[i][0], _mm256_mul_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(d0, dx)));
       f[i][1] = _mm256_add_ps(f[i][1], _mm256_mul_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(d1, dx)));
     }
@@ -377,30 +406,33 @@ LOUPE_TARGET_AVX2 inline void gemm_tile_avx2(const uint8_t* pq, const float* pd,
 
 constexpr int kGemmNR2 = 3;
 
-// Activation rows from which the panel gemm beats the gemv passes: from 4
-// (loupe_bench kernels, 11008×4096 Q4_0, 1 thread, Zen 3, gemv vs gemm: 2 rows
-// 3.3 vs 4.7 ms, 3: 4.8 vs 5.2, 4: 7.8 vs 5.7, 16: 34.9 vs 11.8). LOUPE_GEMM_MIN_ROWS for tuning.
+// Activation rows from which the panel gemm beats the gemv passes (loupe_bench
+// kernels, 11008×4096, 1 thread, Zen 3, gemv vs gemm). Q4_0 from 4: 2 rows 3.3 vs
+// 4.7 ms, 3: 4.8 vs 5.2, 4: 7.8 vs 5.7, 16: 34.9 vs 11.8. Q8_0 from 12: 8 rows 11.0
+// vs 11.8 ms, 12: 16.2 vs 15.2, 16: 21.5 vs 18.7; 128 rows 66 -> 98 GOP/s.
+// LOUPE_GEMM_MIN_ROWS for tuning.
+template <bool Q4>
 inline int64_t gemm_min_rows_avx2() {
   static const int64_t n = [] {
     const char* e = std::getenv("LOUPE_GEMM_MIN_ROWS");
-    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(4);
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(Q4 ? 4 : 12);
   }();
   return n;
 }
 
-LOUPE_TARGET_AVX2 inline void gemm_q4_0_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
-                                             int64_t ldy) {
+template <bool Q4>
+LOUPE_TARGET_AVX2 inline void gemm_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
   PanelScratch& ps = panel_scratch();
-  ps.q.resize(size_t(x.nb * kPanelBlockBytes2));
+  ps.q.resize(size_t(x.nb * kPanelBlockBytes2<Q4>));
   ps.d.resize(size_t(x.nb * kPanelRows2));
   for (int64_t p = r0; p < r1; p += kPanelRows2) {
     const int rows = int(std::min<int64_t>(kPanelRows2, r1 - p));
-    repack_panel_q4_avx2(w, ws, p, rows, x.nb, ps.q.data(), ps.d.data());
+    repack_panel_avx2<Q4>(w, ws, p, rows, x.nb, ps.q.data(), ps.d.data());
     int64_t i = 0;
-    for (; i + kGemmNR2 <= x.n; i += kGemmNR2) gemm_tile_avx2<kGemmNR2>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows);
+    for (; i + kGemmNR2 <= x.n; i += kGemmNR2) gemm_tile_avx2<Q4, kGemmNR2>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows);
     switch (x.n - i) {
-      case 2: gemm_tile_avx2<2>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
-      case 1: gemm_tile_avx2<1>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
+      case 2: gemm_tile_avx2<Q4, 2>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
+      case 1: gemm_tile_avx2<Q4, 1>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows); break;
       default: break;
     }
   }
@@ -409,7 +441,7 @@ LOUPE_TARGET_AVX2 inline void gemm_q4_0_avx2(const uint8_t* w, size_t ws, int64_
 template <bool Q4>
 LOUPE_TARGET_AVX2 inline void matmul_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
                                           int64_t ldy) {
-  if (Q4 && x.n >= gemm_min_rows_avx2()) return gemm_q4_0_avx2(w, ws, r0, r1, x, y, ldy);
+  if (x.n >= gemm_min_rows_avx2<Q4>()) return gemm_avx2<Q4>(w, ws, r0, r1, x, y, ldy);
   if (Q4 && x.n == 1) return gemv1_q4_0_avx2(w, ws, r0, r1, x, y);
   int64_t i = 0;
   for (; i + 4 <= x.n; i += 4) Q4 ? gemv_q4_0_avx2_nx<4>(w, ws, r0, r1, x, i, y, ldy) : gemv_q8_0_avx2_nx<4>(w, ws, r0, r1, x, i, y, ldy);
