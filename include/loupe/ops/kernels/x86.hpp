@@ -84,6 +84,17 @@ inline const uint8_t* zero_row(size_t bytes) {
   return z.data();
 }
 
+// The gemm tiles' NR activation rows: values, bias corrections, scales.
+template <int NR>
+struct ActRows {
+  const int8_t* q[NR];
+  const int32_t* c[NR];
+  const float* d[NR];
+  ActRows(const QuantizedRows& x, int64_t i0) {
+    for (int i = 0; i < NR; ++i) q[i] = x.row(i0 + i), c[i] = x.corr.data() + (i0 + i) * x.nb, d[i] = x.d.data() + (i0 + i) * x.nb;
+  }
+};
+
 // The f32 and bf16 gemms (gemm_f32.inl; x86::gemm_bf16_avx512): activation rows
 // packed in blocks of kPackRows, columns in blocks of kGemmKc; per-task scratch.
 constexpr int64_t kPackRows = 32, kGemmKc = 256;
@@ -352,14 +363,10 @@ LOUPE_TARGET_AVX2 inline void gemm_tile_avx2(const uint8_t* pq, const float* pd,
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 f[NR][2];
   for (int i = 0; i < NR; ++i) f[i][0] = f[i][1] = _mm256_setzero_ps();
-  const int8_t* xq[NR];
-  const int32_t* xc[NR];
-  const float* xd[NR];
-  for (int i = 0; i < NR; ++i) {
-    xq[i] = x.row(i0 + i);
-    xc[i] = x.corr.data() + (i0 + i) * nb;
-    xd[i] = x.d.data() + (i0 + i) * nb;
-  }
+  const ActRows<NR> xr(x, i0);
+  const int8_t* const* xq = xr.q;
+  const int32_t* const* xc = xr.c;
+  const float* const* xd = xr.d;
   for (int64_t b = 0; b < nb; ++b) {
     __m256i a[NR][2];  // Q4_0: int16 pair sums; Q8_0: int32 sums
     for (int i = 0; i < NR; ++i) a[i][0] = a[i][1] = _mm256_setzero_si256();
@@ -812,14 +819,10 @@ LOUPE_TARGET_AVX512 inline void gemm_tile(const uint8_t* pq, const float* pd, co
   const int64_t nb = x.nb;
   __m512 f[NR][2];
   for (int i = 0; i < NR; ++i) f[i][0] = f[i][1] = _mm512_setzero_ps();
-  const int8_t* xq[NR];
-  const int32_t* xc[NR];
-  const float* xd[NR];
-  for (int i = 0; i < NR; ++i) {
-    xq[i] = x.row(i0 + i);
-    xc[i] = x.corr.data() + (i0 + i) * nb;
-    xd[i] = x.d.data() + (i0 + i) * nb;
-  }
+  const ActRows<NR> xr(x, i0);
+  const int8_t* const* xq = xr.q;
+  const int32_t* const* xc = xr.c;
+  const float* const* xd = xr.d;
   for (int64_t b = 0; b < nb; ++b) {
     __m512i a[NR][2];
     for (int i = 0; i < NR; ++i) a[i][0] = a[i][1] = _mm512_set1_epi32(xc[i][b]);
