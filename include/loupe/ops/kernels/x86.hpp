@@ -16,8 +16,8 @@
 //   scalar kernel up to f32 rounding order. One activation row (decode proper)
 //   has its own kernels, gemv1_rows (AVX-512) and gemv1_q4_0_avx2: see there for
 //   what profiling showed.
-// * gemm (many activation rows: prefill, CLIP, projector) with AVX-512 VNNI,
-//   and for Q4_0 with AVX2: a panel of 32 (AVX2: 16) weight rows is repacked
+// * gemm (many activation rows: prefill, CLIP, projector) with AVX-512 VNNI
+//   and with AVX2: a panel of 32 (AVX2: 16) weight rows is repacked
 //   once per task into VNNI order ([block][4-value group][row][4 bytes]) and
 //   reused for every activation row; lanes are weight rows, so each output is
 //   accumulated block by block exactly like the scalar kernel: bit-identical results.
@@ -82,6 +82,17 @@ inline const uint8_t* zero_row(size_t bytes) {
   static thread_local std::vector<uint8_t> z;
   if (z.size() < bytes) z.assign(bytes, 0);
   return z.data();
+}
+
+// Activation rows from which a panel gemm takes over from the gemv passes:
+// `measured` (each ISA's dispatch says where it was measured), or
+// LOUPE_GEMM_MIN_ROWS, for tuning.
+inline int64_t gemm_min_rows(int64_t measured) {
+  static const int64_t env = [] {
+    const char* e = std::getenv("LOUPE_GEMM_MIN_ROWS");
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(0);
+  }();
+  return env ? env : measured;
 }
 
 // The gemm tiles' NR activation rows: values, bias corrections, scales.
@@ -221,8 +232,9 @@ LOUPE_TARGET_AVX2 inline void gemv_q8_0_avx2_nx(const uint8_t* w, size_t ws, int
 // (in cache: 12 -> 17.8 GB/s). Integer sums are exact; only the f32 order
 // differs from scalar.
 //
-// From DRAM it then waited on memory (13.7 GB/s against the probe's 22): software prefetch this many bytes ahead of the weight stream (it runs on into
-// the next rows, which follow in memory; past the tensor's end it is harmless).
+// From DRAM it then waited on memory (13.7 GB/s against the probe's 22): it
+// prefetches kGemv1Prefetch bytes ahead of the weight stream (on into the next
+// rows, which follow in memory; past the tensor's end a prefetch is harmless).
 // loupe_bench kernels, 11008×4096 and 4096×11008 Q4_0 from DRAM, 1 thread, Zen 3:
 // none 14.2 / 13.5 GB/s, 512: 13.7 / 15.1, 1024: 16.4 / 16.3, 2048: 17.1 / 17.5,
 // 3072: 17.1 / 17.2 (2 threads: 32.0, the read probe's 32.7), 6144: 17.3 / 17.1.
@@ -413,20 +425,6 @@ LOUPE_TARGET_AVX2 inline void gemm_tile_avx2(const uint8_t* pq, const float* pd,
 
 constexpr int kGemmNR2 = 3;
 
-// Activation rows from which the panel gemm beats the gemv passes (loupe_bench
-// kernels, 11008×4096, 1 thread, Zen 3, gemv vs gemm). Q4_0 from 4: 2 rows 3.3 vs
-// 4.7 ms, 3: 4.8 vs 5.2, 4: 7.8 vs 5.7, 16: 34.9 vs 11.8. Q8_0 from 12: 8 rows 11.0
-// vs 11.8 ms, 12: 16.2 vs 15.2, 16: 21.5 vs 18.7; 128 rows 66 -> 98 GOP/s.
-// LOUPE_GEMM_MIN_ROWS for tuning.
-template <bool Q4>
-inline int64_t gemm_min_rows_avx2() {
-  static const int64_t n = [] {
-    const char* e = std::getenv("LOUPE_GEMM_MIN_ROWS");
-    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(Q4 ? 4 : 12);
-  }();
-  return n;
-}
-
 template <bool Q4>
 LOUPE_TARGET_AVX2 inline void gemm_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
   PanelScratch& ps = panel_scratch();
@@ -448,7 +446,10 @@ LOUPE_TARGET_AVX2 inline void gemm_avx2(const uint8_t* w, size_t ws, int64_t r0,
 template <bool Q4>
 LOUPE_TARGET_AVX2 inline void matmul_avx2(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
                                           int64_t ldy) {
-  if (x.n >= gemm_min_rows_avx2<Q4>()) return gemm_avx2<Q4>(w, ws, r0, r1, x, y, ldy);
+  // The panel gemm from 4 rows for Q4_0, 12 for Q8_0 (loupe_bench kernels, 11008×4096,
+  // 1 thread, Zen 3, gemv vs gemm; Q4_0: 2 rows 3.3 vs 4.7 ms, 3: 4.8 vs 5.2, 4: 7.8 vs
+  // 5.7, 16: 34.9 vs 11.8; Q8_0: 8 rows 11.0 vs 11.8 ms, 12: 16.2 vs 15.2, 16: 21.5 vs 18.7).
+  if (x.n >= gemm_min_rows(Q4 ? 4 : 12)) return gemm_avx2<Q4>(w, ws, r0, r1, x, y, ldy);
   if (Q4 && x.n == 1) return gemv1_q4_0_avx2(w, ws, r0, r1, x, y);
   int64_t i = 0;
   for (; i + 4 <= x.n; i += 4) Q4 ? gemv_q4_0_avx2_nx<4>(w, ws, r0, r1, x, i, y, ldy) : gemv_q8_0_avx2_nx<4>(w, ws, r0, r1, x, i, y, ldy);
@@ -872,24 +873,14 @@ LOUPE_TARGET_AVX512 inline void gemm_avx512(const uint8_t* w, size_t ws, int64_t
   }
 }
 
-// Activation rows from which the repacked-panel gemm beats the gemv (whose
-// passes of up to 4 rows re-read the task's weight rows from L2). Measured on
-// whole 7B decode steps (loupe_bench batch, 2 threads): Q4_0 from 2 rows (2
-// sequences: 157 -> 129 ms a step; the gemv_nx loses most on ffn_down's
-// K = 11008); Q8_0 from 4 (`loupe_bench kernels`: 2 rows 1.21 vs 1.36 ms).
-template <bool Q4>
-inline int64_t gemm_min_rows() {
-  static const int64_t n = [] {
-    const char* e = std::getenv("LOUPE_GEMM_MIN_ROWS");  // for tuning only
-    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(Q4 ? 2 : 4);
-  }();
-  return n;
-}
-
 template <bool Q4>
 LOUPE_TARGET_AVX512 inline void matmul_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
                                               int64_t ldy) {
-  if (x.n >= gemm_min_rows<Q4>()) return gemm_avx512<Q4>(w, ws, r0, r1, x, y, ldy);
+  // The panel gemm from 2 rows for Q4_0, 4 for Q8_0 (whole 7B decode steps, loupe_bench
+  // batch, 2 threads: 2 Q4_0 sequences 157 -> 129 ms a step, the gemv passes re-read the
+  // task's weight rows from L2 and lose most on ffn_down's K = 11008; Q8_0, loupe_bench
+  // kernels: 2 rows 1.21 vs 1.36 ms).
+  if (x.n >= gemm_min_rows(Q4 ? 2 : 4)) return gemm_avx512<Q4>(w, ws, r0, r1, x, y, ldy);
   if (x.n == 1) return gemv1_avx512<Q4>(w, ws, r0, r1, x, 0, y);
   int64_t i = 0;
   for (; i + 4 <= x.n; i += 4) gemv_avx512_nx<Q4, 4>(w, ws, r0, r1, x, i, y, ldy);
