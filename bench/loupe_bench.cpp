@@ -184,14 +184,25 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
 // as llama.cpp's do (it reads every weight while loading to repack them). On
 // this machine the host pages out memory left idle for ~30 s (DAMON), so an
 // interleaved run would otherwise time disk reads. Returns milliseconds.
-double warm(const GgufFile& f) {
+// The file in the page cache, through a mapping of its own (dropped after): a
+// model that packed its weights released its pages of them, and touching them
+// through the model's mapping would map them into this process again.
+double warm(const std::string& path) {
   auto t0 = Clock::now();
+  const Blob f = Blob::open(path);
   volatile uint8_t sink = 0;
   uint8_t acc = 0;
-  for (size_t o = 0; o < f.blob.size; o += 4096) acc ^= f.blob.data[o];
+  for (size_t o = 0; o < f.size; o += 4096) acc ^= f.data[o];
   sink = acc;
   (void)sink;
   return ms_since(t0);
+}
+
+bool g_pack = true;  // --no-pack: leave Q4_0 in ggml's layout (LlamaModel::LoadOptions)
+LlamaModel::LoadOptions load_options(Backend* be) {
+  LlamaModel::LoadOptions o;
+  o.pack_for_cpu = g_pack && !be;  // a device reads the file's layout
+  return o;
 }
 
 // Greedy with EOS ignored: `gen` decode passes after the prefill (llama-bench's tg).
@@ -221,9 +232,10 @@ void upload_weights(const LanguageModel& lm, Backend* be) {
 
 // Prefill `prompt` tokens, then decode `gen` tokens greedily (EOS ignored).
 void bench_llm(const std::string& path, int threads, int64_t prompt, int64_t gen, int64_t ctx, Backend* be) {
+  const double warm_ms = warm(path);
   auto t0 = Clock::now();
-  LanguageModel lm = LanguageModel::open(path);
-  const double load_ms = ms_since(t0), warm_ms = warm(lm.file);
+  LanguageModel lm = LanguageModel::open(path, load_options(be));
+  const double load_ms = ms_since(t0);
   ThreadPool pool(threads);
   SessionOptions so;
   so.n_ctx = ctx, so.backend = be;
@@ -234,9 +246,10 @@ void bench_llm(const std::string& path, int threads, int64_t prompt, int64_t gen
   for (size_t i = 0; i < size_t(gen); ++i) h = h * 1000003u + uint64_t(g.tokens[i]);
   std::printf("{\"engine\":\"loupe\",\"threads\":%d,\"load_ms\":%.1f,\"warm_ms\":%.1f,\"prefill_tokens\":%lld,\"prefill_tok_s\":%.3f,"
               "\"decode_tokens\":%lld,\"decode_tok_s\":%.3f,\"decode_bytes_per_token\":%.0f,\"peak_rss_mb\":%.0f,"
-              "\"kernels\":\"%s\",\"tokens_hash\":%llu,\"pool_serial_jobs\":%lld,\"device\":\"%s\"}\n",
+              "\"kernels\":\"%s%s\",\"tokens_hash\":%llu,\"pool_serial_jobs\":%lld,\"device\":\"%s\"}\n",
               threads, load_ms, warm_ms, (long long)prompt, 1000.0 * double(prompt) / g.stats.prefill_ms, (long long)gen,
-              1000.0 * double(gen) / g.stats.decode_ms, decode_bytes(lm), peak_rss_mb(), kernels().name, (unsigned long long)h,
+              1000.0 * double(gen) / g.stats.decode_ms, decode_bytes(lm), peak_rss_mb(), kernels().name, lm.model.packed ? "+q4_0x16" : "",
+              (unsigned long long)h,
               (long long)pool.serial_jobs(), device_name(be).c_str());
 }
 
@@ -244,8 +257,8 @@ void bench_llm(const std::string& path, int threads, int64_t prompt, int64_t gen
 // step for all of them, Generator's continuous batching): B prompts of `prompt`
 // random tokens are read in the first steps, then `gen` decode steps are timed.
 void bench_batch(const std::string& path, int threads, const std::vector<int64_t>& sizes, int64_t prompt, int64_t gen, Backend* be) {
-  LanguageModel lm = LanguageModel::open(path);
-  warm(lm.file);
+  warm(path);
+  LanguageModel lm = LanguageModel::open(path, load_options(be));
   ThreadPool pool(threads);
   upload_weights(lm, be);
   for (int64_t B : sizes) {
@@ -283,8 +296,8 @@ Tensor random_pixels(int64_t S) {
 }
 
 void bench_clip(const std::string& path, int threads, Backend* be, Precision precision) {
+  warm(path);
   VisionModel vm = VisionModel::open(path);
-  warm(vm.file);
   ThreadPool pool(threads);
   Tensor px = random_pixels(vm.clip.cfg.image_size);
   if (be) vm.projector(clip_encode(vm.clip, px.f32(), &pool, nullptr, be), &pool, be);  // a device: weights uploaded, kernels warm
@@ -309,9 +322,9 @@ void bench_clip(const std::string& path, int threads, Backend* be, Precision pre
 // Image + text prompt to the first generated token: CLIP, projector, prefill of
 // BOS + image positions + `prompt` text tokens, first token.
 void bench_ttft(const std::string& llm_path, const std::string& mmproj_path, int threads, int64_t prompt, Backend* be) {
-  LanguageModel lm = LanguageModel::open(llm_path);
+  warm(llm_path), warm(mmproj_path);
+  LanguageModel lm = LanguageModel::open(llm_path, load_options(be));
   VisionModel vm = VisionModel::open(mmproj_path);
-  warm(lm.file), warm(vm.file);
   ThreadPool pool(threads);
   const LlamaConfig& c = lm.model.cfg;
   Tensor px = random_pixels(vm.clip.cfg.image_size);
@@ -370,24 +383,34 @@ void bench_kernels(int threads, const std::vector<int64_t>& ns, int reps, int64_
     for (CpuLevel l : kAllCpuLevels) {
       const KernelTable* kt = kernels_for(l);
       if (!kt || (!level.empty() && level != kt->name)) continue;
-      for (int64_t n : ns) {
-        if (l == CpuLevel::Scalar && n > 1) continue;  // minutes
-        std::vector<double> v;
-        for (int rep = 0; rep < reps; ++rep) {
-          const TensorView wv = make_view(t, {rows, cols}, w.data() + size_t(rep % mats) * bytes);
-          auto t0 = Clock::now();
-          matmul(*kt, wv, x.data(), n, y.data(), &pool);
-          v.push_back(ms_since(t0));
-        }
-        std::sort(v.begin(), v.end());
-        const double best = v[0], med = v[v.size() / 2];
-        const double ops = 2.0 * double(n) * double(rows) * double(cols);
-        std::printf("{\"kernel\":\"%s\",\"type\":\"%s\",\"threads\":%d,\"n\":%lld,\"best_ms\":%.3f,\"median_ms\":%.3f,"
-                    "\"best_gb_s\":%.2f,\"best_gop_s\":%.1f,\"median_gop_s\":%.1f}\n",
-                    kt->name, dtype_name(t), threads, (long long)n, best, med, double(bytes) / best / 1e6, ops / best / 1e6,
-                    ops / med / 1e6);
-        std::fflush(stdout);
+      // The level's Q4_0x16 kernel too, on packed copies (a model's layout when it runs on this level).
+      AlignedBuffer<uint8_t> packed;
+      const bool x16 = t == DType::Q4_0 && kt->pack_q4_0_x16 && scalar::x16_packable(rows, cols);
+      if (x16) {
+        packed.resize(w.size());
+        for (int64_t m = 0; m < mats; ++m)
+          kt->pack_q4_0_x16(w.data() + size_t(m) * bytes, row_bytes(t, cols), rows, cols / QK, packed.data() + size_t(m) * bytes);
       }
+      for (int layout = 0; layout < (x16 ? 2 : 1); ++layout)
+        for (int64_t n : ns) {
+          if (l == CpuLevel::Scalar && n > 1) continue;  // minutes
+          std::vector<double> v;
+          for (int rep = 0; rep < reps; ++rep) {
+            TensorView wv = make_view(t, {rows, cols}, w.data() + size_t(rep % mats) * bytes);
+            if (layout) wv.packed = packed.data() + size_t(rep % mats) * bytes;
+            auto t0 = Clock::now();
+            matmul(*kt, wv, x.data(), n, y.data(), &pool);
+            v.push_back(ms_since(t0));
+          }
+          std::sort(v.begin(), v.end());
+          const double best = v[0], med = v[v.size() / 2];
+          const double ops = 2.0 * double(n) * double(rows) * double(cols);
+          std::printf("{\"kernel\":\"%s%s\",\"type\":\"%s\",\"threads\":%d,\"n\":%lld,\"best_ms\":%.3f,\"median_ms\":%.3f,"
+                      "\"best_gb_s\":%.2f,\"median_gb_s\":%.2f,\"best_gop_s\":%.1f,\"median_gop_s\":%.1f}\n",
+                      kt->name, layout ? "+q4_0x16" : "", dtype_name(t), threads, (long long)n, best, med, double(bytes) / best / 1e6,
+                      double(bytes) / med / 1e6, ops / best / 1e6, ops / med / 1e6);
+          std::fflush(stdout);
+        }
     }
   }
 }
@@ -431,6 +454,7 @@ Opts parse(int argc, char** argv) {
     else if (a == "--vocab") o.vocab = val();
     else if (a == "--device") o.device = val();
     else if (a == "--clip-precision") o.precision = val();
+    else if (a == "--no-pack") g_pack = false;
     else if (!a.empty() && a[0] == '-') fail("unknown option ", a);
     else o.pos.push_back(a);
   }

@@ -8,6 +8,7 @@
 #include <loupe/convert/convert.hpp>
 #include <loupe/pipeline/generate.hpp>
 #include <loupe/io/npy.hpp>
+#include <loupe/ops/kernels.hpp>
 
 using namespace loupe;
 using loupe_test::convert_text;
@@ -203,6 +204,31 @@ TEST_CASE("llama: results do not depend on the thread count") {
     std::vector<float> three = prefill_logits(lm, ids, &pool);
     CHECK(std::memcmp(one.data(), three.data(), one.size() * 4) == 0);
   }
+}
+
+TEST_CASE("llama: a model packed for the CPU's kernels (Q4_0x16) computes what the file's layout does; the file's bytes stay readable") {
+  LOUPE_REQUIRE_SHARED();
+  auto dir = loupe_test::scratch("llama_packed");
+  const fs::path m = dir / "mha128";
+  loupe_test::run_python("llama_ref.py", "--make " + m.string() + " --config mha128 --seed 5" + tokenizer_arg() + " > /dev/null");
+  const std::string path = convert_text(m, dir, DType::Q4_0, "mha128-q4_0");
+  LanguageModel packed = LanguageModel::open(path), plain = LanguageModel::open(path, LlamaModel::LoadOptions{false});
+  // Packed exactly where this CPU's kernels have the layout (AVX-512 VNNI), every Q4_0 matrix.
+  const bool wants = kernels().pack_q4_0_x16 != nullptr;
+  CHECK((packed.model.packed != nullptr) == wants);
+  CHECK(plain.model.packed == nullptr);
+  const Blob file = Blob::open(path);
+  for (size_t l = 0; l < packed.model.weights.layers.size(); ++l)
+    for (const TensorView& w : packed.model.weights.layers[l].w) {
+      CHECK((w.packed != nullptr) == (wants && w.dtype == DType::Q4_0));
+      // The released pages read the file again (madvise(MADV_DONTNEED) on a private mapping).
+      CHECK(std::memcmp(w.data, file.data + (static_cast<const uint8_t*>(w.data) - packed.file.blob.data), w.nbytes()) == 0);
+    }
+  // The Q4_0x16 kernels and the panel gemm are bit-identical to the scalar kernel: a prefill gives the same bits.
+  const std::vector<int32_t> ids = {1, 5, 9, 200, 3, 3, 77};
+  const std::vector<float> a = prefill_logits(packed, ids), b = prefill_logits(plain, ids);
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+  CHECK(greedy(packed, ids, 12) == greedy(plain, ids, 12));
 }
 
 TEST_CASE("llama: a prompt longer than the context is refused") {

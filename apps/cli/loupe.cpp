@@ -145,6 +145,13 @@ loupe::Backend* device_backend(const loupe_cli::Args& a) {
   return h.get();
 }
 
+// A model for the --device backend: packed for the CPU's kernels only where it runs on the CPU.
+loupe::LlamaModel::LoadOptions model_options(const loupe_cli::Args& a) {
+  loupe::LlamaModel::LoadOptions o;
+  o.pack_for_cpu = device_backend(a) == &loupe::cpu_backend();
+  return o;
+}
+
 // --clip-precision: bf16 (default; used where the CPU multiplies bf16 natively) or f32.
 loupe::Precision clip_precision(const loupe_cli::Args& a) {
   const std::string p = a.get({"--clip-precision"}, "bf16");
@@ -209,7 +216,7 @@ int cmd_generate(const loupe_cli::Args& a, const std::vector<std::pair<std::stri
   if (path.empty()) loupe::fail("generate: -m MODEL.gguf is required");
   if (!a.has("-p") && !a.has("--prompt")) loupe::fail("generate: -p PROMPT is required");
   auto t0 = std::chrono::steady_clock::now();
-  loupe::LanguageModel lm = loupe::LanguageModel::open(path);
+  loupe::LanguageModel lm = loupe::LanguageModel::open(path, model_options(a));
   loupe::Session session(lm, session_options(a));
   load_loras(session, loras);
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -248,7 +255,7 @@ std::unique_ptr<VisionSession> open_vision(const loupe_cli::Args& a, const std::
   if (with_image && image.empty()) loupe::fail("--image FILE is required");
   auto s = std::make_unique<VisionSession>();
   auto t0 = std::chrono::steady_clock::now();
-  s->lm = loupe::LanguageModel::open(model);
+  s->lm = loupe::LanguageModel::open(model, model_options(a));
   s->vm = loupe::VisionModel::open(mmproj);
   s->pool = std::make_unique<loupe::ThreadPool>(a.integer({"-t", "--threads"}, 2));
   loupe::DescribeOptions opt;

@@ -25,6 +25,10 @@ struct TensorView {
   std::array<int64_t, kMaxDims> shape{};   // outermost first
   std::array<size_t, kMaxDims> stride{};   // bytes; stride[ndim-1] = element/block size
   const void* data = nullptr;
+  // The same Q4_0 matrix packed for the CPU's decode kernels (Q4_0x16, ops/kernels/scalar.hpp),
+  // or null. Only the CPU matmul reads it, where the kernels have a Q4_0x16 kernel;
+  // everything else reads `data`.
+  const void* packed = nullptr;
 
   int64_t dim(int i) const { return shape[size_t(i < 0 ? ndim + i : i)]; }
   int64_t numel() const {

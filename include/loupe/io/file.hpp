@@ -54,6 +54,7 @@ struct Blob {
   size_t size = 0;
   std::string name;             // file name for messages
   std::shared_ptr<void> owner;  // keeps the mapping or buffer alive
+  bool mapped = false;          // data is a read-only file mapping (release() may drop its pages)
 
   // Map (or read) a whole file.
   static Blob open(const std::string& path) {
@@ -84,6 +85,7 @@ struct Blob {
     size_t n = b.size;
     b.owner = std::shared_ptr<void>(p, [n](void* q) { ::munmap(q, n); });
     b.data = static_cast<const uint8_t*>(p);
+    b.mapped = true;
     return b;
 #else
     struct stat st {};
@@ -126,6 +128,22 @@ struct Blob {
   }
 
   std::string_view view() const { return {reinterpret_cast<const char*>(data), size}; }
+
+  // Bytes [p, p + n) of this blob will not be read for a while: a mapping drops
+  // the whole pages among them from this process's memory (they are read from
+  // the file again if they are; madvise(MADV_DONTNEED) on a private read-only
+  // mapping loses nothing). Bytes held in memory stay.
+  void release(const void* p, size_t n) const {
+#ifdef LOUPE_HAVE_MMAP
+    if (!mapped || !data) return;
+    const auto page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const uintptr_t a = (uintptr_t(p) + page - 1) / page * page, e = (uintptr_t(p) + n) / page * page;
+    if (uintptr_t(p) < uintptr_t(data) || uintptr_t(p) + n > uintptr_t(data) + size || e <= a) return;
+    ::madvise(reinterpret_cast<void*>(a), e - a, MADV_DONTNEED);
+#else
+    (void)p, (void)n;
+#endif
+  }
 };
 
 // Little-endian cursor with checked reads.

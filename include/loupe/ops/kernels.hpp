@@ -20,6 +20,11 @@ struct KernelTable {
   // y[i·ldy + r] = W[r] · x[i] for r in [r0, r1), every activation row i; w: rows of ws bytes.
   void (*matmul_q4_0)(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy);
   void (*matmul_q8_0)(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy);
+  // Q4_0 weights packed as Q4_0x16 (kernels/scalar.hpp) by pack_q4_0_x16 and multiplied by
+  // matmul_q4_0_x16 (w: the packed matrix, r0 and r1 multiples of 16 or the row count), or
+  // both null: this level reads ggml's layout only, and models are not packed for it.
+  void (*pack_q4_0_x16)(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out);
+  void (*matmul_q4_0_x16)(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy);
   void (*f16_to_f32)(const uint16_t* s, float* d, int64_t n);
   void (*bf16_to_f32)(const uint16_t* s, float* d, int64_t n);
   void (*f32_to_f16)(const float* s, uint16_t* d, int64_t n);
@@ -92,6 +97,7 @@ inline const KernelTable* kernels_for(CpuLevel level) {
         t.name = "avx512";
         t.q8_0_offset = 128;  // VNNI's unsigned side: Q8_0 bytes flipped to q + 128
         t.quantize_rows = x86::quantize_rows_avx512, t.matmul_q4_0 = x86::matmul_q4_0_avx512, t.matmul_q8_0 = x86::matmul_q8_0_avx512;
+        t.pack_q4_0_x16 = x86::pack_q4_0_x16_avx512, t.matmul_q4_0_x16 = x86::matmul_q4_0_x16_avx512;
         t.packed_size = x86::f32_packed_size, t.pack_rows = x86::avx512::pack_rows_f32, t.gemm_f32 = x86::avx512::gemm_f32;
         if (cpu_features().avx512bf16)  // Zen 4, Cooper Lake, Sapphire Rapids and later
           t.bf16_packed_size = x86::bf16_packed_size, t.pack_rows_bf16 = x86::pack_rows_bf16, t.gemm_bf16 = x86::gemm_bf16_avx512;

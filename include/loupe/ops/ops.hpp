@@ -183,9 +183,10 @@ void matmul(const KernelTable& kt, const TensorView& w, const float* x, int64_t 
     const bool q4 = w.dtype == DType::Q4_0;
     QuantizedRows& xq = ops_detail::act_scratch();
     kt.quantize_rows(x, n, in, q4 ? kt.q4_0_offset : kt.q8_0_offset, xq);
-    const auto* base = static_cast<const uint8_t*>(w.data);
+    const bool x16 = q4 && w.packed && kt.matmul_q4_0_x16;
+    const auto* base = static_cast<const uint8_t*>(x16 ? w.packed : w.data);
     const size_t ws = w.row_stride();
-    auto fn = q4 ? kt.matmul_q4_0 : kt.matmul_q8_0;
+    auto fn = x16 ? kt.matmul_q4_0_x16 : q4 ? kt.matmul_q4_0 : kt.matmul_q8_0;
     // Many activation rows: larger tasks, so the gemm's prefetch of the next weight panel covers most panels.
     const int64_t grain = n >= 4 ? 4 * kGrain : kGrain;
     parallel_chunks(pool, out, grain, [&](int64_t r0, int64_t r1) { fn(base, ws, r0, r1, xq, y, out); });

@@ -32,9 +32,9 @@ struct LanguageModel {
   LlamaModel model;
   Tokenizer tokenizer;
 
-  static LanguageModel open(const std::string& path) { return from_file(GgufFile::open(path)); }
+  static LanguageModel open(const std::string& path, const LlamaModel::LoadOptions& o = {}) { return from_file(GgufFile::open(path), o); }
   // From a parsed file (e.g. bytes already in memory: GgufFile::parse(Blob::from_bytes(...))).
-  static LanguageModel from_file(GgufFile file);
+  static LanguageModel from_file(GgufFile file, const LlamaModel::LoadOptions& o = {});
   // GgufFile owns the mapping through a shared_ptr, so moving keeps views valid.
 };
 
@@ -192,10 +192,10 @@ class Batch {
 #ifdef LOUPE_IMPLEMENTATION
 namespace loupe {
 
-LanguageModel LanguageModel::from_file(GgufFile file) {
+LanguageModel LanguageModel::from_file(GgufFile file, const LlamaModel::LoadOptions& o) {
   LanguageModel lm;
   lm.file = std::move(file);
-  lm.model = LlamaModel::from_gguf(lm.file);
+  lm.model = LlamaModel::from_gguf(lm.file, o);
   lm.tokenizer = read_vocab(lm.file);
   if (int64_t(lm.tokenizer.size()) != lm.model.cfg.n_vocab)
     fail(lm.file.name(), ": tokenizer has ", lm.tokenizer.size(), " tokens, the model ", lm.model.cfg.n_vocab);

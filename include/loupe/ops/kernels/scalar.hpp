@@ -182,6 +182,71 @@ inline void matmul_q8_0(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, con
   matmul_blocks<BlockQ8_0>(w, ws, r0, r1, x, y, ldy);
 }
 
+// ---- Q4_0x16: Q4_0 weights interleaved 16 rows at a time, for decode kernels
+// that stream a whole weight matrix per token (KernelTable::matmul_q4_0_x16).
+// The model packs its Q4_0 matrices into it at load (LlamaModel::from_gguf;
+// TensorView::packed), as llama.cpp's CPU backend repacks Q4_0.
+//
+// In ggml's layout a block row-major decode kernel spends most of its
+// instructions placing nibbles and scales into lanes (kernels/x86.hpp,
+// gemv1_rows). Here int32 lanes are 16 weight rows: one 64-byte load holds the
+// same 4 bytes (values 4j..4j+3 in low nibbles, 16+4j.. in high) of 16 rows, and
+// is multiplied with 4 broadcast activation bytes, and the 16 rows' scales are
+// one 32-byte load. The same 18 bytes per block and row as Q4_0.
+//
+// Rows 16g..16g+15 are group g, at g · nb · 288 bytes; in a group, blocks come
+// in pairs [qs b][qs b+1][d b][d b+1] (an odd last block: [qs][d]), so every
+// 64-byte part is 64-byte aligned in an aligned buffer; qs = 4 parts j of
+// [16 rows][4 bytes qs[4j..4j+3]], d = the 16 rows' fp16 scales.
+constexpr int64_t kX16Rows = 16;
+constexpr size_t kX16BlockBytes = size_t(kX16Rows) * 18, kX16PartBytes = 64;
+
+struct X16Block {
+  size_t qs, d;  // byte offsets of block b's parts and scales in its group
+};
+inline X16Block x16_block(int64_t nb, int64_t b) {
+  const size_t pair = size_t(b / 2) * 2 * kX16BlockBytes;
+  if (b == nb - 1 && (nb & 1)) return {pair, pair + 4 * kX16PartBytes};
+  const size_t odd = size_t(b & 1);
+  return {pair + odd * 4 * kX16PartBytes, pair + 8 * kX16PartBytes + odd * 2 * size_t(kX16Rows)};
+}
+inline bool x16_packable(int64_t rows, int64_t cols) { return rows > 0 && rows % kX16Rows == 0 && cols > 0 && cols % QK == 0; }
+
+// rows × nb Q4_0 blocks (rows ws bytes apart, rows % 16 == 0) -> out (rows · nb · 18 bytes).
+inline void pack_q4_0_x16(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
+  for (int64_t g = 0; g < rows / kX16Rows; ++g) {
+    uint8_t* og = out + size_t(g * nb) * kX16BlockBytes;
+    for (int64_t b = 0; b < nb; ++b) {
+      const X16Block o = x16_block(nb, b);
+      for (int64_t r = 0; r < kX16Rows; ++r) {
+        const uint8_t* blk = w + size_t(g * kX16Rows + r) * ws + size_t(b) * 18;
+        for (int j = 0; j < 4; ++j) std::memcpy(og + o.qs + size_t(j) * kX16PartBytes + size_t(r) * 4, blk + 2 + 4 * j, 4);
+        std::memcpy(og + o.d + size_t(r) * 2, blk, 2);
+      }
+    }
+  }
+}
+
+// The reference: matmul_q4_0 on Q4_0x16 weights (r0, r1 multiples of 16 or r1 = rows),
+// the same arithmetic and bits as matmul_q4_0 on the rows it was packed from.
+inline void matmul_q4_0_x16(const uint8_t* w, size_t, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* og = w + size_t((r / kX16Rows) * x.nb) * kX16BlockBytes;
+    const int64_t lane = r % kX16Rows;
+    for (int64_t i = 0; i < x.n; ++i) {
+      float sum = 0.0f;
+      for (int64_t b = 0; b < x.nb; ++b) {
+        const X16Block o = x16_block(x.nb, b);
+        BlockQ4_0 blk;
+        std::memcpy(&blk.d, og + o.d + size_t(lane) * 2, 2);
+        for (int j = 0; j < 4; ++j) std::memcpy(blk.qs + 4 * j, og + o.qs + size_t(j) * kX16PartBytes + size_t(lane) * 4, 4);
+        sum += float(block_dot(blk, x.row(i) + b * QK)) * (fp16_to_f32(blk.d) * x.d.data()[i * x.nb + b]);
+      }
+      y[i * ldy + r] = sum;
+    }
+  }
+}
+
 // Σ x·f16(y), the same 8-lane order as dot_f32.
 inline float dot_f16(const float* x, const uint16_t* y, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};

@@ -5,7 +5,8 @@
 // where cpu_level() says the CPU has them (kernels.hpp picks).
 //
 // Quantised matmuls read the weights where they lie (the mmapped GGUF, ggml
-// block layout); activations come as QuantizedRows (kernels_scalar.hpp).
+// block layout), or Q4_0 packed at load as Q4_0x16 (scalar.hpp; AVX-512 only,
+// see gemv_x16); activations come as QuantizedRows (kernels_scalar.hpp).
 // The u8×s8 dot instructions (vpmaddubsw, vpdpbusd) need one unsigned side:
 // Q4_0 nibbles are used as they are (q+8), Q8_0 bytes are flipped to q+128 for
 // VNNI, and QuantizedRows' corr tables subtract the bias exactly.
@@ -853,7 +854,33 @@ LOUPE_TARGET_AVX512 inline void gemm_tile(const uint8_t* pq, const float* pd, co
 
 constexpr int kGemmNR = 4;
 
-template <bool Q4>
+// The panel of rows [r0, r0 + rows) (rows 16 or 32) from Q4_0x16 weights: each
+// 64-byte part already holds dword j of 16 rows, so this only splits nibbles.
+LOUPE_TARGET_AVX512 inline void panel_from_x16(const uint8_t* w, int64_t nb, int64_t r0, int rows, uint8_t* pq, float* pd) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  for (int s = 0; s < 2; ++s) {
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* out = pq + b * kPanelBlockBytes + 64 * s;
+      float* d = pd + b * kPanelRows + 16 * s;
+      if (16 * s >= rows) {  // a 16-row tail: zeros
+        for (int k = 0; k < 8; ++k) _mm512_store_si512(out + k * 128, _mm512_setzero_si512());
+        _mm512_store_ps(d, _mm512_setzero_ps());
+        continue;
+      }
+      const uint8_t* og = w + size_t((r0 / scalar::kX16Rows + s) * nb) * scalar::kX16BlockBytes;
+      const scalar::X16Block o = scalar::x16_block(nb, b);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i part = _mm512_loadu_si512(og + o.qs + size_t(k) * scalar::kX16PartBytes);
+        _mm512_store_si512(out + k * 128, _mm512_and_si512(part, m4));
+        _mm512_store_si512(out + (k + 4) * 128, _mm512_and_si512(_mm512_srli_epi16(part, 4), m4));
+      }
+      _mm512_store_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(og + o.d))));
+    }
+  }
+}
+
+// Q4: Q4_0 (else Q8_0); X16: the weights are Q4_0x16 (w: the packed matrix).
+template <bool Q4, bool X16 = false>
 LOUPE_TARGET_AVX512 inline void gemm_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
                                             int64_t ldy) {
   PanelScratch& ps = panel_scratch();
@@ -861,7 +888,8 @@ LOUPE_TARGET_AVX512 inline void gemm_avx512(const uint8_t* w, size_t ws, int64_t
   ps.d.resize(size_t(x.nb * kPanelRows));
   for (int64_t p = r0; p < r1; p += kPanelRows) {
     const int rows = int(std::min<int64_t>(kPanelRows, r1 - p));
-    repack_panel<Q4>(w, ws, p, rows, r1, x.nb, ps.q.data(), ps.d.data());  // (it prefetches its rows ahead)
+    if constexpr (X16) panel_from_x16(w, x.nb, p, rows, ps.q.data(), ps.d.data());
+    else repack_panel<Q4>(w, ws, p, rows, r1, x.nb, ps.q.data(), ps.d.data());  // (it prefetches its rows ahead)
     int64_t i = 0;
     for (; i + kGemmNR <= x.n; i += kGemmNR) gemm_tile<kGemmNR>(ps.q.data(), ps.d.data(), x, i, y, ldy, p, rows);
     switch (x.n - i) {
@@ -896,6 +924,91 @@ LOUPE_TARGET_AVX512 inline void matmul_q4_0_avx512(const uint8_t* w, size_t ws, 
 }
 LOUPE_TARGET_AVX512 inline void matmul_q8_0_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x, float* y, int64_t ldy) {
   matmul_avx512<false>(w, ws, r0, r1, x, y, ldy);
+}
+
+// ---- Q4_0x16 (kernels/scalar.hpp): decode from weights packed at load.
+//
+// gemv1_rows above spends ~16 instructions (most of them zmm shuffles and
+// conversions) on a 36-byte block pair of one row; on a Zen 4 core that capped
+// it at 14–16 GB/s in and out of cache, against the read probe's 26. With 16
+// rows in the lanes a block is 4 aligned 64-byte loads, 8 nibble masks, 8
+// vpdpbusd against broadcast activation bytes and one scale vector: 288 bytes
+// in ~30 instructions, one stream per thread, and no per-call activation tables
+// (ffn_down's K = 11008 is no longer different). The f32 arithmetic is the
+// scalar kernel's, block by block: bit-identical to it.
+// loupe_bench kernels, 7B Q4_0 shapes from DRAM, 1 thread, Zen 4 (2026-12-08):
+// 11008×4096 / 4096×11008 / 4096×4096: gemv1_rows 15.8 / 15.9 / 14.0 GB/s,
+// this kernel's loop 24.5 / 23.1 / 21.7 without prefetch, 24.8 / 25.5 / 25.7 with
+// the lines 2 KB ahead (the read probe: 26). With NR activation rows the parts
+// are split once for all of them: below 48 rows this beats the panel gemm (whose
+// panel needs no repack here but is 2× the bytes): one core, 11008×4096, 2 rows
+// 1.39 vs 3.76 ms, 8: 3.0 vs 5.1, 32: 10.3 vs 11.6; 64: 19.4 vs 19.0.
+constexpr size_t kX16Prefetch = 2048;
+constexpr int64_t kX16GemmRows = 48;
+
+// Group g (16 weight rows) × NR activation rows from i0: the parts are loaded
+// and split into nibbles once for all NR rows.
+template <int NR>
+LOUPE_TARGET_AVX512 inline void gemv_x16(const uint8_t* w, int64_t g, const QuantizedRows& x, int64_t i0, float* y, int64_t ldy) {
+  const int64_t nb = x.nb;
+  const uint8_t* og = w + size_t(g * nb) * scalar::kX16BlockBytes;
+  const ActRows<NR> xr(x, i0);
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  __m512 f[NR];
+  for (int i = 0; i < NR; ++i) f[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const scalar::X16Block o = scalar::x16_block(nb, b);
+    if ((b & 1) == 0)  // a pair's 9 lines, ahead (on into the next group; past the matrix harmless)
+      for (size_t l = 0; l < 9; ++l)
+        _mm_prefetch(reinterpret_cast<const char*>(og + o.qs + kX16Prefetch + 64 * l), _MM_HINT_T0);
+    __m512i lo[4], hi[4];
+    for (int j = 0; j < 4; ++j) {
+      const __m512i part = _mm512_loadu_si512(og + o.qs + size_t(j) * scalar::kX16PartBytes);
+      lo[j] = _mm512_and_si512(part, m4), hi[j] = _mm512_and_si512(_mm512_srli_epi16(part, 4), m4);
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(og + o.d)));
+    for (int i = 0; i < NR; ++i) {
+      const int8_t* xb = xr.q[i] + b * QK;
+      __m512i a = _mm512_set1_epi32(xr.c[i][b]), c = _mm512_setzero_si512();
+      for (int j = 0; j < 4; ++j) {
+        a = _mm512_dpbusd_epi32(a, lo[j], _mm512_set1_epi32(load_i32(xb + 4 * j)));
+        c = _mm512_dpbusd_epi32(c, hi[j], _mm512_set1_epi32(load_i32(xb + 16 + 4 * j)));
+      }
+      f[i] = _mm512_add_ps(f[i], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, c)), _mm512_mul_ps(dw, _mm512_set1_ps(xr.d[i][b]))));
+    }
+  }
+  for (int i = 0; i < NR; ++i) _mm512_storeu_ps(y + (i0 + i) * ldy + g * scalar::kX16Rows, f[i]);
+}
+
+LOUPE_TARGET_AVX512 inline void matmul_q4_0_x16_avx512(const uint8_t* w, size_t ws, int64_t r0, int64_t r1, const QuantizedRows& x,
+                                                       float* y, int64_t ldy) {
+  if (x.n >= gemm_min_rows(kX16GemmRows)) return gemm_avx512<true, true>(w, ws, r0, r1, x, y, ldy);
+  for (int64_t g = r0 / scalar::kX16Rows; g < r1 / scalar::kX16Rows; ++g) {
+    int64_t i = 0;
+    for (; i + 4 <= x.n; i += 4) gemv_x16<4>(w, g, x, i, y, ldy);
+    switch (x.n - i) {
+      case 3: gemv_x16<3>(w, g, x, i, y, ldy); break;
+      case 2: gemv_x16<2>(w, g, x, i, y, ldy); break;
+      case 1: gemv_x16<1>(w, g, x, i, y, ldy); break;
+      default: break;
+    }
+  }
+}
+
+// Q4_0 -> Q4_0x16, 16 rows × one block a step (transpose16x4 yields the parts as they are stored).
+LOUPE_TARGET_AVX512 inline void pack_q4_0_x16_avx512(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
+  for (int64_t g = 0; g < rows / scalar::kX16Rows; ++g) {
+    const uint8_t* p[16];
+    for (int r = 0; r < 16; ++r) p[r] = w + size_t(g * scalar::kX16Rows + r) * ws;
+    uint8_t* og = out + size_t(g * nb) * scalar::kX16BlockBytes;
+    for (int64_t b = 0; b < nb; ++b) {
+      const scalar::X16Block o = scalar::x16_block(nb, b);
+      __m512i part[4];
+      transpose16x4(p, b * 18 + 2, part);
+      for (int j = 0; j < 4; ++j) _mm512_storeu_si512(og + o.qs + size_t(j) * scalar::kX16PartBytes, part[j]);
+      for (int r = 0; r < 16; ++r) std::memcpy(og + o.d + size_t(r) * 2, p[r] + b * 18, 2);
+    }
+  }
 }
 
 inline __mmask16 tail_mask(int64_t left) { return __mmask16(left >= 16 ? 0xffff : (1u << left) - 1); }
