@@ -86,6 +86,7 @@ inline const KernelTable* kernels_for(CpuLevel level) {
         KernelTable t = with_vec_kernels<x86::avx2::VecKernels>(scalar_kernels());
         t.name = "avx2";
         t.quantize_rows = x86::quantize_rows_avx2, t.matmul_q4_0 = x86::matmul_q4_0_avx2, t.matmul_q8_0 = x86::matmul_q8_0_avx2;
+        t.pack_q4_0_x16 = x86::pack_q4_0_x16_avx2, t.matmul_q4_0_x16 = x86::matmul_q4_0_x16_avx2;
         t.packed_size = x86::f32_packed_size, t.pack_rows = x86::avx2::pack_rows_f32, t.gemm_f32 = x86::avx2::gemm_f32;
         return t;
       }();

@@ -301,6 +301,79 @@ LOUPE_TARGET_AVX2 inline void gemv1_q4_0_avx2(const uint8_t* w, size_t ws, int64
   }
 }
 
+// ---- Q4_0x16 (kernels/scalar.hpp) with AVX2: NR activation rows × one group of 16 weight rows.
+//
+// The lanes are weight rows, as in the panel gemm below, but the weights come
+// packed at load, so there is no per-task repack, and the same loop serves
+// decode (NR = 1): per block 8 loads, 16 nibble masks and 16 vpmaddubsw a row
+// for 288 bytes, against gemv1_q4_0_avx2's 18 instructions per 36. The int16
+// sums cannot overflow (see the panel gemm) and the f32 arithmetic is the scalar
+// kernel's: bit-identical to it. loupe_bench kernels --level avx2, one Zen 4 core
+// (no AVX2-only machine this time), 11008×4096 from DRAM: 1 row 20.2 -> 24.0
+// GB/s (gemv1_q4_0_avx2), 2 rows 3.78 -> 1.46 ms, 8: 6.90 -> 4.17, 32: 17.1 ->
+// 15.3, 128: 58.5 vs 59.4 ms (the panel gemm): one kernel for every row count.
+
+// The 9 lines of a block pair are prefetched this far ahead of the stream (on into
+// the next group; past the matrix harmless). Zen 4, 11008×4096 from DRAM, two
+// interleaved runs: 1 thread 20.4 / 21.8 GB/s without, 23.8 / 24.0 with
+// (the AVX-512 kernel gains nothing from it: see gemv_x16).
+constexpr size_t kX16Prefetch = 2048;
+
+template <int NR>
+LOUPE_TARGET_AVX2 inline void gemm_x16_avx2(const uint8_t* w, int64_t g, const QuantizedRows& x, int64_t i0, float* y, int64_t ldy) {
+  const int64_t nb = x.nb;
+  const uint8_t* og = w + size_t(g * nb) * scalar::kX16BlockBytes;
+  const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f);
+  const ActRows<NR> xr(x, i0);
+  __m256 f[NR][2];
+  for (int i = 0; i < NR; ++i) f[i][0] = f[i][1] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const scalar::X16Block o = scalar::x16_block(nb, b);
+    if ((b & 1) == 0)
+      for (size_t l = 0; l < 9; ++l) _mm_prefetch(reinterpret_cast<const char*>(og + o.qs + kX16Prefetch + 64 * l), _MM_HINT_T0);
+    __m256i a[NR][2];  // int16 pair sums of rows 0..7 and 8..15
+    for (int i = 0; i < NR; ++i) a[i][0] = a[i][1] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+    for (int j = 0; j < 4; ++j) {
+      const uint8_t* part = og + o.qs + size_t(j) * scalar::kX16PartBytes;
+      const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(part)), p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(part + 32));
+      const __m256i lo0 = _mm256_and_si256(p0, m4), lo1 = _mm256_and_si256(p1, m4);
+      const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(p0, 4), m4), hi1 = _mm256_and_si256(_mm256_srli_epi16(p1, 4), m4);
+      for (int i = 0; i < NR; ++i) {
+        const __m256i xl = _mm256_set1_epi32(load_i32(xr.q[i] + b * QK + 4 * j)), xh = _mm256_set1_epi32(load_i32(xr.q[i] + b * QK + 16 + 4 * j));
+        a[i][0] = _mm256_add_epi16(a[i][0], _mm256_add_epi16(_mm256_maddubs_epi16(lo0, xl), _mm256_maddubs_epi16(hi0, xh)));
+        a[i][1] = _mm256_add_epi16(a[i][1], _mm256_add_epi16(_mm256_maddubs_epi16(lo1, xl), _mm256_maddubs_epi16(hi1, xh)));
+      }
+    }
+    const __m256 d0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(og + o.d)));
+    const __m256 d1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(og + o.d + 16)));
+    for (int i = 0; i < NR; ++i) {
+      const __m256i c = _mm256_set1_epi32(xr.c[i][b]);
+      const __m256 dx = _mm256_set1_ps(xr.d[i][b]);
+      const __m256i s0 = _mm256_add_epi32(_mm256_madd_epi16(a[i][0], ones), c), s1 = _mm256_add_epi32(_mm256_madd_epi16(a[i][1], ones), c);
+      f[i][0] = _mm256_add_ps(f[i][0], _mm256_mul_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(d0, dx)));
+      f[i][1] = _mm256_add_ps(f[i][1], _mm256_mul_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(d1, dx)));
+    }
+  }
+  for (int i = 0; i < NR; ++i) {
+    float* yr = y + (i0 + i) * ldy + g * scalar::kX16Rows;
+    _mm256_storeu_ps(yr, f[i][0]), _mm256_storeu_ps(yr + 8, f[i][1]);
+  }
+}
+
+LOUPE_TARGET_AVX2 inline void matmul_q4_0_x16_avx2(const uint8_t* w, size_t, int64_t r0, int64_t r1, const QuantizedRows& x, float* y,
+                                                   int64_t ldy) {
+  for (int64_t g = r0 / scalar::kX16Rows; g < r1 / scalar::kX16Rows; ++g) {
+    int64_t i = 0;
+    for (; i + 3 <= x.n; i += 3) gemm_x16_avx2<3>(w, g, x, i, y, ldy);
+    switch (x.n - i) {
+      case 2: gemm_x16_avx2<2>(w, g, x, i, y, ldy); break;
+      case 1: gemm_x16_avx2<1>(w, g, x, i, y, ldy); break;
+      default: break;
+    }
+  }
+}
+
 // ---- gemm (AVX2): 16-row panels.
 //
 // Without VNNI the u8×s8 product is vpmaddubsw (pairs summed into int16) and
@@ -333,6 +406,25 @@ LOUPE_TARGET_AVX2 inline void transpose8x4(const uint8_t* const* p, int64_t off,
   const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
   g[0] = _mm256_unpacklo_epi64(t0, t2), g[1] = _mm256_unpackhi_epi64(t0, t2);
   g[2] = _mm256_unpacklo_epi64(t1, t3), g[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// Q4_0 -> Q4_0x16, 8 rows × one block a step.
+LOUPE_TARGET_AVX2 inline void pack_q4_0_x16_avx2(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
+  for (int64_t g = 0; g < rows / scalar::kX16Rows; ++g) {
+    const uint8_t* p[16];
+    for (int r = 0; r < 16; ++r) p[r] = w + size_t(g * scalar::kX16Rows + r) * ws;
+    uint8_t* og = out + size_t(g * nb) * scalar::kX16BlockBytes;
+    for (int64_t b = 0; b < nb; ++b) {
+      const scalar::X16Block o = scalar::x16_block(nb, b);
+      for (int h = 0; h < 2; ++h) {
+        __m256i part[4];
+        transpose8x4(p + 8 * h, b * 18 + 2, part);
+        for (int j = 0; j < 4; ++j)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(og + o.qs + size_t(j) * scalar::kX16PartBytes + 32 * size_t(h)), part[j]);
+      }
+      for (int r = 0; r < 16; ++r) std::memcpy(og + o.d + size_t(r) * 2, p[r] + b * 18, 2);
+    }
+  }
 }
 
 // Rows [r0, r0 + rows) (rows <= 16; missing rows read as zeros) -> pq
@@ -938,12 +1030,13 @@ LOUPE_TARGET_AVX512 inline void matmul_q8_0_avx512(const uint8_t* w, size_t ws, 
 // scalar kernel's, block by block: bit-identical to it.
 // loupe_bench kernels, 7B Q4_0 shapes from DRAM, 1 thread, Zen 4 (2026-12-08):
 // 11008×4096 / 4096×11008 / 4096×4096: gemv1_rows 15.8 / 15.9 / 14.0 GB/s,
-// this kernel's loop 24.5 / 23.1 / 21.7 without prefetch, 24.8 / 25.5 / 25.7 with
-// the lines 2 KB ahead (the read probe: 26). With NR activation rows the parts
+// this kernel 22–25 GB/s (the read probe: 26–32; with the weights in L2: 45).
+// Software prefetch (2–16 KB ahead, to L1 or L2) did not help one thread and cost
+// two (best of 61 calls, 3 interleaved runs: 34.4 / 33.5 / 30.5 GB/s without,
+// 31.5 / 24.9 / 32.3 with 2 KB). With NR activation rows the parts
 // are split once for all of them: below 48 rows this beats the panel gemm (whose
 // panel needs no repack here but is 2× the bytes): one core, 11008×4096, 2 rows
 // 1.39 vs 3.76 ms, 8: 3.0 vs 5.1, 32: 10.3 vs 11.6; 64: 19.4 vs 19.0.
-constexpr size_t kX16Prefetch = 2048;
 constexpr int64_t kX16GemmRows = 48;
 
 // Group g (16 weight rows) × NR activation rows from i0: the parts are loaded
@@ -958,9 +1051,6 @@ LOUPE_TARGET_AVX512 inline void gemv_x16(const uint8_t* w, int64_t g, const Quan
   for (int i = 0; i < NR; ++i) f[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const scalar::X16Block o = scalar::x16_block(nb, b);
-    if ((b & 1) == 0)  // a pair's 9 lines, ahead (on into the next group; past the matrix harmless)
-      for (size_t l = 0; l < 9; ++l)
-        _mm_prefetch(reinterpret_cast<const char*>(og + o.qs + kX16Prefetch + 64 * l), _MM_HINT_T0);
     __m512i lo[4], hi[4];
     for (int j = 0; j < 4; ++j) {
       const __m512i part = _mm512_loadu_si512(og + o.qs + size_t(j) * scalar::kX16PartBytes);
