@@ -961,6 +961,8 @@ LOUPE_TARGET_AVX512 inline void panel_from_x16(const uint8_t* w, int64_t nb, int
       }
       const uint8_t* og = w + size_t((r0 / scalar::kX16Rows + s) * nb) * scalar::kX16BlockBytes;
       const scalar::X16Block o = scalar::x16_block(nb, b);
+      if ((b & 1) == 0)  // two streams (this panel's groups) with few rows: see kX16Prefetch
+        for (size_t l = 0; l < 9; ++l) _mm_prefetch(reinterpret_cast<const char*>(og + o.qs + kX16Prefetch + 64 * l), _MM_HINT_T0);
       for (int k = 0; k < 4; ++k) {
         const __m512i part = _mm512_loadu_si512(og + o.qs + size_t(k) * scalar::kX16PartBytes);
         _mm512_store_si512(out + k * 128, _mm512_and_si512(part, m4));
@@ -1033,11 +1035,14 @@ LOUPE_TARGET_AVX512 inline void matmul_q8_0_avx512(const uint8_t* w, size_t ws, 
 // this kernel 22–25 GB/s (the read probe: 26–32; with the weights in L2: 45).
 // Software prefetch (2–16 KB ahead, to L1 or L2) did not help one thread and cost
 // two (best of 61 calls, 3 interleaved runs: 34.4 / 33.5 / 30.5 GB/s without,
-// 31.5 / 24.9 / 32.3 with 2 KB). With NR activation rows the parts
-// are split once for all of them: below 48 rows this beats the panel gemm (whose
-// panel needs no repack here but is 2× the bytes): one core, 11008×4096, 2 rows
-// 1.39 vs 3.76 ms, 8: 3.0 vs 5.1, 32: 10.3 vs 11.6; 64: 19.4 vs 19.0.
-constexpr int64_t kX16GemmRows = 48;
+// 31.5 / 24.9 / 32.3 with 2 KB). With NR activation rows the parts are split
+// once for all of them, but a broadcast feeds one vpdpbusd, not the panel tile's
+// two: it beats the panel gemm (from the packed weights, no transposes) below 4
+// rows. 11008×4096, best ms, 1 / 2 threads: 2 rows 1.63 vs 3.01 / 0.90 vs 1.50,
+// 4: 3.08 vs 3.55 / 1.59 vs 1.74, 8: 4.63 vs 4.44 / 2.43 vs 2.35, 16: 6.99 vs
+// 6.70 / 3.65 vs 3.45 (batched decode, B = 8, 2 threads: 16.8 tok/s with this
+// loop up to 8 rows, 20.6 with the panel gemm).
+constexpr int64_t kX16GemmRows = 4;
 
 // Group g (16 weight rows) × NR activation rows from i0: the parts are loaded
 // and split into nibbles once for all NR rows.
