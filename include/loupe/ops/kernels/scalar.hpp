@@ -212,19 +212,28 @@ inline X16Block x16_block(int64_t nb, int64_t b) {
 }
 inline bool x16_packable(int64_t rows, int64_t cols) { return rows > 0 && rows % kX16Rows == 0 && cols > 0 && cols % QK == 0; }
 
+// One block of 16 rows (p[r] + off: row r's qs) -> its 4 parts at out (one per ISA: transposes in registers).
+using X16Parts = void (*)(const uint8_t* const* p, int64_t off, uint8_t* out);
+inline void x16_parts(const uint8_t* const* p, int64_t off, uint8_t* out) {
+  for (int64_t r = 0; r < kX16Rows; ++r)
+    for (int j = 0; j < 4; ++j) std::memcpy(out + size_t(j) * kX16PartBytes + size_t(r) * 4, p[r] + off + 4 * j, 4);
+}
+
 // rows × nb Q4_0 blocks (rows ws bytes apart, rows % 16 == 0) -> out (rows · nb · 18 bytes).
-inline void pack_q4_0_x16(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
+inline void pack_q4_0_x16_with(X16Parts parts, const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
   for (int64_t g = 0; g < rows / kX16Rows; ++g) {
+    const uint8_t* p[kX16Rows];
+    for (int64_t r = 0; r < kX16Rows; ++r) p[r] = w + size_t(g * kX16Rows + r) * ws;
     uint8_t* og = out + size_t(g * nb) * kX16BlockBytes;
     for (int64_t b = 0; b < nb; ++b) {
       const X16Block o = x16_block(nb, b);
-      for (int64_t r = 0; r < kX16Rows; ++r) {
-        const uint8_t* blk = w + size_t(g * kX16Rows + r) * ws + size_t(b) * 18;
-        for (int j = 0; j < 4; ++j) std::memcpy(og + o.qs + size_t(j) * kX16PartBytes + size_t(r) * 4, blk + 2 + 4 * j, 4);
-        std::memcpy(og + o.d + size_t(r) * 2, blk, 2);
-      }
+      parts(p, b * 18 + 2, og + o.qs);
+      for (int64_t r = 0; r < kX16Rows; ++r) std::memcpy(og + o.d + size_t(r) * 2, p[r] + b * 18, 2);
     }
   }
+}
+inline void pack_q4_0_x16(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
+  pack_q4_0_x16_with(x16_parts, w, ws, rows, nb, out);
 }
 
 // The reference: matmul_q4_0 on Q4_0x16 weights (r0, r1 multiples of 16 or r1 = rows),

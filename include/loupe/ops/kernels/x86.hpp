@@ -408,23 +408,16 @@ LOUPE_TARGET_AVX2 inline void transpose8x4(const uint8_t* const* p, int64_t off,
   g[2] = _mm256_unpacklo_epi64(t1, t3), g[3] = _mm256_unpackhi_epi64(t1, t3);
 }
 
-// Q4_0 -> Q4_0x16, 8 rows × one block a step.
-LOUPE_TARGET_AVX2 inline void pack_q4_0_x16_avx2(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
-  for (int64_t g = 0; g < rows / scalar::kX16Rows; ++g) {
-    const uint8_t* p[16];
-    for (int r = 0; r < 16; ++r) p[r] = w + size_t(g * scalar::kX16Rows + r) * ws;
-    uint8_t* og = out + size_t(g * nb) * scalar::kX16BlockBytes;
-    for (int64_t b = 0; b < nb; ++b) {
-      const scalar::X16Block o = scalar::x16_block(nb, b);
-      for (int h = 0; h < 2; ++h) {
-        __m256i part[4];
-        transpose8x4(p + 8 * h, b * 18 + 2, part);
-        for (int j = 0; j < 4; ++j)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(og + o.qs + size_t(j) * scalar::kX16PartBytes + 32 * size_t(h)), part[j]);
-      }
-      for (int r = 0; r < 16; ++r) std::memcpy(og + o.d + size_t(r) * 2, p[r] + b * 18, 2);
-    }
+// Q4_0 -> Q4_0x16: the parts of 8 rows at a time transposed in registers.
+LOUPE_TARGET_AVX2 inline void x16_parts_avx2(const uint8_t* const* p, int64_t off, uint8_t* out) {
+  for (int h = 0; h < 2; ++h) {
+    __m256i part[4];
+    transpose8x4(p + 8 * h, off, part);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + size_t(j) * scalar::kX16PartBytes + 32 * size_t(h)), part[j]);
   }
+}
+inline void pack_q4_0_x16_avx2(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
+  scalar::pack_q4_0_x16_with(x16_parts_avx2, w, ws, rows, nb, out);
 }
 
 // Rows [r0, r0 + rows) (rows <= 16; missing rows read as zeros) -> pq
@@ -1090,20 +1083,14 @@ LOUPE_TARGET_AVX512 inline void matmul_q4_0_x16_avx512(const uint8_t* w, size_t 
   }
 }
 
-// Q4_0 -> Q4_0x16, 16 rows × one block a step (transpose16x4 yields the parts as they are stored).
-LOUPE_TARGET_AVX512 inline void pack_q4_0_x16_avx512(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
-  for (int64_t g = 0; g < rows / scalar::kX16Rows; ++g) {
-    const uint8_t* p[16];
-    for (int r = 0; r < 16; ++r) p[r] = w + size_t(g * scalar::kX16Rows + r) * ws;
-    uint8_t* og = out + size_t(g * nb) * scalar::kX16BlockBytes;
-    for (int64_t b = 0; b < nb; ++b) {
-      const scalar::X16Block o = scalar::x16_block(nb, b);
-      __m512i part[4];
-      transpose16x4(p, b * 18 + 2, part);
-      for (int j = 0; j < 4; ++j) _mm512_storeu_si512(og + o.qs + size_t(j) * scalar::kX16PartBytes, part[j]);
-      for (int r = 0; r < 16; ++r) std::memcpy(og + o.d + size_t(r) * 2, p[r] + b * 18, 2);
-    }
-  }
+// Q4_0 -> Q4_0x16: transpose16x4 yields the 4 parts as they are stored.
+LOUPE_TARGET_AVX512 inline void x16_parts_avx512(const uint8_t* const* p, int64_t off, uint8_t* out) {
+  __m512i part[4];
+  transpose16x4(p, off, part);
+  for (int j = 0; j < 4; ++j) _mm512_storeu_si512(out + size_t(j) * scalar::kX16PartBytes, part[j]);
+}
+inline void pack_q4_0_x16_avx512(const uint8_t* w, size_t ws, int64_t rows, int64_t nb, uint8_t* out) {
+  scalar::pack_q4_0_x16_with(x16_parts_avx512, w, ws, rows, nb, out);
 }
 
 inline __mmask16 tail_mask(int64_t left) { return __mmask16(left >= 16 ? 0xffff : (1u << left) - 1); }
