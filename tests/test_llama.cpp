@@ -213,7 +213,7 @@ TEST_CASE("llama: a model packed for the CPU's kernels (Q4_0x16) computes what t
   loupe_test::run_python("llama_ref.py", "--make " + m.string() + " --config mha128 --seed 5" + tokenizer_arg() + " > /dev/null");
   const std::string path = convert_text(m, dir, DType::Q4_0, "mha128-q4_0");
   LanguageModel packed = LanguageModel::open(path), plain = LanguageModel::open(path, LlamaModel::LoadOptions{false});
-  // Packed exactly where this CPU's kernels have the layout (AVX-512 VNNI), every Q4_0 matrix.
+  // Packed exactly where this CPU's kernels have the layout (AVX-512 VNNI, AVX2), every Q4_0 matrix.
   const bool wants = kernels().pack_q4_0_x16 != nullptr;
   CHECK((packed.model.packed != nullptr) == wants);
   CHECK(plain.model.packed == nullptr);

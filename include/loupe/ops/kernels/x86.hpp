@@ -5,8 +5,8 @@
 // where cpu_level() says the CPU has them (kernels.hpp picks).
 //
 // Quantised matmuls read the weights where they lie (the mmapped GGUF, ggml
-// block layout), or Q4_0 packed at load as Q4_0x16 (scalar.hpp; AVX-512 only,
-// see gemv_x16); activations come as QuantizedRows (kernels_scalar.hpp).
+// block layout), or Q4_0 packed at load as Q4_0x16 (scalar.hpp; gemm_x16_avx2,
+// gemv_x16); activations come as QuantizedRows (kernels_scalar.hpp).
 // The u8×s8 dot instructions (vpmaddubsw, vpdpbusd) need one unsigned side:
 // Q4_0 nibbles are used as they are (q+8), Q8_0 bytes are flipped to q+128 for
 // VNNI, and QuantizedRows' corr tables subtract the bias exactly.
@@ -318,6 +318,9 @@ LOUPE_TARGET_AVX2 inline void gemv1_q4_0_avx2(const uint8_t* w, size_t ws, int64
 // interleaved runs: 1 thread 20.4 / 21.8 GB/s without, 23.8 / 24.0 with
 // (the AVX-512 kernel gains nothing from it: see gemv_x16).
 constexpr size_t kX16Prefetch = 2048;
+inline void prefetch_x16_pair(const uint8_t* qs) {  // qs: a pair's first part
+  for (size_t l = 0; l < 9; ++l) _mm_prefetch(reinterpret_cast<const char*>(qs + kX16Prefetch + 64 * l), _MM_HINT_T0);
+}
 
 template <int NR>
 LOUPE_TARGET_AVX2 inline void gemm_x16_avx2(const uint8_t* w, int64_t g, const QuantizedRows& x, int64_t i0, float* y, int64_t ldy) {
@@ -329,8 +332,7 @@ LOUPE_TARGET_AVX2 inline void gemm_x16_avx2(const uint8_t* w, int64_t g, const Q
   for (int i = 0; i < NR; ++i) f[i][0] = f[i][1] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const scalar::X16Block o = scalar::x16_block(nb, b);
-    if ((b & 1) == 0)
-      for (size_t l = 0; l < 9; ++l) _mm_prefetch(reinterpret_cast<const char*>(og + o.qs + kX16Prefetch + 64 * l), _MM_HINT_T0);
+    if ((b & 1) == 0) prefetch_x16_pair(og + o.qs);
     __m256i a[NR][2];  // int16 pair sums of rows 0..7 and 8..15
     for (int i = 0; i < NR; ++i) a[i][0] = a[i][1] = _mm256_setzero_si256();
 #pragma GCC unroll 1
@@ -954,8 +956,7 @@ LOUPE_TARGET_AVX512 inline void panel_from_x16(const uint8_t* w, int64_t nb, int
       }
       const uint8_t* og = w + size_t((r0 / scalar::kX16Rows + s) * nb) * scalar::kX16BlockBytes;
       const scalar::X16Block o = scalar::x16_block(nb, b);
-      if ((b & 1) == 0)  // two streams (this panel's groups) with few rows: see kX16Prefetch
-        for (size_t l = 0; l < 9; ++l) _mm_prefetch(reinterpret_cast<const char*>(og + o.qs + kX16Prefetch + 64 * l), _MM_HINT_T0);
+      if ((b & 1) == 0) prefetch_x16_pair(og + o.qs);  // two streams (this panel's groups) with few rows
       for (int k = 0; k < 4; ++k) {
         const __m512i part = _mm512_loadu_si512(og + o.qs + size_t(k) * scalar::kX16PartBytes);
         _mm512_store_si512(out + k * 128, _mm512_and_si512(part, m4));
@@ -1034,7 +1035,7 @@ LOUPE_TARGET_AVX512 inline void matmul_q8_0_avx512(const uint8_t* w, size_t ws, 
 // rows. 11008×4096, best ms, 1 / 2 threads: 2 rows 1.63 vs 3.01 / 0.90 vs 1.50,
 // 4: 3.08 vs 3.55 / 1.59 vs 1.74, 8: 4.63 vs 4.44 / 2.43 vs 2.35, 16: 6.99 vs
 // 6.70 / 3.65 vs 3.45 (batched decode, B = 8, 2 threads: 16.8 tok/s with this
-// loop up to 8 rows, 20.6 with the panel gemm).
+// loop up to 8 rows, 22.3–23.3 with the panel gemm; the unpacked model: 23.1).
 constexpr int64_t kX16GemmRows = 4;
 
 // Group g (16 weight rows) × NR activation rows from i0: the parts are loaded
